@@ -1,0 +1,1 @@
+"""rl4seg_env: segmentation as a one-step Gymnasium environment (RL4Seg)."""
