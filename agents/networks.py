@@ -1,0 +1,101 @@
+"""U-Net used by the actor, the critic, the reward network and the shape auto-encoder.
+
+Sizes are arguments; nothing depends on the image size except that H and W must be divisible by
+``2 ** (len(channels) - 1)`` (checked with a clear error).
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+
+def _norm(kind: str | None, channels: int) -> nn.Module:
+    if kind is None or kind == "none":
+        return nn.Identity()
+    if kind == "batch":
+        return nn.BatchNorm2d(channels)
+    if kind == "instance":
+        return nn.InstanceNorm2d(channels, affine=True)
+    if kind == "group":
+        return nn.GroupNorm(min(8, channels), channels)
+    raise ValueError(f"unknown norm {kind!r}; expected 'batch', 'instance', 'group' or None")
+
+
+class ConvBlock(nn.Sequential):
+    """Two 3x3 convolutions, each followed by normalisation and ReLU (optional dropout at the end)."""
+
+    def __init__(self, in_channels: int, out_channels: int, norm: str | None, dropout: float = 0.0) -> None:
+        layers: list[nn.Module] = [
+            nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=norm in (None, "none")),
+            _norm(norm, out_channels),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=norm in (None, "none")),
+            _norm(norm, out_channels),
+            nn.ReLU(inplace=True),
+        ]
+        if dropout > 0:
+            layers.append(nn.Dropout2d(dropout))
+        super().__init__(*layers)
+
+
+class UNet(nn.Module):
+    """2D U-Net.
+
+    :param in_channels: input channels (1 for an image; image + one-hot segmentation for the reward net).
+    :param out_channels: output channels (classes for the actor, 1 for critic / reward net).
+    :param channels: feature widths per level, shallow to deep; depth = ``len(channels)``.
+        Default ``(16, 32, 64, 128)`` suits 64-128 px on a CPU; the paper scale uses wider nets.
+    :param norm: ``"batch"`` (default), ``"instance"``, ``"group"`` or ``None``.
+    :param dropout: dropout probability inside each block (enables MC-dropout uncertainty).
+    :param output_activation: ``None`` (logits, default) or ``"sigmoid"``.
+
+    Input (B, in_channels, H, W) float32 -> output (B, out_channels, H, W).
+    """
+
+    def __init__(self, in_channels: int = 1, out_channels: int = 3, channels: Sequence[int] = (16, 32, 64, 128),
+                 norm: str | None = "batch", dropout: float = 0.0, output_activation: str | None = None) -> None:
+        super().__init__()
+        channels = tuple(int(c) for c in channels)
+        if len(channels) < 2:
+            raise ValueError(f"UNet needs at least 2 levels, got channels={channels}")
+        self.in_channels, self.out_channels, self.channels = in_channels, out_channels, channels
+        self.encoders = nn.ModuleList()
+        prev = in_channels
+        for c in channels:
+            self.encoders.append(ConvBlock(prev, c, norm, dropout))
+            prev = c
+        self.pool = nn.MaxPool2d(2)
+        self.ups = nn.ModuleList()
+        self.decoders = nn.ModuleList()
+        for c in reversed(channels[:-1]):
+            self.ups.append(nn.ConvTranspose2d(prev, c, 2, stride=2))
+            self.decoders.append(ConvBlock(2 * c, c, norm, dropout))
+            prev = c
+        self.head = nn.Conv2d(prev, out_channels, 1)
+        if output_activation not in (None, "sigmoid"):
+            raise ValueError(f"output_activation must be None or 'sigmoid', got {output_activation!r}")
+        self.output_activation = output_activation
+
+    @property
+    def divisor(self) -> int:
+        """H and W must be multiples of this."""
+        return 2 ** (len(self.channels) - 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.ndim != 4 or x.shape[1] != self.in_channels:
+            raise ValueError(f"UNet expects (B, {self.in_channels}, H, W), got {tuple(x.shape)}")
+        h, w = x.shape[-2:]
+        if h % self.divisor or w % self.divisor:
+            raise ValueError(f"UNet with {len(self.channels)} levels needs H and W divisible by {self.divisor}, "
+                             f"got {h}x{w}")
+        skips = []
+        for i, enc in enumerate(self.encoders):
+            x = enc(x if i == 0 else self.pool(x))
+            skips.append(x)
+        x = skips.pop()
+        for up, dec in zip(self.ups, self.decoders):
+            x = dec(torch.cat([up(x), skips.pop()], dim=1))
+        x = self.head(x)
+        return torch.sigmoid(x) if self.output_activation == "sigmoid" else x
