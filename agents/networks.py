@@ -99,3 +99,49 @@ class UNet(nn.Module):
             x = dec(torch.cat([up(x), skips.pop()], dim=1))
         x = self.head(x)
         return torch.sigmoid(x) if self.output_activation == "sigmoid" else x
+
+
+def save_unet(model: UNet, path: str, **metadata: object) -> None:
+    """Save a U-Net with its constructor arguments (atomic write).
+
+    ``metadata`` (e.g. ``class_names``, ``image_size``) must be plain Python values so that the file
+    loads with ``torch.load(..., weights_only=True)``.
+    """
+    from rl4seg_env.io import atomic_torch_save
+
+    atomic_torch_save({"state_dict": model.state_dict(), "unet_kwargs": unet_kwargs(model),
+                       "metadata": dict(metadata)}, path)
+
+
+def unet_kwargs(model: UNet) -> dict:
+    """Constructor arguments that rebuild ``model``."""
+    norm = None
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            norm = "batch"
+        elif isinstance(m, nn.InstanceNorm2d):
+            norm = "instance"
+        elif isinstance(m, nn.GroupNorm):
+            norm = "group"
+        if norm:
+            break
+    dropout = next((m.p for m in model.modules() if isinstance(m, nn.Dropout2d)), 0.0)
+    return {"in_channels": model.in_channels, "out_channels": model.out_channels, "channels": list(model.channels),
+            "norm": norm, "dropout": dropout, "output_activation": model.output_activation}
+
+
+def load_unet(path: str, map_location: str | torch.device = "cpu") -> tuple[UNet, dict]:
+    """Inverse of :func:`save_unet`: returns ``(model, metadata)``. Clear error for a missing/corrupt file."""
+    import os
+
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"U-Net checkpoint not found: {path}")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # corrupt or truncated file
+        raise ValueError(f"{path}: cannot read U-Net checkpoint ({type(exc).__name__}: {exc})") from exc
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "unet_kwargs" not in ckpt:
+        raise ValueError(f"{path}: not a U-Net checkpoint written by save_unet (keys: {list(ckpt)[:5]})")
+    model = UNet(**ckpt["unet_kwargs"])
+    model.load_state_dict(ckpt["state_dict"])
+    return model.to(map_location), dict(ckpt.get("metadata", {}))
