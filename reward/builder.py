@@ -1,0 +1,317 @@
+"""Reward-dataset builder (METHOD.md, iteration step 1).
+
+For each new target image the current actor predicts a label map; the prediction is corrected and
+checked, and gives reward-network training samples ``(image, pred, reference)`` whose per-pixel
+target is ``pred == reference``:
+
+- ``valid`` (passes every anatomical criterion and Dice(pred, corrected) > threshold): the prediction
+  becomes a **pseudo-label** (reference = pred, target all ones) and negatives are made around it:
+  predictions of the actor with Gaussian noise on all weights (``weight_noise``), predictions on
+  contrast-reduced (``contrast``) and noisy (``image_noise``) images, and a sampled prediction of
+  another image of the batch (``swap``). Empty predictions are skipped.
+- otherwise, if the corrected map is valid: reference = corrected map, pred = the sampled action
+  (kind ``corrected``);
+- otherwise the image gives no sample.
+
+Samples are written to disk as compressed ``.npz`` shards, one folder per iteration, and accumulate
+across iterations (:class:`RewardSampleStore`). Writes are atomic and an iteration is committed by a
+``done.json`` marker written last, so a rerun of an interrupted iteration replaces its partial shards
+instead of duplicating them.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import shutil
+from collections import Counter
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from rl4seg_env.io import atomic_save_npz, atomic_write_text
+
+#: sample kinds, in the order they are reported
+SAMPLE_KINDS = ("pseudo_label", "weight_noise", "contrast", "image_noise", "swap", "corrected")
+
+
+@dataclasses.dataclass
+class PerturbationConfig:
+    """Strengths of the negatives made around accepted pseudo-labels (METHOD.md defaults).
+
+    :param weight_noise: std of Gaussian noise added to every actor weight; one negative per value.
+    :param contrast: contrast-reduction factors (``mean + f * (x - mean)``); one negative per value.
+    :param image_noise: std of additive Gaussian image noise (intensities in [0, 1]); one negative each.
+    :param swap: add the sampled prediction of another image of the batch as a negative.
+    """
+
+    weight_noise: Sequence[float] = (0.005, 0.01, 0.015, 0.02)
+    contrast: Sequence[float] = (0.7, 0.8)
+    image_noise: Sequence[float] = (0.05, 0.1)
+    swap: bool = True
+
+
+@dataclasses.dataclass
+class BuildReport:
+    """What one iteration of the builder did."""
+
+    iteration: int
+    images_seen: int = 0
+    accepted: int = 0
+    samples_by_kind: dict[str, int] = dataclasses.field(default_factory=dict)
+
+    @property
+    def n_samples(self) -> int:
+        return int(sum(self.samples_by_kind.values()))
+
+    def as_dict(self) -> dict:
+        return {"iteration": self.iteration, "images_seen": self.images_seen, "accepted": self.accepted,
+                "n_samples": self.n_samples, **{f"n_{k}": self.samples_by_kind.get(k, 0) for k in SAMPLE_KINDS}}
+
+
+class RewardSampleStore:
+    """On-disk, append-only store of reward samples, one folder per iteration.
+
+    Layout: ``root/iter_XXX/shard_YYYY.npz`` (arrays ``images`` float16 (N,H,W), ``preds`` and
+    ``references`` uint8 (N,H,W), ``kinds`` and ``ids`` str (N,)) and ``root/iter_XXX/done.json``.
+    Only iterations with a ``done.json`` are visible to readers.
+
+    :param root: folder of the store (created).
+    :param shard_size: samples per shard file (bounds memory when reading 256 px data).
+    """
+
+    def __init__(self, root: str | Path, shard_size: int = 512) -> None:
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.shard_size = int(shard_size)
+
+    def _iter_dir(self, iteration: int) -> Path:
+        return self.root / f"iter_{iteration:03d}"
+
+    def completed_iterations(self) -> list[int]:
+        out = []
+        for d in sorted(self.root.glob("iter_*")):
+            if (d / "done.json").is_file():
+                out.append(int(d.name.split("_")[1]))
+        return out
+
+    def is_complete(self, iteration: int) -> bool:
+        return (self._iter_dir(iteration) / "done.json").is_file()
+
+    def report(self, iteration: int) -> dict:
+        return json.loads((self._iter_dir(iteration) / "done.json").read_text())
+
+    def begin(self, iteration: int) -> "_IterationWriter":
+        """Start (or restart) writing ``iteration``: any partial shards of an interrupted run are removed."""
+        d = self._iter_dir(iteration)
+        if d.exists():
+            if (d / "done.json").is_file():
+                raise FileExistsError(f"{d}: iteration {iteration} is already complete; refusing to duplicate it")
+            shutil.rmtree(d)
+        d.mkdir(parents=True)
+        return _IterationWriter(d, self.shard_size)
+
+    def shards(self) -> list[Path]:
+        files: list[Path] = []
+        for it in self.completed_iterations():
+            files.extend(sorted(self._iter_dir(it).glob("shard_*.npz")))
+        return files
+
+    def __len__(self) -> int:
+        return int(sum(self.report(it)["n_samples"] for it in self.completed_iterations()))
+
+    def load(self) -> dict[str, np.ndarray]:
+        """All completed samples concatenated (images float32)."""
+        parts: dict[str, list[np.ndarray]] = {"images": [], "preds": [], "references": [], "kinds": [], "ids": []}
+        for f in self.shards():
+            try:
+                with np.load(f, allow_pickle=False) as z:
+                    for k in parts:
+                        parts[k].append(z[k])
+            except Exception as exc:
+                raise ValueError(f"{f}: unreadable reward-sample shard ({type(exc).__name__}: {exc})") from exc
+        if not parts["images"]:
+            raise ValueError(f"{self.root}: the reward dataset is empty (no completed iteration with samples)")
+        out = {k: np.concatenate(v) for k, v in parts.items()}
+        out["images"] = out["images"].astype(np.float32)
+        return out
+
+
+class _IterationWriter:
+    def __init__(self, folder: Path, shard_size: int) -> None:
+        self.folder, self.shard_size = folder, shard_size
+        self._buf: dict[str, list] = {"images": [], "preds": [], "references": [], "kinds": [], "ids": []}
+        self._n_shards = 0
+
+    def add(self, image: np.ndarray, pred: np.ndarray, reference: np.ndarray, kind: str, sample_id: str) -> None:
+        self._buf["images"].append(image.astype(np.float16))
+        self._buf["preds"].append(pred.astype(np.uint8))
+        self._buf["references"].append(reference.astype(np.uint8))
+        self._buf["kinds"].append(kind)
+        self._buf["ids"].append(sample_id)
+        if len(self._buf["ids"]) >= self.shard_size:
+            self._flush()
+
+    def _flush(self) -> None:
+        if not self._buf["ids"]:
+            return
+        arrays = {k: np.stack(v) if k in ("images", "preds", "references") else np.asarray(v, dtype=str)
+                  for k, v in self._buf.items()}
+        atomic_save_npz(self.folder / f"shard_{self._n_shards:04d}.npz", **arrays)
+        self._n_shards += 1
+        for v in self._buf.values():
+            v.clear()
+
+    def commit(self, report: BuildReport) -> None:
+        self._flush()
+        atomic_write_text(self.folder / "done.json", json.dumps(report.as_dict(), indent=1))
+
+
+@torch.no_grad()
+def _predict(actor: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    return actor(images).argmax(1)
+
+
+def contrast_reduce(images: torch.Tensor, factor: float) -> torch.Tensor:
+    """``mean + factor * (x - mean)`` per image; (B, 1, H, W) in [0, 1]."""
+    mean = images.mean(dim=(1, 2, 3), keepdim=True)
+    return (mean + factor * (images - mean)).clamp(0, 1)
+
+
+class RewardDatasetBuilder:
+    """Turns actor predictions on unlabelled target images into reward-network samples.
+
+    :param corrector: object with ``correct(label_maps (B,H,W)) -> (B,H,W)`` and
+        ``comparison_dice(preds, corrected) -> (B,)`` (see :class:`reward.correctors.Corrector`).
+    :param validity_fn: ``(label_maps (B,H,W)) -> bool (B,)`` anatomical validity
+        (e.g. ``functools.partial(reward.anatomy.validity_batch, criteria="echo")``).
+    :param perturbations: strengths of the negatives (:class:`PerturbationConfig`).
+    :param valid_dice_threshold: Dice(pred, corrected) above which a valid prediction is accepted.
+    :param batch_size: images per forward pass.
+    :param device: torch device of the actor.
+    :param seed: seeds the sampled actions, weight noise and image noise.
+    """
+
+    def __init__(self, corrector, validity_fn: Callable[[np.ndarray], np.ndarray],
+                 perturbations: PerturbationConfig | None = None, valid_dice_threshold: float = 0.95,
+                 batch_size: int = 32, device: str | torch.device = "cpu", seed: int = 0) -> None:
+        self.corrector = corrector
+        self.validity_fn = validity_fn
+        self.perturbations = perturbations or PerturbationConfig()
+        self.valid_dice_threshold = float(valid_dice_threshold)
+        self.batch_size = int(batch_size)
+        self.device = torch.device(device)
+        self.seed = int(seed)
+
+    def build(self, actor: nn.Module, images: np.ndarray, ids: Sequence[str], store: RewardSampleStore,
+              iteration: int, progress: bool = False) -> tuple[BuildReport, dict[str, np.ndarray]]:
+        """Predict on ``images`` (N, H, W) float32 [0, 1], write the iteration's samples to ``store``.
+
+        :return: the report and the accepted pseudo-labels ``{id: label map (H, W) uint8}``.
+        """
+        images = np.asarray(images, dtype=np.float32)
+        if images.ndim != 3 or len(images) != len(ids):
+            raise ValueError(f"images must be (N, H, W) with one id each; got {images.shape} and {len(ids)} ids")
+        if not np.all(np.isfinite(images)):
+            raise ValueError("target images contain NaN/Inf values")
+        gen = torch.Generator(device="cpu").manual_seed(self.seed * 1_000_003 + iteration)
+        writer = store.begin(iteration)
+        report = BuildReport(iteration=iteration)
+        counts: Counter = Counter()
+        pseudo_labels: dict[str, np.ndarray] = {}
+        was_training = actor.training
+        actor.eval()
+        noisy_actors = self._noisy_actors(actor, gen)
+        starts = range(0, len(images), self.batch_size)
+        if progress:
+            from tqdm.auto import tqdm
+
+            starts = tqdm(starts, desc=f"reward set (iter {iteration})", unit="batch", leave=False)
+        try:
+            for start in starts:
+                batch = images[start:start + self.batch_size]
+                batch_ids = list(ids[start:start + self.batch_size])
+                self._build_batch(actor, noisy_actors, batch, batch_ids, gen, writer, counts, pseudo_labels)
+                report.images_seen += len(batch)
+        finally:
+            actor.train(was_training)
+        report.accepted = len(pseudo_labels)
+        report.samples_by_kind = {k: counts.get(k, 0) for k in SAMPLE_KINDS}
+        writer.commit(report)
+        return report, pseudo_labels
+
+    def _noisy_actors(self, actor: nn.Module, gen: torch.Generator) -> list[tuple[float, nn.Module]]:
+        # copies, so the actor's own weights are never touched (equivalent to "perturb then restore")
+        out = []
+        for sigma in self.perturbations.weight_noise:
+            noisy = copy.deepcopy(actor).eval()
+            with torch.no_grad():
+                for p in noisy.parameters():
+                    p.add_(torch.randn(p.shape, generator=gen).to(p.device) * sigma)
+            out.append((float(sigma), noisy))
+        return out
+
+    @torch.no_grad()
+    def _build_batch(self, actor, noisy_actors, batch: np.ndarray, batch_ids: list[str], gen: torch.Generator,
+                     writer: _IterationWriter, counts: Counter, pseudo_labels: dict[str, np.ndarray]) -> None:
+        x = torch.from_numpy(batch).to(self.device)[:, None]
+        logits = actor(x)
+        pred_t = logits.argmax(1)
+        probs = torch.softmax(logits, 1).permute(0, 2, 3, 1).cpu()
+        sampled = torch.multinomial(probs.reshape(-1, probs.shape[-1]), 1, generator=gen).reshape(pred_t.shape)
+        pred = pred_t.cpu().numpy().astype(np.uint8)
+        sampled = sampled.numpy().astype(np.uint8)
+        corrected = np.asarray(self.corrector.correct(pred)).astype(np.uint8)
+        pred_valid = np.asarray(self.validity_fn(pred), dtype=bool)
+        closeness = np.asarray(self.corrector.comparison_dice(pred, corrected))
+        nonempty = pred.reshape(len(pred), -1).any(1)
+        accepted = pred_valid & (closeness > self.valid_dice_threshold) & nonempty
+        corrected_valid = np.zeros(len(pred), bool)
+        if (~accepted).any():
+            corrected_valid[~accepted] = np.asarray(self.validity_fn(corrected[~accepted]), dtype=bool)
+
+        negatives: list[tuple[str, np.ndarray]] = []
+        if accepted.any():
+            for sigma, noisy in noisy_actors:
+                negatives.append(("weight_noise", _predict(noisy, x).cpu().numpy()))
+            for f in self.perturbations.contrast:
+                negatives.append(("contrast", _predict(actor, contrast_reduce(x, f)).cpu().numpy()))
+            for std in self.perturbations.image_noise:
+                noise = torch.randn(x.shape, generator=gen).to(x.device) * std
+                negatives.append(("image_noise", _predict(actor, (x + noise).clamp(0, 1)).cpu().numpy()))
+            if self.perturbations.swap and len(batch) > 1:
+                negatives.append(("swap", np.roll(sampled, 1, axis=0)))
+
+        for i, sid in enumerate(batch_ids):
+            if accepted[i]:
+                pseudo_labels[sid] = pred[i]
+                writer.add(batch[i], pred[i], pred[i], "pseudo_label", sid)
+                counts["pseudo_label"] += 1
+                for kind, maps in negatives:
+                    if maps[i].any():  # empty predictions are skipped
+                        writer.add(batch[i], maps[i], pred[i], kind, sid)
+                        counts[kind] += 1
+            elif corrected_valid[i] and sampled[i].any():
+                writer.add(batch[i], sampled[i], corrected[i], "corrected", sid)
+                counts["corrected"] += 1
+
+
+class RewardSampleDataset(torch.utils.data.Dataset):
+    """Torch view of a :class:`RewardSampleStore`: ``(image (1,H,W) float32, pred (H,W) int64,
+    target (H,W) float32 = pred == reference)``."""
+
+    def __init__(self, store: RewardSampleStore) -> None:
+        data = store.load()
+        self.images, self.preds, self.references = data["images"], data["preds"], data["references"]
+        self.kinds, self.ids = data["kinds"], data["ids"]
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int):
+        pred = self.preds[i]
+        return (torch.from_numpy(self.images[i][None].astype(np.float32)), torch.from_numpy(pred.astype(np.int64)),
+                torch.from_numpy((pred == self.references[i]).astype(np.float32)))
