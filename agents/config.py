@@ -135,6 +135,9 @@ class EvalSection:
     batch_size: int = 32
     #: target images shown in the prediction PNG
     n_figures: int = 4
+    #: also train a target-supervised oracle (same network and budget as the source pretraining) for the
+    #: report's upper bound. It reads target *training* labels, so it lives in the evaluation, never in the loop.
+    oracle: bool = True
 
 
 @dataclass
