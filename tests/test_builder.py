@@ -1,0 +1,110 @@
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from reward.builder import SAMPLE_KINDS, PerturbationConfig, RewardDatasetBuilder, RewardSampleDataset, RewardSampleStore
+
+H = W = 16
+
+
+class _FixedActor(nn.Module):
+    """Predicts a square of class 1 on images whose mean is high, background elsewhere."""
+
+    def __init__(self):
+        super().__init__()
+        self.bias = nn.Parameter(torch.zeros(1))
+
+    def forward(self, x):
+        b = x.shape[0]
+        logits = torch.zeros(b, 3, H, W)
+        square = torch.zeros(H, W, dtype=torch.bool)
+        square[4:12, 4:12] = True
+        logits[:, 0] = 5.0 + self.bias
+        logits[:, 1] = torch.where(square, 10.0, 0.0) * (x.mean(dim=(1, 2, 3)) > 0.5).float()[:, None, None]
+        return logits
+
+
+class _Corrector:
+    def correct(self, maps):
+        return np.asarray(maps)
+
+    def comparison_dice(self, preds, corrected):
+        return np.ones(len(preds))
+
+
+def _validity(maps):
+    return np.asarray(maps).reshape(len(maps), -1).any(1)
+
+
+def _builder(**kw):
+    return RewardDatasetBuilder(_Corrector(), _validity, PerturbationConfig(**kw), batch_size=4, seed=0)
+
+
+def test_sample_types_and_pseudo_labels(tmp_path):
+    images = np.concatenate([np.full((3, H, W), 0.9, np.float32), np.full((2, H, W), 0.1, np.float32)])
+    ids = [f"im{i}" for i in range(5)]
+    store = RewardSampleStore(tmp_path / "rs")
+    report, pseudo = _builder().build(_FixedActor(), images, ids, store, iteration=1)
+    # bright images give a valid square -> pseudo-labels; dark ones predict nothing -> no sample
+    assert sorted(pseudo) == ["im0", "im1", "im2"]
+    assert report.images_seen == 5 and report.accepted == 3
+    assert report.samples_by_kind["pseudo_label"] == 3
+    assert report.samples_by_kind["weight_noise"] == 3 * 4
+    assert report.samples_by_kind["contrast"] == 3 * 2 and report.samples_by_kind["image_noise"] == 3 * 2
+    assert set(report.samples_by_kind) == set(SAMPLE_KINDS)
+    ds = RewardSampleDataset(store)
+    assert len(ds) == report.n_samples == len(store)
+    img, pred, target = ds[0]
+    assert img.shape == (1, H, W) and pred.shape == (H, W) and target.shape == (H, W)
+    # a pseudo-label sample is correct everywhere
+    first_pl = int(np.flatnonzero(ds.kinds == "pseudo_label")[0])
+    assert torch.all(ds[first_pl][2] == 1)
+
+
+def test_actor_weights_untouched(tmp_path):
+    actor = _FixedActor()
+    before = {k: v.clone() for k, v in actor.state_dict().items()}
+    _builder().build(actor, np.full((2, H, W), 0.9, np.float32), ["a", "b"], RewardSampleStore(tmp_path), 1)
+    assert all(torch.equal(before[k], v) for k, v in actor.state_dict().items())
+
+
+def test_rerun_of_interrupted_iteration_does_not_duplicate(tmp_path):
+    store = RewardSampleStore(tmp_path)
+    images, ids = np.full((4, H, W), 0.9, np.float32), list("abcd")
+    # an interrupted iteration leaves shards but no done marker: invisible, then replaced
+    w = store.begin(1)
+    w.add(images[0], np.zeros((H, W)), np.zeros((H, W)), "pseudo_label", "a")
+    w._flush()
+    assert store.completed_iterations() == []
+    report, _ = _builder().build(_FixedActor(), images, ids, store, iteration=1)
+    assert len(store) == report.n_samples
+    with pytest.raises(FileExistsError, match="already complete"):
+        _builder().build(_FixedActor(), images, ids, store, iteration=1)
+    report2, _ = _builder().build(_FixedActor(), images, ids, store, iteration=2)
+    assert len(store) == report.n_samples + report2.n_samples  # accumulates across iterations
+
+
+def test_bad_input_refused(tmp_path):
+    bad = np.full((2, H, W), np.nan, np.float32)
+    with pytest.raises(ValueError, match="NaN"):
+        _builder().build(_FixedActor(), bad, ["a", "b"], RewardSampleStore(tmp_path), 1)
+    with pytest.raises(ValueError, match="one id each"):
+        _builder().build(_FixedActor(), np.zeros((2, H, W), np.float32), ["a"], RewardSampleStore(tmp_path), 1)
+
+
+class _MarkingCorrector(_Corrector):
+    def correct(self, maps):
+        out = np.array(maps, copy=True)
+        out[:, 0:2, 0:2] = 1
+        return out
+
+
+def test_invalid_but_correctable_gives_corrected_sample(tmp_path):
+    builder = RewardDatasetBuilder(_MarkingCorrector(), lambda m: np.asarray(m)[:, 0, 0] == 1, batch_size=4)
+    store = RewardSampleStore(tmp_path)
+    report, pseudo = builder.build(_FixedActor(), np.full((2, H, W), 0.9, np.float32), ["a", "b"], store, 1)
+    assert pseudo == {} and report.samples_by_kind["corrected"] == 2 and report.n_samples == 2
+    data = store.load()
+    assert np.all(data["references"][:, 0:2, 0:2] == 1)  # reference = corrected map
+    assert set(data["kinds"]) == {"corrected"}
