@@ -1,1 +1,25 @@
-"""rl4seg_env: segmentation as a one-step Gymnasium environment (RL4Seg)."""
+"""rl4seg_env: segmentation as a one-step Gymnasium environment (RL4Seg).
+
+Importing the package registers:
+
+- ``RL4Seg-v0``: :class:`~rl4seg_env.env.SegEnv` on the synthetic default target domain with the
+  ground-truth ``"accuracy"`` reward (kwargs select ``dataset``, ``preset``, ``split``, ``image_size``,
+  ``keep_atrium``, ``reward``, ...). ``gymnasium.make_vec("RL4Seg-v0", num_envs=B)`` builds the natively
+  batched :class:`~rl4seg_env.vector.SegVectorEnv`.
+- ``RL4SegSmall-v0``: 32 px images, an 8 x 8 flattened action grid and a 16 x 16 flat observation
+  (:class:`~rl4seg_env.wrappers.DownsampledActionWrapper`) for stock Stable-Baselines3 PPO/A2C.
+"""
+from __future__ import annotations
+
+from gymnasium.envs.registration import register, registry
+
+from rl4seg_env.env import SegEnv
+
+__all__ = ["SegEnv"]
+
+if "RL4Seg-v0" not in registry:
+    register(
+        id="RL4Seg-v0",
+        entry_point="rl4seg_env.env:SegEnv",
+        kwargs={"dataset": "synthetic", "reward": "accuracy"},
+    )
