@@ -14,12 +14,19 @@ from __future__ import annotations
 from gymnasium.envs.registration import register, registry
 
 from rl4seg_env.env import SegEnv
+from rl4seg_env.wrappers import DownsampledActionWrapper, LearnedRewardWrapper
 
-__all__ = ["SegEnv"]
+__all__ = ["DownsampledActionWrapper", "LearnedRewardWrapper", "SegEnv"]
 
 if "RL4Seg-v0" not in registry:
     register(
         id="RL4Seg-v0",
         entry_point="rl4seg_env.env:SegEnv",
         kwargs={"dataset": "synthetic", "reward": "accuracy"},
+    )
+if "RL4SegSmall-v0" not in registry:
+    register(
+        id="RL4SegSmall-v0",
+        entry_point="rl4seg_env.wrappers:make_small_env",
+        kwargs={"dataset": "synthetic", "reward": "accuracy", "image_size": 32, "action_size": 8, "obs_size": 16},
     )

@@ -254,6 +254,11 @@ class SegEnv(gym.Env):
         """The sample of the current episode (``None`` before the first reset)."""
         return self._sample
 
+    @property
+    def last_action(self) -> np.ndarray | None:
+        """The validated (H, W) label map of the last step of this episode (``None`` before it)."""
+        return self._last_action
+
     # -- methods the training loop calls (through VecEnv.env_method) -------------------------
     def set_active_indices(self, indices: Sequence[int] | np.ndarray | None) -> None:
         """Restrict the images :meth:`reset` draws from to ``indices`` (``None`` = the whole dataset).
