@@ -1,0 +1,352 @@
+"""PixelPPO: Proximal Policy Optimization for per-pixel actions (RL4Seg).
+
+Built on Stable-Baselines3's ``OnPolicyAlgorithm``: ``learn``, callbacks, the logger, ``save`` /
+``load`` and ``get_parameters`` / ``set_parameters`` are inherited. What differs from SB3's PPO is
+what a (H, W) label-map action needs: the rollout stores per-pixel log-probabilities and reward
+maps, and :meth:`PixelPPO.train` takes the importance ratio per pixel (a sum over 4,096 pixels of
+log-ratios would overflow ``exp``). See ``docs/agents.md`` for the equations.
+"""
+from __future__ import annotations
+
+import warnings
+from collections import defaultdict
+from typing import Any, ClassVar, TypeVar
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from stable_baselines3.common.buffers import RolloutBuffer
+from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.logger import Image
+from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
+from stable_baselines3.common.policies import BasePolicy
+from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback, Schedule
+from stable_baselines3.common.utils import explained_variance, obs_as_tensor
+from stable_baselines3.common.vec_env import VecEnv
+
+from agents.buffers import PixelRolloutBuffer
+from agents.policies import PixelActorCriticPolicy, pixel_action_classes, shrink_perturb
+
+__all__ = ["PixelPPO", "shrink_perturb"]
+
+SelfPixelPPO = TypeVar("SelfPixelPPO", bound="PixelPPO")
+
+
+class PixelPPO(OnPolicyAlgorithm):
+    """PPO with a per-pixel categorical actor, a per-pixel critic and a KL penalty to a reference policy.
+
+    Each environment step is a one-step episode: image -> label map -> per-pixel reward map
+    (``info["reward_map"]``; the scalar reward is broadcast when an env gives none). The update
+    (:meth:`train`) follows RL4Seg: shaped reward ``r - kl_coef * (log pi - log pi_ref)``, advantage
+    ``shaped - V`` per pixel, per-pixel clipped ratio, entropy bonus, critic MSE on the reward map.
+
+    :param policy: ``"PixelUNetPolicy"`` or a :class:`~agents.policies.PixelActorCriticPolicy` (sub)class.
+    :param env: a Gymnasium env, a VecEnv or a registered id (e.g. ``"RL4Seg-v0"``) with a
+        ``MultiDiscrete((H, W))`` action space and single-channel image observations.
+    :param learning_rate: default learning rate of both Adam optimisers (default 5e-4, the authors');
+        a callable schedule (progress remaining 1 -> 0) is applied to both at every update.
+        ``policy_kwargs["actor_lr"]`` / ``["critic_lr"]`` override it per network.
+    :param n_steps: rollout steps per environment per update; a rollout holds ``n_steps * n_envs``
+        images (default 8). A callback may change it between updates (the buffer is rebuilt).
+    :param batch_size: images per minibatch (default 8; the whole rollout if larger).
+    :param n_epochs: passes over the rollout per update, k in the paper (default 5).
+    :param clip_range: PPO clipping epsilon of the per-pixel ratio (default 0.2).
+    :param ent_coef: weight of the mean per-pixel entropy bonus (default 0.15 = the authors' 0.3 / (2 i), i = 1).
+    :param kl_coef: beta of the KL reward shaping toward the reference policy (default 0.05 = 0.1 / (2 i)).
+    :param vf_coef: weight of the critic's MSE loss (default 1.0). The critic has its own
+        optimiser, so this only rescales its loss (Adam is nearly invariant to that); kept for the SB3 API.
+    :param max_grad_norm: actor gradient-norm clip (default 0.5; ``None`` disables it).
+    :param use_pseudo_labels: when an env's ``info["pseudo_label"]`` is present, credit that label as
+        the action with a reward of 1 at every pixel (supervised anchor; default ``True``).
+    :param update_actor_norm_stats: run the actor in training mode during updates (batch statistics and
+        updated running means of its normalisation layers). Default ``False``: the actor is evaluated
+        exactly as during the rollout, so the ratio starts at 1 (with batch statistics it would not).
+    :param image_log_interval: log an image panel (image | action | reward map | value map) every this
+        many updates (default 10; 0 disables it).
+    :param image_log_count: images (rows) in the panel (default 4).
+    :param stats_window_size: episodes averaged in ``rollout/ep_rew_mean`` (default 100).
+    :param tensorboard_log: TensorBoard log folder (default ``None``: no TensorBoard).
+    :param monitor_wrapper: wrap a non-vectorised env in SB3's ``Monitor`` (default ``True``).
+    :param policy_kwargs: policy arguments (``actor_kwargs``, ``critic_kwargs``, ``pretrained_actor``,
+        ``actor_lr``, ``critic_lr``, ...; see :class:`~agents.policies.PixelActorCriticPolicy`). After
+        construction ``model.policy_kwargs`` holds the resolved architecture (``pretrained_actor`` is
+        replaced by its U-Net kwargs: its weights are in the model, so a saved model reloads without it).
+    :param verbose: 0 silent, 1 info, 2 debug (default 0).
+    :param seed: seed of Python, NumPy, torch and the env (default ``None``).
+    :param device: ``"auto"`` (CUDA if available, else CPU), ``"cpu"``, ``"cuda:0"``, a ``torch.device``.
+    :param _init_setup_model: build networks and buffer now (default ``True``; ``load`` uses ``False``).
+    """
+
+    policy_aliases: ClassVar[dict[str, type[BasePolicy]]] = {"PixelUNetPolicy": PixelActorCriticPolicy}
+    policy: PixelActorCriticPolicy
+    rollout_buffer: PixelRolloutBuffer
+
+    def __init__(
+        self,
+        policy: str | type[PixelActorCriticPolicy],
+        env: GymEnv | str,
+        learning_rate: float | Schedule = 5e-4,
+        n_steps: int = 8,
+        batch_size: int = 8,
+        n_epochs: int = 5,
+        clip_range: float = 0.2,
+        ent_coef: float = 0.15,
+        kl_coef: float = 0.05,
+        vf_coef: float = 1.0,
+        max_grad_norm: float | None = 0.5,
+        use_pseudo_labels: bool = True,
+        update_actor_norm_stats: bool = False,
+        image_log_interval: int = 10,
+        image_log_count: int = 4,
+        stats_window_size: int = 100,
+        tensorboard_log: str | None = None,
+        monitor_wrapper: bool = True,
+        policy_kwargs: dict[str, Any] | None = None,
+        verbose: int = 0,
+        seed: int | None = None,
+        device: torch.device | str = "auto",
+        _init_setup_model: bool = True,
+    ) -> None:
+        super().__init__(
+            policy, env, learning_rate=learning_rate, n_steps=n_steps, gamma=0.0, gae_lambda=1.0,
+            ent_coef=ent_coef, vf_coef=vf_coef, max_grad_norm=max_grad_norm, use_sde=False, sde_sample_freq=-1,
+            rollout_buffer_class=PixelRolloutBuffer, stats_window_size=stats_window_size,
+            tensorboard_log=tensorboard_log, monitor_wrapper=monitor_wrapper, policy_kwargs=policy_kwargs,
+            verbose=verbose, seed=seed, device=device, _init_setup_model=False,
+        )
+        if n_steps < 1 or batch_size < 1 or n_epochs < 1:
+            raise ValueError(f"n_steps, batch_size and n_epochs must be >= 1, got {n_steps}, {batch_size}, {n_epochs}")
+        self.batch_size = batch_size
+        self.n_epochs = n_epochs
+        self.clip_range = clip_range
+        self.kl_coef = kl_coef
+        self.use_pseudo_labels = use_pseudo_labels
+        self.update_actor_norm_stats = update_actor_norm_stats
+        self.image_log_interval = image_log_interval
+        self.image_log_count = image_log_count
+        self._n_train_calls = 0
+        self._warned_scalar_reward = False
+        if _init_setup_model:
+            self._setup_model()
+
+    # --- setup ----------------------------------------------------------------------------------
+    def _setup_model(self) -> None:
+        self._setup_lr_schedule()
+        self.set_random_seed(self.seed)
+        pixel_action_classes(self.action_space)  # clear error before anything is built
+        self.policy = self.policy_class(self.observation_space, self.action_space, self.lr_schedule,
+                                        **self.policy_kwargs).to(self.device)
+        self.policy_kwargs = {**self.policy_kwargs, "pretrained_actor": None,
+                              "actor_kwargs": self.policy.actor_kwargs, "critic_kwargs": self.policy.critic_kwargs}
+        self.rollout_buffer = self._make_rollout_buffer()
+
+    def _make_rollout_buffer(self) -> PixelRolloutBuffer:
+        return self.rollout_buffer_class(self.n_steps, self.observation_space, self.action_space,
+                                         device=self.device, n_envs=self.n_envs, **self.rollout_buffer_kwargs)
+
+    def _get_torch_save_params(self) -> tuple[list[str], list[str]]:
+        return ["policy", "policy.actor_optimizer", "policy.critic_optimizer"], []
+
+    @property
+    def actor_lr(self) -> float:
+        """Current learning rate of the actor's optimiser (settable, e.g. from a callback)."""
+        return float(self.policy.actor_optimizer.param_groups[0]["lr"])
+
+    @actor_lr.setter
+    def actor_lr(self, value: float) -> None:
+        for group in self.policy.actor_optimizer.param_groups:
+            group["lr"] = float(value)
+        self.policy.actor_lr = float(value)
+
+    @property
+    def critic_lr(self) -> float:
+        """Current learning rate of the critic's optimiser (settable, e.g. from a callback)."""
+        return float(self.policy.critic_optimizer.param_groups[0]["lr"])
+
+    @critic_lr.setter
+    def critic_lr(self, value: float) -> None:
+        for group in self.policy.critic_optimizer.param_groups:
+            group["lr"] = float(value)
+        self.policy.critic_lr = float(value)
+
+    # --- rollout ----------------------------------------------------------------------------------
+    def _credit(self, actions: np.ndarray, rewards: np.ndarray, infos: list[dict[str, Any]]
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Per env: the credited action, the env's reward map, the credited reward map and the anchor flag.
+
+        An accepted pseudo-label (``info["pseudo_label"]``) replaces the sampled action and earns a
+        reward of 1 at every pixel (METHOD.md, PPO step 3). The loop runs over envs, not pixels.
+        """
+        shape = actions.shape[1:]
+        credited = actions.copy()
+        env_maps = np.empty(actions.shape, dtype=np.float32)
+        anchors = np.zeros(len(infos), dtype=bool)
+        for i, info in enumerate(infos):
+            if "reward_map" in info:
+                env_maps[i] = self._checked_map(info["reward_map"], "reward_map", i, shape)
+            else:
+                if not self._warned_scalar_reward:
+                    warnings.warn("env info has no 'reward_map'; PixelPPO broadcasts the scalar reward to every "
+                                  "pixel (an image-level reward)", stacklevel=3)
+                    self._warned_scalar_reward = True
+                env_maps[i] = rewards[i]
+            if self.use_pseudo_labels and info.get("pseudo_label") is not None:
+                credited[i] = self._checked_map(info["pseudo_label"], "pseudo_label", i, shape)
+                anchors[i] = True
+        credited_maps = np.where(anchors[:, None, None], np.float32(1.0), env_maps)
+        return credited, env_maps, credited_maps, anchors
+
+    @staticmethod
+    def _checked_map(value: Any, key: str, env_index: int, shape: tuple[int, ...]) -> np.ndarray:
+        array = np.asarray(value)
+        if array.shape != shape:
+            raise ValueError(f"info[{key!r}] of env {env_index} has shape {array.shape}, expected {shape} (H, W)")
+        return array
+
+    def collect_rollouts(self, env: VecEnv, callback: BaseCallback, rollout_buffer: RolloutBuffer,
+                         n_rollout_steps: int) -> bool:
+        """Fill the buffer with ``n_rollout_steps * n_envs`` one-step episodes sampled from the actor."""
+        assert self._last_obs is not None, "No previous observation was provided"
+        if rollout_buffer.buffer_size != n_rollout_steps or rollout_buffer.n_envs != env.num_envs:
+            self.n_envs = env.num_envs
+            self.rollout_buffer = rollout_buffer = self._make_rollout_buffer()  # n_steps changed by a callback
+        self.policy.set_training_mode(False)
+        rollout_buffer.reset()
+        callback.on_rollout_start()
+        reward_means, dices, n_anchors = [], [], 0
+
+        for _ in range(n_rollout_steps):
+            with torch.no_grad():
+                obs_tensor = obs_as_tensor(self._last_obs, self.device)
+                dist = self.policy.get_distribution(obs_tensor)
+                actions = dist.sample()
+                values = self.policy.predict_values(obs_tensor)
+            env_actions = actions.cpu().numpy().astype(self.action_space.dtype)
+            new_obs, rewards, dones, infos = env.step(env_actions)
+            self.num_timesteps += env.num_envs
+
+            callback.update_locals(locals())
+            if not callback.on_step():
+                return False
+            self._update_info_buffer(infos, dones)
+            if not np.all(dones):
+                raise ValueError("PixelPPO treats every step as a one-step episode (image -> label map -> reward), "
+                                 f"but the env returned done={dones.tolist()}")
+
+            credited, env_maps, reward_maps, anchors = self._credit(env_actions, rewards, infos)
+            with torch.no_grad():
+                credited_tensor = torch.as_tensor(credited, device=self.device).long()
+                log_probs = dist.log_prob(credited_tensor)
+                ref_log_probs = self.policy.reference_log_prob(obs_tensor, credited_tensor)
+            rollout_buffer.add(self._last_obs, credited, reward_maps, values, log_probs, ref_log_probs, anchors)
+            reward_means.extend(env_maps.mean(axis=(1, 2)).tolist())
+            dices.extend(float(info["dice"]) for info in infos if info.get("dice") is not None)
+            n_anchors += int(anchors.sum())
+            self._last_obs = new_obs
+            self._last_episode_starts = dones
+
+        self.logger.record("rollout/reward_mean", float(np.mean(reward_means)))
+        if dices:
+            self.logger.record("rollout/dice_mean", float(np.mean(dices)))
+        self.logger.record("rollout/anchor_fraction", n_anchors / max(len(reward_means), 1))
+        callback.update_locals(locals())
+        callback.on_rollout_end()
+        return True
+
+    # --- update ------------------------------------------------------------------------------------
+    def train(self) -> None:
+        """k epochs of the RL4Seg PPO update on the last rollout (METHOD.md, "PPO update")."""
+        self.policy.set_training_mode(True)
+        if not self.update_actor_norm_stats:
+            self.policy.actor.eval()  # same function as during the rollout: the ratio starts at exactly 1
+        if callable(self.learning_rate):
+            self.actor_lr = self.critic_lr = self.lr_schedule(self._current_progress_remaining)
+        actor = self.policy.actor
+        stats: dict[str, list[float]] = defaultdict(list)
+
+        for _ in range(self.n_epochs):
+            for batch in self.rollout_buffer.get(self.batch_size):
+                values, log_prob, entropy = self.policy.evaluate_actions(batch.observations, batch.actions)
+                with torch.no_grad():
+                    shaped_reward = batch.reward_maps - self.kl_coef * (log_prob - batch.ref_log_prob)
+                    advantages = shaped_reward - values  # per pixel, no bootstrapping (one-step episodes)
+
+                ratio = torch.exp(log_prob - batch.old_log_prob)  # per pixel, never summed over pixels
+                clipped_ratio = torch.clamp(ratio, 1 - self.clip_range, 1 + self.clip_range)
+                surrogate = torch.min(ratio * advantages, clipped_ratio * advantages).mean()
+                policy_loss = -surrogate - self.ent_coef * entropy.mean()
+                self.policy.actor_optimizer.zero_grad()
+                policy_loss.backward()
+                if self.max_grad_norm is not None:
+                    torch.nn.utils.clip_grad_norm_(actor.parameters(), self.max_grad_norm)
+                self.policy.actor_optimizer.step()
+
+                value_loss = self.vf_coef * F.mse_loss(values, batch.reward_maps)
+                self.policy.critic_optimizer.zero_grad()
+                value_loss.backward()
+                self.policy.critic_optimizer.step()
+
+                with torch.no_grad():
+                    log_ratio = log_prob - batch.old_log_prob
+                    stats["policy_loss"].append(policy_loss.item())
+                    stats["value_loss"].append(value_loss.item())
+                    stats["entropy"].append(entropy.mean().item())
+                    stats["reward_mean"].append(batch.reward_maps.mean().item())
+                    stats["shaped_reward_mean"].append(shaped_reward.mean().item())
+                    stats["advantage_mean"].append(advantages.mean().item())
+                    stats["advantage_std"].append(advantages.std().item())
+                    stats["ratio_mean"].append(ratio.mean().item())
+                    stats["clip_fraction"].append(((ratio - 1).abs() > self.clip_range).float().mean().item())
+                    stats["approx_kl"].append(((ratio - 1) - log_ratio).mean().item())
+                    stats["kl_ref"].append((log_prob - batch.ref_log_prob).mean().item())
+
+        self._n_updates += self.n_epochs
+        self._n_train_calls += 1
+        for key, values_ in stats.items():
+            self.logger.record(f"train/{key}", float(np.mean(values_)))
+        buffer = self.rollout_buffer
+        self.logger.record("train/explained_variance",
+                           float(explained_variance(buffer.values.ravel(), buffer.reward_maps.ravel())))
+        self.logger.record("train/ent_coef", self.ent_coef)
+        self.logger.record("train/kl_coef", self.kl_coef)
+        self.logger.record("train/actor_lr", self.actor_lr)
+        self.logger.record("train/critic_lr", self.critic_lr)
+        self.logger.record("train/batch_size", self.batch_size)
+        self.logger.record("train/n_updates", self._n_updates, exclude="tensorboard")
+        if self.image_log_interval > 0 and self._n_train_calls % self.image_log_interval == 0:
+            self.logger.record("train/panel", Image(self.image_panel(), "HW"),
+                               exclude=("stdout", "log", "json", "csv"))
+
+    def image_panel(self) -> np.ndarray:
+        """Rows ``image | action | reward map | value map`` of the first rollout images, float32 in [0, 1].
+
+        Shape (rows * H, 4 * W); the action is shown as label / (n_classes - 1).
+        """
+        buffer = self.rollout_buffer
+        n = min(self.image_log_count, buffer.size() * buffer.n_envs)
+        flat = lambda array: array[: buffer.size()].reshape((-1, *array.shape[2:]))[:n]  # noqa: E731
+        with torch.no_grad():
+            images = self.policy.preprocess(torch.as_tensor(flat(buffer.observations))).squeeze(1).numpy()
+        actions = flat(buffer.actions).astype(np.float32) / (self.policy.n_classes - 1)
+        rows = [np.concatenate(parts, axis=1) for parts in
+                zip(images, actions, flat(buffer.reward_maps), flat(buffer.values))]
+        return np.clip(np.concatenate(rows, axis=0), 0.0, 1.0).astype(np.float32)
+
+    # --- SB3 API --------------------------------------------------------------------------------
+    def predict(self, observation: np.ndarray, state: tuple[np.ndarray, ...] | None = None,
+                episode_start: np.ndarray | None = None,
+                deterministic: bool = True) -> tuple[np.ndarray, tuple[np.ndarray, ...] | None]:
+        """Label maps for image observations: (B, H, W) for a batch, (H, W) for one image.
+
+        Unlike SB3's default, ``deterministic=True`` (per-pixel argmax, the segmentation) is the
+        default; ``False`` samples from the per-pixel categorical.
+        """
+        return self.policy.predict(observation, state, episode_start, deterministic)
+
+    def learn(self: SelfPixelPPO, total_timesteps: int, callback: MaybeCallback = None, log_interval: int = 1,
+              tb_log_name: str = "PixelPPO", reset_num_timesteps: bool = True,
+              progress_bar: bool = False) -> SelfPixelPPO:
+        """Train for ``total_timesteps`` env steps (= images). See SB3's ``OnPolicyAlgorithm.learn``."""
+        return super().learn(total_timesteps=total_timesteps, callback=callback, log_interval=log_interval,
+                             tb_log_name=tb_log_name, reset_num_timesteps=reset_num_timesteps,
+                             progress_bar=progress_bar)
