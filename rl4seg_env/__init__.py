@@ -14,14 +14,17 @@ from __future__ import annotations
 from gymnasium.envs.registration import register, registry
 
 from rl4seg_env.env import SegEnv
+from rl4seg_env.vector import SB3VecEnvAdapter, SegVectorEnv, make_sb3_vec_env
 from rl4seg_env.wrappers import DownsampledActionWrapper, LearnedRewardWrapper
 
-__all__ = ["DownsampledActionWrapper", "LearnedRewardWrapper", "SegEnv"]
+__all__ = ["DownsampledActionWrapper", "LearnedRewardWrapper", "SB3VecEnvAdapter", "SegEnv", "SegVectorEnv",
+           "make_sb3_vec_env"]
 
 if "RL4Seg-v0" not in registry:
     register(
         id="RL4Seg-v0",
         entry_point="rl4seg_env.env:SegEnv",
+        vector_entry_point="rl4seg_env.vector:SegVectorEnv",
         kwargs={"dataset": "synthetic", "reward": "accuracy"},
     )
 if "RL4SegSmall-v0" not in registry:

@@ -1,0 +1,322 @@
+"""A natively batched :class:`SegVectorEnv` and an SB3 ``VecEnv`` view of it.
+
+:class:`SegVectorEnv` runs ``num_envs`` copies of :class:`~rl4seg_env.env.SegEnv` as arrays: one
+reward-function (or learned reward model) call on (B, H, W) per step instead of B calls on (1, H, W).
+Every episode lasts one step, so it uses *same-step* autoreset: ``step`` returns the observations of
+the next episodes, with the stepped episodes' observations in ``info["final_obs"]`` and their info in
+``info["final_info"]`` - exactly what ``SyncVectorEnv(..., autoreset_mode=AutoresetMode.SAME_STEP)``
+returns over ``SegEnv`` copies for the same seeds (sub-env ``i`` is seeded ``seed + i``).
+
+:class:`SB3VecEnvAdapter` exposes it as a ``stable_baselines3.common.vec_env.VecEnv`` (list of per-env
+info dicts, ``terminal_observation``), for PixelPPO and other SB3-style algorithms.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+from gymnasium.utils import seeding
+from gymnasium.vector import AutoresetMode, VectorEnv
+from gymnasium.vector.utils import batch_space
+from stable_baselines3.common.vec_env import VecEnv
+from stable_baselines3.common.vec_env.base_vec_env import VecEnvIndices, VecEnvObs, VecEnvStepReturn
+
+from rl4seg_env.data import Sample, SegDataset
+from rl4seg_env.env import (
+    SegEnv,
+    check_actions,
+    check_indices,
+    check_pseudo_labels,
+    draw_index,
+    mean_dice,
+    mean_reward,
+    render_panel,
+    resolve_dataset,
+    resolve_reward,
+    to_observation,
+)
+from rl4seg_env.rewards import RewardFunction, RewardModel
+from rl4seg_env.wrappers import _check_reward_model, evaluate_reward_model
+
+
+def _all(num_envs: int) -> np.ndarray:
+    return np.ones(num_envs, dtype=np.bool_)
+
+
+class SegVectorEnv(VectorEnv):
+    """``num_envs`` one-step segmentation episodes at a time, rewards computed in one batched call.
+
+    Spaces: observation ``Box(0, 255, (B, H, W, 1), uint8)``, action ``MultiDiscrete`` of shape (B, H, W)
+    (uint8). ``step`` returns the *next* episodes' observations (same-step autoreset), float64 (B,)
+    rewards, ``terminated`` all ``True``, ``truncated`` all ``False``, and a Gymnasium vector info dict:
+    top level ``sample_id``/``index`` of the new episodes, ``final_obs`` (object array of (H, W, 1)
+    observations) and ``final_info`` with the stepped episodes' ``reward_map`` (float32 (B, H, W)),
+    ``sample_id``, ``index``, ``dice`` (float64 (B,), labelled data only), ``gt_reward_map`` (with a
+    learned reward and a ground-truth reward) and ``pseudo_label`` (uint8 (B, H, W), valid where the mask
+    ``_pseudo_label`` is ``True``). Each key ``k`` has its boolean mask ``_k``.
+
+    :param num_envs: batch size B (default 1).
+    :param dataset: dataset or dataset name, as for :class:`~rl4seg_env.env.SegEnv` (default ``"synthetic"``).
+    :param reward: ground-truth reward name/function or ``None``, as for ``SegEnv`` (default ``"accuracy"``).
+    :param reward_model: optional learned :class:`~rl4seg_env.rewards.RewardModel`; when given its map is
+        the reward (as with :class:`~rl4seg_env.wrappers.LearnedRewardWrapper`); swap it with
+        :meth:`set_reward_model`. Default ``None``.
+    :param render_mode: ``None`` or ``"rgb_array"`` (a tuple of per-env panels of the last step).
+    :param dataset_kwargs: passed to :func:`~rl4seg_env.data.make_dataset` for a dataset name.
+    """
+
+    metadata = {"render_modes": ["rgb_array"], "autoreset_mode": AutoresetMode.SAME_STEP}
+
+    def __init__(self, num_envs: int = 1, dataset: SegDataset | str = "synthetic",
+                 reward: str | RewardFunction | None = "accuracy", reward_model: RewardModel | None = None,
+                 render_mode: str | None = None, **dataset_kwargs: Any) -> None:
+        if int(num_envs) < 1:
+            raise ValueError(f"num_envs must be >= 1, found {num_envs}")
+        if render_mode is not None and render_mode not in self.metadata["render_modes"]:
+            raise ValueError(f"render_mode must be None or one of {self.metadata['render_modes']}, found {render_mode!r}")
+        self.num_envs = int(num_envs)
+        self._dataset = resolve_dataset(dataset, dataset_kwargs)
+        self.reward_fn = resolve_reward(reward, self._dataset)
+        self._reward_model = None if reward_model is None else _check_reward_model(reward_model)
+        self.render_mode = render_mode
+        height, width = self.image_size
+        self.single_observation_space = gym.spaces.Box(0, 255, (height, width, 1), np.uint8)
+        self.single_action_space = gym.spaces.MultiDiscrete(np.full((height, width), self.n_classes), dtype=np.uint8)
+        self.observation_space = batch_space(self.single_observation_space, self.num_envs)
+        self.action_space = batch_space(self.single_action_space, self.num_envs)
+        self._active = check_indices(None, len(self._dataset))
+        self._pseudo_labels: dict[str, np.ndarray] = {}
+        self._rngs: list[np.random.Generator | None] = [None] * self.num_envs
+        self._indices: np.ndarray | None = None
+        self._samples: list[Sample] = []
+        self._last_render: list[tuple[np.ndarray, np.ndarray | None, np.ndarray | None]] = []
+
+    # -- properties (as SegEnv) -------------------------------------------------------------
+    @property
+    def dataset(self) -> SegDataset:
+        """The dataset episodes are drawn from (shared by all sub-envs)."""
+        return self._dataset
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        """(H, W) in pixels."""
+        return tuple(self._dataset.image_size)  # type: ignore[return-value]
+
+    @property
+    def n_classes(self) -> int:
+        """Number of label values (background included)."""
+        return self._dataset.n_classes
+
+    @property
+    def active_indices(self) -> np.ndarray:
+        """int64 dataset indices that resets draw from (a copy)."""
+        return self._active.copy()
+
+    @property
+    def reward_model(self) -> RewardModel | None:
+        """The learned reward model, or ``None`` for the ground-truth reward."""
+        return self._reward_model
+
+    # -- methods the training loop calls ----------------------------------------------------
+    def set_active_indices(self, indices: Sequence[int] | np.ndarray | None) -> None:
+        """Restrict the images all sub-envs draw from (``None`` = whole dataset); see ``SegEnv``."""
+        self._active = check_indices(indices, len(self._dataset))
+
+    def set_pseudo_labels(self, mapping: Mapping[str, np.ndarray]) -> None:
+        """Replace the pseudo labels (``sample_id -> uint8 (H, W)``); see ``SegEnv.set_pseudo_labels``."""
+        self._pseudo_labels = check_pseudo_labels(mapping, self.image_size, self.n_classes)
+
+    def set_reward_model(self, reward_model: RewardModel) -> None:
+        """Set or swap the learned reward model in place."""
+        self._reward_model = _check_reward_model(reward_model)
+
+    def get_sample(self, index: int) -> Sample:
+        """The dataset sample at ``index``."""
+        return self._dataset[int(index)]
+
+    # -- gymnasium vector API ---------------------------------------------------------------
+    def reset(self, *, seed: int | Sequence[int | None] | None = None, options: dict[str, Any] | None = None
+              ) -> tuple[np.ndarray, dict[str, Any]]:
+        """Start B new episodes.
+
+        :param seed: ``None`` (keep each sub-env's generator), an int (sub-env ``i`` gets ``seed + i``,
+            like ``SyncVectorEnv``) or a list of B ints/``None``.
+        :param options: ``{"index": int or B ints}`` selects the images instead of drawing them.
+        """
+        if seed is None:
+            seeds: list[int | None] = [None] * self.num_envs
+        elif isinstance(seed, (int, np.integer)):
+            super().reset(seed=int(seed))
+            seeds = [int(seed) + i for i in range(self.num_envs)]
+        else:
+            seeds = list(seed)
+            if len(seeds) != self.num_envs:
+                raise ValueError(f"a list of seeds must have num_envs={self.num_envs} entries, found {len(seeds)}")
+        for i, s in enumerate(seeds):
+            if s is not None or self._rngs[i] is None:
+                self._rngs[i] = seeding.np_random(s)[0]
+        if options and "index" in options:
+            indices = np.broadcast_to(np.asarray(options["index"], dtype=np.int64), (self.num_envs,)).copy()
+            if indices.min() < 0 or indices.max() >= len(self._dataset):
+                raise ValueError(f"options['index'] must lie in 0..{len(self._dataset) - 1}, found {indices.tolist()}")
+        else:
+            indices = self._draw()
+        obs = self._start(indices)
+        return obs, self._reset_info()
+
+    def step(self, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
+        """Score B label maps (B, H, W) in one batched reward call, then start the next B episodes."""
+        if self._indices is None:
+            raise RuntimeError("SegVectorEnv.step() called before reset(); call envs.reset() first")
+        b = self.num_envs
+        actions = check_actions(actions, (b, *self.image_size), self.n_classes)
+        images = np.stack([s.image for s in self._samples])
+        labels = np.stack([s.label for s in self._samples]) if self._dataset.with_labels else None
+
+        final_info: dict[str, Any] = {
+            "sample_id": np.array([s.id for s in self._samples], dtype=object), "_sample_id": _all(b),
+            "index": self._indices.copy(), "_index": _all(b),
+        }
+        rewards = np.zeros(b, dtype=np.float64)
+        reward_map = None
+        if self.reward_fn is not None:
+            reward_map = np.asarray(self.reward_fn(images, actions, labels), dtype=np.float32)
+            rewards = mean_reward(reward_map)
+        if self._reward_model is not None:
+            if reward_map is not None:
+                final_info["gt_reward_map"], final_info["_gt_reward_map"] = reward_map, _all(b)
+            reward_map = evaluate_reward_model(self._reward_model, images, actions)
+            rewards = mean_reward(reward_map)
+        if reward_map is not None:
+            final_info["reward_map"], final_info["_reward_map"] = reward_map, _all(b)
+        if labels is not None:
+            final_info["dice"], final_info["_dice"] = mean_dice(actions, labels, self.n_classes), _all(b)
+        has_pseudo = np.array([s.id in self._pseudo_labels for s in self._samples])
+        if has_pseudo.any():
+            pseudo = np.zeros((b, *self.image_size), dtype=np.uint8)
+            for i in np.flatnonzero(has_pseudo):
+                pseudo[i] = self._pseudo_labels[self._samples[i].id]
+            final_info["pseudo_label"], final_info["_pseudo_label"] = pseudo, has_pseudo
+
+        final_obs = np.empty(b, dtype=object)
+        for i, sample in enumerate(self._samples):
+            final_obs[i] = to_observation(sample.image)
+        self._last_render = [(s.image, actions[i].copy(), None if reward_map is None else reward_map[i])
+                             for i, s in enumerate(self._samples)]
+
+        obs = self._start(self._draw())  # same-step autoreset: every episode ended
+        info = self._reset_info()
+        info.update({"final_obs": final_obs, "_final_obs": _all(b), "final_info": final_info, "_final_info": _all(b)})
+        return obs, rewards, np.ones(b, dtype=np.bool_), np.zeros(b, dtype=np.bool_), info
+
+    def render(self) -> tuple[np.ndarray, ...] | None:
+        """``rgb_array``: per-env uint8 (H, 3W, 3) panels of the last step (current images before one)."""
+        if self.render_mode != "rgb_array":
+            return None
+        if self._indices is None:
+            raise RuntimeError("SegVectorEnv.render() called before reset()")
+        frames = self._last_render or [(s.image, None, None) for s in self._samples]
+        return tuple(render_panel(*frame) for frame in frames)
+
+    # -- internals --------------------------------------------------------------------------
+    def _draw(self) -> np.ndarray:
+        return np.array([draw_index(rng, self._active) for rng in self._rngs], dtype=np.int64)  # type: ignore[arg-type]
+
+    def _start(self, indices: np.ndarray) -> np.ndarray:
+        self._indices = indices
+        self._samples = [self._dataset[int(i)] for i in indices]
+        return np.stack([to_observation(s.image) for s in self._samples])
+
+    def _reset_info(self) -> dict[str, Any]:
+        b = self.num_envs
+        return {"sample_id": np.array([s.id for s in self._samples], dtype=object), "_sample_id": _all(b),
+                "index": self._indices.copy(), "_index": _all(b)}  # type: ignore[union-attr]
+
+
+def vector_info_to_list(info: Mapping[str, Any], num_envs: int) -> list[dict[str, Any]]:
+    """Gymnasium vector info (arrays + ``_key`` masks) -> one dict per env (only the keys it has)."""
+    out: list[dict[str, Any]] = [{} for _ in range(num_envs)]
+    for key, value in info.items():
+        if key.startswith("_"):
+            continue
+        mask = info.get(f"_{key}", _all(num_envs))
+        per_env = vector_info_to_list(value, num_envs) if isinstance(value, Mapping) else value
+        for i in np.flatnonzero(mask):
+            out[i][key] = per_env[i]
+    return out
+
+
+class SB3VecEnvAdapter(VecEnv):
+    """A Stable-Baselines3 ``VecEnv`` over a :class:`SegVectorEnv` (rewards stay batched).
+
+    ``step_wait`` returns the next episodes' observations (B, H, W, 1) uint8, float32 (B,) rewards, all
+    ``dones`` ``True`` and a list of B info dicts with the stepped episode's keys (``reward_map``,
+    ``sample_id``, ``index``, ``dice``, ``pseudo_label``, ``gt_reward_map`` when present) plus
+    ``terminal_observation`` and ``TimeLimit.truncated``. ``env_method(name, *args)`` calls the batched
+    env's method once and returns its result repeated for each requested index; ``get_attr`` /
+    ``set_attr`` likewise act on the batched env.
+
+    :param vec_env: the batched env.
+    """
+
+    def __init__(self, vec_env: SegVectorEnv) -> None:
+        if not isinstance(vec_env.unwrapped, SegVectorEnv):
+            raise TypeError(f"SB3VecEnvAdapter needs a SegVectorEnv, found {type(vec_env).__name__}")
+        self.venv = vec_env
+        self._actions: np.ndarray | None = None
+        super().__init__(vec_env.num_envs, vec_env.single_observation_space, vec_env.single_action_space)
+
+    def reset(self) -> VecEnvObs:
+        seeds = None if all(s is None for s in self._seeds) else list(self._seeds)
+        options = self._options[0] if self._options[0] else None
+        obs, info = self.venv.reset(seed=seeds, options=options)
+        self.reset_infos = vector_info_to_list(info, self.num_envs)
+        self._reset_seeds()
+        self._reset_options()
+        return obs
+
+    def step_async(self, actions: np.ndarray) -> None:
+        self._actions = np.asarray(actions)
+
+    def step_wait(self) -> VecEnvStepReturn:
+        obs, rewards, terminated, truncated, info = self.venv.step(self._actions)
+        infos = vector_info_to_list(info.get("final_info", {}), self.num_envs)
+        for i, env_info in enumerate(infos):
+            env_info["terminal_observation"] = info["final_obs"][i]
+            env_info["TimeLimit.truncated"] = bool(truncated[i] and not terminated[i])
+        self.reset_infos = vector_info_to_list({k: v for k, v in info.items() if "final_" not in k}, self.num_envs)
+        return obs, rewards.astype(np.float32), terminated | truncated, infos
+
+    def close(self) -> None:
+        self.venv.close()
+
+    def _count(self, indices: VecEnvIndices) -> int:
+        return len(list(self._get_indices(indices)))
+
+    def get_attr(self, attr_name: str, indices: VecEnvIndices = None) -> list[Any]:
+        return [getattr(self.venv, attr_name)] * self._count(indices)
+
+    def set_attr(self, attr_name: str, value: Any, indices: VecEnvIndices = None) -> None:
+        setattr(self.venv, attr_name, value)
+
+    def env_method(self, method_name: str, *method_args: Any, indices: VecEnvIndices = None,
+                   **method_kwargs: Any) -> list[Any]:
+        result = getattr(self.venv, method_name)(*method_args, **method_kwargs)
+        return [result] * self._count(indices)
+
+    def env_is_wrapped(self, wrapper_class: type[gym.Wrapper], indices: VecEnvIndices = None) -> list[bool]:
+        return [False] * self._count(indices)  # the batched env has no per-env wrappers
+
+    def get_images(self) -> Sequence[np.ndarray | None]:
+        frames = self.venv.render()
+        return list(frames) if frames is not None else [None] * self.num_envs
+
+
+def make_sb3_vec_env(num_envs: int = 8, **kwargs: Any) -> SB3VecEnvAdapter:
+    """``SB3VecEnvAdapter(SegVectorEnv(num_envs, **kwargs))``; kwargs as for :class:`SegVectorEnv`."""
+    return SB3VecEnvAdapter(SegVectorEnv(num_envs, **kwargs))
+
+
+__all__ = ["SB3VecEnvAdapter", "SegEnv", "SegVectorEnv", "make_sb3_vec_env", "vector_info_to_list"]
