@@ -227,8 +227,8 @@ class FileSegDataset(SegDataset):
         if self._skipped:
             first_path, first_problem = self._skipped[0]
             warnings.warn(
-                f"{type(self).__name__} ({source}): skipped {len(self._skipped)} bad sample(s), "
-                f"kept {len(self._records)}; first: {first_path}: {first_problem} "
+                f"{type(self).__name__} ({source}): skipped {len(self._skipped)} bad input(s), "
+                f"kept {len(self._records)} sample(s); first: {first_path}: {first_problem} "
                 f"(see .skipped for the full list)",
                 stacklevel=3,
             )

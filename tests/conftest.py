@@ -1,0 +1,87 @@
+"""Shared pytest fixtures."""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+
+# ---------------------------------------------------------------------------------------------------
+# CAMUS-layout fixture (data/camus.py, data/nifti.py)
+# ---------------------------------------------------------------------------------------------------
+@dataclasses.dataclass
+class CamusLayout:
+    """A small CAMUS tree written with nibabel directly (x-first arrays, non-square pixels).
+
+    Every frame is ``rows x cols = 40 x 20`` stored as ``(x=20, y=40)``, with pixel size
+    ``row_mm = 0.154`` (header zoom y) and ``col_mm = 0.308`` (header zoom x). The LV (1) sits near the
+    top (apex) and left of centre, the myocardium (2) wraps it, the atrium (3) is at the bottom.
+    """
+
+    root: Path
+    splits: dict[str, list[str]]
+    shape: tuple[int, int] = (40, 20)
+    row_mm: float = 0.154
+    col_mm: float = 0.308
+
+    def path(self, patient: str, view: str, phase: str, gt: bool = False) -> Path:
+        suffix = "_gt" if gt else ""
+        return self.root / "database_nifti" / patient / f"{patient}_{view}_{phase}{suffix}.nii.gz"
+
+    def label(self, patient: str, view: str, phase: str) -> np.ndarray:
+        """Expected (rows, cols) uint8 label of one frame, CAMUS values 0..3."""
+        k = int(patient[-4:]) + (1 if view == "4CH" else 0) + (1 if phase == "ES" else 0)
+        rows, cols = np.mgrid[: self.shape[0], : self.shape[1]]
+        label = np.zeros(self.shape, np.uint8)
+        label[(rows >= 2) & (rows < 16 + k) & (cols >= 2) & (cols < 12)] = 2
+        label[(rows >= 4) & (rows < 14 + k) & (cols >= 4) & (cols < 10)] = 1
+        label[(rows >= 30) & (rows < 38) & (cols >= 4) & (cols < 16)] = 3
+        return label
+
+    def image(self, patient: str, view: str, phase: str) -> np.ndarray:
+        """Expected (rows, cols) float32 image: bright myocardium, a ramp so normalisation is non-trivial."""
+        label = self.label(patient, view, phase)
+        ramp = np.linspace(0.0, 20.0, self.shape[0] * self.shape[1], dtype=np.float32).reshape(self.shape)
+        return (np.float32(40.0) + ramp + np.float32(150.0) * (label == 2)).astype(np.float32)
+
+    def write_frame(self, path: Path, array_rc: np.ndarray, dtype=np.float32) -> None:
+        """Write a (rows, cols) array as CAMUS does: x-first, zooms (col_mm, row_mm)."""
+        import nibabel as nib
+
+        data = np.ascontiguousarray(np.asarray(array_rc).T).astype(dtype)
+        img = nib.Nifti1Image(data, np.diag([self.col_mm, self.row_mm, 1.0, 1.0]))
+        img.header.set_zooms((self.col_mm, self.row_mm) + (1.0,) * (data.ndim - 2))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        nib.save(img, str(path))
+
+
+def write_camus_layout(root: Path) -> CamusLayout:
+    splits = {
+        "train": ["patient0001", "patient0002"],
+        "val": ["patient0003"],
+        "test": ["patient0004"],
+    }
+    layout = CamusLayout(root=root, splits=splits)
+    split_files = {"train": "subgroup_training.txt", "val": "subgroup_validation.txt", "test": "subgroup_testing.txt"}
+    (root / "database_split").mkdir(parents=True)
+    for split, patients in splits.items():
+        (root / "database_split" / split_files[split]).write_text("\n".join(patients) + "\n")
+    for n, patient in enumerate(p for ps in splits.values() for p in ps):
+        for view in ("2CH", "4CH"):
+            for phase in ("ED", "ES"):
+                layout.write_frame(layout.path(patient, view, phase), layout.image(patient, view, phase))
+                layout.write_frame(layout.path(patient, view, phase, gt=True), layout.label(patient, view, phase),
+                                   dtype=np.uint8)
+            quality = "Poor" if (patient, view) == ("patient0002", "4CH") else ("Good" if n % 2 == 0 else "Medium")
+            cfg = (f"ED: 1\nES: {10 + n}\nNbFrame: {10 + n}\nSex: {'F' if n % 2 else 'M'}\nAge: {50 + n}\n"
+                   f"ImageQuality: {quality}\nEF: {55.5 + n}\nFrameRate: 50.0\n")
+            (root / "database_nifti" / patient / f"Info_{view}.cfg").write_text(cfg)
+    return layout
+
+
+@pytest.fixture
+def camus_layout(tmp_path: Path) -> CamusLayout:
+    """A fresh 4-patient CAMUS tree (train: 0001, 0002; val: 0003; test: 0004) under ``tmp_path/camus``."""
+    return write_camus_layout(tmp_path / "camus")
