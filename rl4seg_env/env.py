@@ -108,7 +108,8 @@ def check_pseudo_labels(mapping: Mapping[str, Any], image_size: tuple[int, int],
                         n_classes: int) -> dict[str, np.ndarray]:
     """Validate a ``sample_id -> label map`` mapping; return private uint8 (H, W) copies."""
     if not isinstance(mapping, Mapping):
-        raise TypeError(f"pseudo labels must be a mapping sample_id -> (H, W) label map, found {type(mapping).__name__}")
+        raise TypeError("pseudo labels must be a mapping sample_id -> (H, W) label map, "
+                        f"found {type(mapping).__name__}")
     out: dict[str, np.ndarray] = {}
     for sample_id, label in mapping.items():
         if not isinstance(sample_id, str):
@@ -120,7 +121,8 @@ def check_pseudo_labels(mapping: Mapping[str, Any], image_size: tuple[int, int],
             raise ValueError(f"pseudo label of {sample_id!r}: expected an integer label map, found dtype {label.dtype}")
         if label.size and (label.min() < 0 or label.max() >= n_classes):
             bad = np.unique(label[(label < 0) | (label >= n_classes)])[:10]
-            raise ValueError(f"pseudo label of {sample_id!r}: values must lie in 0..{n_classes - 1}, found {bad.tolist()}")
+            raise ValueError(f"pseudo label of {sample_id!r}: values must lie in 0..{n_classes - 1}, "
+                             f"found {bad.tolist()}")
         out[sample_id] = label.astype(np.uint8, copy=True)
     return out
 
@@ -214,7 +216,8 @@ class SegEnv(gym.Env):
                  reward: str | RewardFunction | None = "accuracy",
                  render_mode: str | None = None, **dataset_kwargs: Any) -> None:
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
-            raise ValueError(f"render_mode must be None or one of {self.metadata['render_modes']}, found {render_mode!r}")
+            raise ValueError(f"render_mode must be None or one of {self.metadata['render_modes']}, "
+                             f"found {render_mode!r}")
         self._dataset = resolve_dataset(dataset, dataset_kwargs)
         self.reward_fn = resolve_reward(reward, self._dataset)
         self.render_mode = render_mode

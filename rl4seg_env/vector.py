@@ -25,7 +25,6 @@ from stable_baselines3.common.vec_env.base_vec_env import VecEnvIndices, VecEnvO
 
 from rl4seg_env.data import Sample, SegDataset
 from rl4seg_env.env import (
-    SegEnv,
     check_actions,
     check_indices,
     check_pseudo_labels,
@@ -75,7 +74,8 @@ class SegVectorEnv(VectorEnv):
         if int(num_envs) < 1:
             raise ValueError(f"num_envs must be >= 1, found {num_envs}")
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
-            raise ValueError(f"render_mode must be None or one of {self.metadata['render_modes']}, found {render_mode!r}")
+            raise ValueError(f"render_mode must be None or one of {self.metadata['render_modes']}, "
+                             f"found {render_mode!r}")
         self.num_envs = int(num_envs)
         self._dataset = resolve_dataset(dataset, dataset_kwargs)
         self.reward_fn = resolve_reward(reward, self._dataset)
@@ -319,4 +319,4 @@ def make_sb3_vec_env(num_envs: int = 8, **kwargs: Any) -> SB3VecEnvAdapter:
     return SB3VecEnvAdapter(SegVectorEnv(num_envs, **kwargs))
 
 
-__all__ = ["SB3VecEnvAdapter", "SegEnv", "SegVectorEnv", "make_sb3_vec_env", "vector_info_to_list"]
+__all__ = ["SB3VecEnvAdapter", "SegVectorEnv", "make_sb3_vec_env", "vector_info_to_list"]

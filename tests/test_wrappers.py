@@ -134,7 +134,16 @@ def test_registered_small_env_on_synthetic_data() -> None:
     assert env.action_space.shape == (64,) and env.observation_space.shape == (256,)
 
 
-def test_stock_sb3_ppo_trains_through_small_wrapper() -> None:
+@pytest.fixture
+def one_torch_thread():  # type: ignore[no-untyped-def]
+    """Tiny networks run faster on one thread, and the CI machine is shared."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_stock_sb3_ppo_trains_through_small_wrapper(one_torch_thread: None) -> None:
     from stable_baselines3 import PPO
 
     env = gym.make("RL4SegSmall-v0", dataset=TinyDataset(n=8, size=(32, 32)))
