@@ -256,7 +256,8 @@ class SB3VecEnvAdapter(VecEnv):
     ``sample_id``, ``index``, ``dice``, ``pseudo_label``, ``gt_reward_map`` when present) plus
     ``terminal_observation`` and ``TimeLimit.truncated``. ``env_method(name, *args)`` calls the batched
     env's method once and returns its result repeated for each requested index; ``get_attr`` /
-    ``set_attr`` likewise act on the batched env.
+    ``set_attr`` likewise act on the batched env. ``seed(s)`` before ``reset()`` seeds sub-env ``i`` with
+    ``s + i``; reset options are taken from env 0 (``{"index": [i_0, ..., i_B-1]}`` selects all images).
 
     :param vec_env: the batched env.
     """
