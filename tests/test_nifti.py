@@ -148,7 +148,8 @@ def test_without_labels_never_reads_label_files(nifti_folder, monkeypatch):
         assert [ds[i].label for i in range(len(ds))] == [None] * 4 and ds.skipped == []
     assert read_paths and all("/img/" in p for p in read_paths)
     with pytest.raises(DataError, match=r"lbl/a\.nii\.gz: cannot read"):
-        NiftiFolderDataset(nifti_folder["manifest"], split="train", image_size=8)[0]  # the label files really are unreadable
+        # the label files really are unreadable
+        NiftiFolderDataset(nifti_folder["manifest"], split="train", image_size=8)[0]
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -138,7 +138,8 @@ class CamusDataset(FileSegDataset):
                 cfg = self._view_info(folder / f"Info_{view}.cfg")
                 if cfg is None:
                     continue
-                if self.image_quality is not None and str(cfg.get("ImageQuality", "")).lower() not in self.image_quality:
+                quality = str(cfg.get("ImageQuality", "")).lower()
+                if self.image_quality is not None and quality not in self.image_quality:
                     continue
                 for phase in self.phases:
                     stem = f"{patient}_{view}_{phase}"

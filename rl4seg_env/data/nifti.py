@@ -404,7 +404,8 @@ class NiftiFolderDataset(FileSegDataset):
         reader = csv.DictReader(io.StringIO(text))
         header = [h.strip() for h in (reader.fieldnames or [])]
         if not header:
-            raise DataError(self.manifest, f"empty manifest: expected a header with columns {','.join(MANIFEST_COLUMNS)}")
+            raise DataError(self.manifest,
+                            f"empty manifest: expected a header with columns {','.join(MANIFEST_COLUMNS)}")
         missing = [c for c in MANIFEST_COLUMNS if c not in header]
         if missing:
             raise DataError(self.manifest, f"manifest is missing column(s) {', '.join(map(repr, missing))}; "
