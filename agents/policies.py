@@ -263,7 +263,10 @@ class PixelActorCriticPolicy(BasePolicy):
         return self.reference_distribution(obs).log_prob(actions)
 
     def kl_to_reference(self, obs: torch.Tensor) -> torch.Tensor:
-        """Exact per-pixel KL(pi_theta || pi_ref) in nats (B, H, W), no gradient."""
+        """Exact per-pixel KL(pi_theta || pi_ref) in nats (B, H, W), no gradient.
+
+        The actor runs in its current mode: call ``set_training_mode(False)`` first for the
+        evaluation-mode policy (as ``predict`` does)."""
         with torch.no_grad():
             return self.get_distribution(obs).kl_divergence(self.reference_distribution(obs))
 

@@ -58,9 +58,12 @@ class PixelPPO(OnPolicyAlgorithm):
     :param max_grad_norm: actor gradient-norm clip (default 0.5; ``None`` disables it).
     :param use_pseudo_labels: when an env's ``info["pseudo_label"]`` is present, credit that label as
         the action with a reward of 1 at every pixel (supervised anchor; default ``True``).
-    :param update_actor_norm_stats: run the actor in training mode during updates (batch statistics and
-        updated running means of its normalisation layers). Default ``False``: the actor is evaluated
-        exactly as during the rollout, so the ratio starts at 1 (with batch statistics it would not).
+    :param update_actor_norm_stats: run the actor in training mode during updates, as SB3's PPO does:
+        normalisation layers use batch statistics and their running means adapt to the rollout images
+        (default ``True``; from a randomly initialised batch-norm actor this is what makes learning
+        work). ``False`` evaluates the actor exactly as during the rollout (frozen statistics, dropout
+        off), so the importance ratio starts at exactly 1; suited to fine-tuning a pretrained actor
+        whose statistics should stay those of the source domain.
     :param image_log_interval: log an image panel (image | action | reward map | value map) every this
         many updates (default 10; 0 disables it).
     :param image_log_count: images (rows) in the panel (default 4).
@@ -95,7 +98,7 @@ class PixelPPO(OnPolicyAlgorithm):
         vf_coef: float = 1.0,
         max_grad_norm: float | None = 0.5,
         use_pseudo_labels: bool = True,
-        update_actor_norm_stats: bool = False,
+        update_actor_norm_stats: bool = True,
         image_log_interval: int = 10,
         image_log_count: int = 4,
         stats_window_size: int = 100,

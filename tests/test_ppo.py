@@ -94,6 +94,7 @@ def score(model: PixelPPO, dataset: DiskDataset) -> tuple[float, float]:
 def mean_kl_to_reference(model: PixelPPO, dataset: DiskDataset) -> float:
     images, _ = images_and_labels(dataset)
     obs, _ = model.policy.obs_to_tensor(images)
+    model.policy.set_training_mode(False)
     return float(model.policy.kl_to_reference(obs).mean())
 
 
@@ -120,8 +121,8 @@ def test_large_kl_coef_keeps_the_policy_close_to_the_reference(dataset):
 
 
 def test_first_minibatch_ratio_is_one_and_nothing_is_clipped(dataset):
-    """The actor is evaluated in the rollout's mode, so one epoch on one batch sees ratio == 1."""
-    model = make_model(dataset, n_epochs=1, batch_size=64)
+    """With frozen normalisation statistics the actor is evaluated as in the rollout: ratio == 1 at first."""
+    model = make_model(dataset, n_epochs=1, batch_size=64, update_actor_norm_stats=False)
     model.learn(8)
     model.train()  # the logger keeps the last recorded values
     values = model.logger.name_to_value
