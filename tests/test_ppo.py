@@ -348,3 +348,14 @@ def test_policy_outputs_have_pixel_shapes(dataset):
     assert not any(p.requires_grad for p in model.policy.reference_policy.parameters())
     model.policy.set_training_mode(True)
     assert model.policy.actor.training and not model.policy.reference_policy.training
+
+
+def test_batched_env_adapter(dataset):
+    """The natively batched env (one reward call per step for all images) works like DummyVecEnv."""
+    from rl4seg_env.vector import make_sb3_vec_env
+
+    env = make_sb3_vec_env(4, dataset=dataset, reward="accuracy")
+    model = PixelPPO("PixelUNetPolicy", env, n_steps=2, policy_kwargs=SMALL, seed=0, device="cpu")
+    model.learn(16)
+    assert model.num_timesteps == 16 and model.rollout_buffer.reward_maps.shape == (2, 4, SIZE, SIZE)
+    assert model.predict(images_and_labels(dataset)[0][:5])[0].shape == (5, SIZE, SIZE)
