@@ -1,0 +1,280 @@
+"""Reward network, temperature scaling, checkpoints and the env adapter (reward/network.py)."""
+from __future__ import annotations
+
+import copy
+import pickle
+
+import numpy as np
+import pytest
+import torch
+
+from reward.network import (
+    LearnedReward,
+    RewardNet,
+    RewardTrainConfig,
+    fit_temperature,
+    load_reward_net,
+    save_reward_net,
+    train_reward_network,
+)
+from reward.uncertainty import expected_calibration_error
+from rl4seg_env.data.base import Sample, SegDataset
+from rl4seg_env.rewards import RewardModel
+
+N_CLASSES = 3
+SMALL = (8, 16)  # U-Net widths: 2 levels keep the tests fast on a shared CPU
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One torch thread: on a busy shared CPU, thread oversubscription makes these tests ~5x slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def disc_toy(n: int, size: int = 32, seed: int = 0) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Reward samples: an image with a bright disc (LV = 1) in a mid-grey ring (MYO = 2); the prediction is
+    the ground truth with 1-3 random blobs overwritten by a random class; target = (pred == gt)."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:size, :size]
+    samples = []
+    for _ in range(n):
+        cy, cx = rng.uniform(0.35, 0.65, 2) * size
+        r = rng.uniform(0.12, 0.2) * size
+        d2 = (yy - cy) ** 2 + (xx - cx) ** 2
+        gt = np.where(d2 < r ** 2, 1, np.where(d2 < (r + 3) ** 2, 2, 0))
+        image = np.choose(gt, [0.1, 0.85, 0.5]) + rng.normal(0, 0.05, gt.shape)
+        pred = gt.copy()
+        for _ in range(rng.integers(1, 4)):
+            by, bx = rng.uniform(0, size, 2)
+            pred[(yy - by) ** 2 + (xx - bx) ** 2 < rng.uniform(2, 5) ** 2] = rng.integers(0, N_CLASSES)
+        samples.append((image.clip(0, 1).astype(np.float32), pred, (pred == gt).astype(np.float32)))
+    return samples
+
+
+def calibrated_logits(n: int = 50_000, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits z and targets y ~ Bernoulli(sigmoid(z)): perfectly calibrated."""
+    g = torch.Generator().manual_seed(seed)
+    z = torch.randn(n, generator=g, dtype=torch.float64) * 2.5
+    y = (torch.rand(n, generator=g, dtype=torch.float64) < torch.sigmoid(z)).double()
+    return z, y
+
+
+# -- the network ------------------------------------------------------------------------------------
+@pytest.mark.parametrize("encoding", ["onehot", "label"])
+def test_reward_net_shapes_and_temperature(encoding: str) -> None:
+    torch.manual_seed(0)
+    net = RewardNet(N_CLASSES, seg_encoding=encoding, channels=SMALL).eval()
+    assert net.unet.in_channels == (1 + N_CLASSES if encoding == "onehot" else 2)
+    images = torch.rand(2, 1, 16, 16)
+    segs = torch.randint(0, N_CLASSES, (2, 16, 16))
+    logits = net(images, segs)
+    assert logits.shape == (2, 1, 16, 16) and logits.dtype == torch.float32
+    reward = net.reward_map(images, segs)
+    assert reward.shape == (2, 16, 16)
+    torch.testing.assert_close(reward, torch.sigmoid(logits[:, 0]))
+    net.set_temperature(4.0)
+    torch.testing.assert_close(net.reward_map(images, segs), torch.sigmoid(logits[:, 0] / 4.0))
+    assert "temperature" in net.state_dict()
+
+
+def test_reward_net_sees_the_segmentation() -> None:
+    torch.manual_seed(0)
+    net = RewardNet(N_CLASSES, channels=SMALL).eval()
+    images = torch.rand(1, 1, 16, 16)
+    a, b = torch.zeros(1, 16, 16, dtype=torch.long), torch.ones(1, 16, 16, dtype=torch.long)
+    assert not torch.allclose(net(images, a), net(images, b))
+
+
+def test_reward_net_refuses_bad_input() -> None:
+    net = RewardNet(N_CLASSES, channels=SMALL)
+    with pytest.raises(ValueError, match=r"labels must lie in \[0, 2\], found \[3, 3\]"):
+        net(torch.rand(1, 1, 16, 16), torch.full((1, 16, 16), 3))
+    with pytest.raises(ValueError, match="segs must be"):
+        net(torch.rand(1, 1, 16, 16), torch.zeros(1, 8, 8, dtype=torch.long))
+    with pytest.raises(ValueError, match="integer label map"):
+        net(torch.rand(1, 1, 16, 16), torch.zeros(1, 16, 16))
+    with pytest.raises(ValueError, match="seg_encoding"):
+        RewardNet(N_CLASSES, seg_encoding="rgb")
+    with pytest.raises(ValueError, match="temperature"):
+        net.set_temperature(0.0)
+
+
+# -- temperature scaling ----------------------------------------------------------------------------
+def test_fit_temperature_recovers_the_scale_of_overconfident_logits() -> None:
+    z, y = calibrated_logits()
+    overconfident = 5.0 * z
+    t = fit_temperature(overconfident, y)
+    assert t == pytest.approx(5.0, rel=0.05)
+    ece = lambda logits: expected_calibration_error(torch.sigmoid(-logits).numpy(), (y < 0.5).numpy())  # noqa: E731
+    before, after = ece(overconfident), ece(overconfident / t)
+    assert before > 0.1 and after < 0.02 and after < before / 5
+    # already calibrated: T stays ~1; underconfident logits get T < 1
+    assert fit_temperature(z, y) == pytest.approx(1.0, abs=0.05)
+    assert fit_temperature(0.5 * z, y) == pytest.approx(0.5, rel=0.05)
+
+
+def test_fit_temperature_degenerate_input() -> None:
+    with pytest.raises(ValueError, match="2 logits but 3 targets"):
+        fit_temperature(torch.zeros(2), torch.zeros(3))
+    with pytest.raises(ValueError, match="no logits"):
+        fit_temperature(torch.zeros(0), torch.zeros(0))
+    # all targets 1 with positive logits: the optimum is T -> 0; clipped with a warning
+    with pytest.warns(RuntimeWarning, match="clipping"):
+        t = fit_temperature(torch.rand(100) + 0.1, torch.ones(100))
+    assert t == pytest.approx(0.01)
+
+
+# -- training -------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    samples = disc_toy(160)
+    config = RewardTrainConfig(epochs=12, batch_size=16, lr=3e-3, channels=SMALL, patience=None, progress=False,
+                               seed=0, tensorboard_dir=str(tmp_path_factory.mktemp("tb")))
+    out = tmp_path_factory.mktemp("ckpt") / "reward_net.pt"
+    return samples, train_reward_network(samples, N_CLASSES, config, out_path=out, iteration=1), config
+
+
+def test_training_learns_to_detect_errors(trained) -> None:
+    samples, result, _ = trained
+    assert result.n_train == 144 and result.n_val == 16
+    assert len(result.train_losses) == len(result.val_losses) == 12
+    assert result.val_losses[result.best_epoch] == min(result.val_losses)
+    assert result.val_losses[-1] < 0.5 * result.val_losses[0]
+    # ~4 % of the pixels are wrong: the constant "all correct" predictor scores 95.9 %. Measured: the net
+    # reaches 99.6 %, i.e. it classifies ~90 % of the would-be errors right; require 75 %.
+    assert 0.9 < result.val_majority_accuracy < 0.99
+    assert result.val_accuracy > result.val_majority_accuracy + 0.75 * (1 - result.val_majority_accuracy)
+    # temperature scaling does not hurt the (foreground) calibration it was fitted for
+    assert result.val_ece_after <= result.val_ece_before + 1e-6
+    assert result.val_ece_after < 0.05
+    assert result.net.temperature.item() == pytest.approx(result.temperature)
+    assert not result.net.training
+
+
+def test_trained_reward_is_low_on_the_errors(trained) -> None:
+    samples, result, _ = trained
+    # fresh images the network never saw
+    fresh = disc_toy(16, seed=99)
+    images = torch.from_numpy(np.stack([s[0] for s in fresh]))
+    preds = torch.from_numpy(np.stack([s[1] for s in fresh]))
+    errors = np.stack([s[2] for s in fresh]) < 0.5
+    with torch.no_grad():
+        reward = result.net.reward_map(images, preds).numpy()
+    assert reward[errors].mean() < 0.3 < 0.9 < reward[~errors].mean()
+
+
+@pytest.mark.filterwarnings("ignore:fit_temperature")  # 2 validation images: T is ill-determined
+def test_training_is_deterministic_and_leaves_global_rng_alone() -> None:
+    samples = disc_toy(20, size=16, seed=1)
+    config = RewardTrainConfig(epochs=2, batch_size=8, channels=SMALL, progress=False, seed=3)
+    torch.manual_seed(123)
+    state = torch.random.get_rng_state()
+    a = train_reward_network(samples, N_CLASSES, config)
+    assert torch.equal(torch.random.get_rng_state(), state)
+    b = train_reward_network(samples, N_CLASSES, config)
+    assert a.val_losses == b.val_losses and a.temperature == b.temperature
+
+
+def test_training_accepts_builder_style_samples() -> None:
+    # (image (1, H, W) tensor, pred int64 tensor, target float tensor) as RewardSampleDataset yields them
+    samples = [(torch.from_numpy(i[None]), torch.from_numpy(p), torch.from_numpy(t))
+               for i, p, t in disc_toy(10, size=16)]
+    result = train_reward_network(samples, N_CLASSES, RewardTrainConfig(epochs=1, channels=SMALL, progress=False))
+    assert result.n_val == 1 and np.isfinite(result.val_losses[0])
+    with pytest.raises(ValueError, match="at least 2 samples"):
+        train_reward_network(samples[:1], N_CLASSES, RewardTrainConfig(progress=False))
+
+
+def test_tensorboard_scalars_written(trained) -> None:
+    _, _, config = trained
+    from pathlib import Path
+
+    assert list(Path(config.tensorboard_dir).glob("events.out.tfevents.*"))
+
+
+# -- checkpoints ------------------------------------------------------------------------------------
+def test_checkpoint_round_trip_keeps_reward_maps_and_temperature(trained, tmp_path) -> None:
+    samples, result, _ = trained
+    assert result.temperature != 1.0
+    loaded, meta = load_reward_net(result.out_path)
+    assert meta["iteration"] == 1 and meta["temperature"] == pytest.approx(result.temperature)
+    assert loaded.temperature.item() == pytest.approx(result.temperature)
+    images = np.stack([s[0] for s in samples[:4]])
+    preds = np.stack([s[1] for s in samples[:4]])
+    np.testing.assert_array_equal(LearnedReward(loaded)(images, preds), LearnedReward(result.net)(images, preds))
+
+    net = RewardNet(N_CLASSES, seg_encoding="label", channels=SMALL, norm="group", temperature=2.5)
+    path = save_reward_net(net, tmp_path / "sub" / "r.pt", note="x")
+    again, meta = load_reward_net(path)
+    assert again.seg_encoding == "label" and again.temperature.item() == 2.5 and meta == {"note": "x"}
+    assert not list(path.parent.glob("*.tmp"))
+
+
+def test_load_refuses_missing_and_foreign_files(tmp_path) -> None:
+    with pytest.raises(FileNotFoundError, match="nope.pt"):
+        load_reward_net(tmp_path / "nope.pt")
+    torch.save({"state_dict": {}}, tmp_path / "other.pt")
+    with pytest.raises(ValueError, match="not a reward-network checkpoint"):
+        load_reward_net(tmp_path / "other.pt")
+    (tmp_path / "broken.pt").write_bytes(b"garbage")
+    with pytest.raises(ValueError, match="cannot read"):
+        load_reward_net(tmp_path / "broken.pt")
+
+
+# -- adapter for the env ---------------------------------------------------------------------------
+def test_learned_reward_implements_the_env_protocol() -> None:
+    torch.manual_seed(0)
+    model = LearnedReward(RewardNet(N_CLASSES, channels=SMALL).train(), batch_size=2)
+    assert isinstance(model, RewardModel)
+    assert not model.net.training
+    images = np.random.default_rng(0).random((5, 16, 16)).astype(np.float32)
+    actions = np.random.default_rng(1).integers(0, N_CLASSES, (5, 16, 16)).astype(np.uint8)
+    out = model(images, actions)
+    assert out.shape == (5, 16, 16) and out.dtype == np.float32
+    assert 0.0 <= out.min() and out.max() <= 1.0
+    # batching in chunks of 2 gives the same maps as one pass
+    np.testing.assert_allclose(out, LearnedReward(model.net, batch_size=64)(images, actions), atol=1e-6)
+    with pytest.raises(ValueError, match="same shape"):
+        model(images, actions[:, :8])
+    # copies and pickles (SubprocVecEnv.env_method pickles its arguments)
+    for clone in (copy.deepcopy(model), pickle.loads(pickle.dumps(model))):
+        np.testing.assert_array_equal(clone(images, actions), out)
+
+
+class DiscDataset(SegDataset):
+    """16x16 disc images for the env test."""
+
+    def __init__(self) -> None:
+        self.image_size, self.class_names, self.with_labels = (16, 16), ("background", "lv", "myo"), True
+        self.samples = disc_toy(4, size=16, seed=2)
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> Sample:
+        image, pred, target = self.samples[self._check_index(index)]
+        return Sample(image, pred.astype(np.uint8), (1.0, 1.0), f"disc_{index}")
+
+
+def test_learned_reward_is_swapped_into_vec_envs_by_env_method() -> None:
+    from stable_baselines3.common.vec_env import DummyVecEnv
+
+    from rl4seg_env.env import SegEnv
+    from rl4seg_env.wrappers import LearnedRewardWrapper
+
+    torch.manual_seed(0)
+    net = RewardNet(N_CLASSES, channels=SMALL)
+    vec = DummyVecEnv([lambda: LearnedRewardWrapper(SegEnv(DiscDataset()), LearnedReward(net))])
+    vec.reset()
+    actions = np.zeros((1, 16, 16), np.uint8)
+    _, before, _, _ = vec.step(actions)
+    confident = copy.deepcopy(net)
+    confident.unet.head.bias.data.fill_(20.0)  # "everything is correct"
+    vec.env_method("set_reward_model", LearnedReward(confident))
+    vec.reset()
+    _, after, _, infos = vec.step(actions)
+    assert after[0] == pytest.approx(1.0, abs=1e-3) and after[0] != pytest.approx(before[0])
+    assert infos[0]["reward_map"].shape == (16, 16)
