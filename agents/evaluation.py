@@ -64,24 +64,21 @@ def predict(actor: nn.Module, images: np.ndarray, batch_size: int = 32, device: 
 
 
 def evaluate_predictions(preds: np.ndarray, dataset: SegDataset, images: np.ndarray | None = None,
-                         anatomy: Callable[[np.ndarray, tuple[float, float]], tuple[bool, list[str]]] | None = None,
+                         criteria: str = "echo",
                          reward_model: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None,
                          structures: dict[str, tuple[int, ...]] | None = None) -> EvaluationResult:
     """Score label maps against the first ``len(preds)`` samples of a labelled ``dataset``.
 
     :param preds: (N, H, W) integer label maps.
     :param images: (N, H, W) float32 images (needed with ``reward_model``; read from the dataset otherwise).
-    :param anatomy: ``(label_map, spacing) -> (valid, failed criterion names)``; default: the echo set of
-        :mod:`reward.anatomy`.
+    :param criteria: anatomical criteria set of :mod:`reward.anatomy` (``"echo"`` or ``"generic"``).
     :param reward_model: learned reward ``(images, preds) -> reward maps``; adds calibration metrics of
         ``1 - reward`` against the error map over foreground pixels, and the reward-Dice correlation.
     """
     if not dataset.with_labels:
         raise ValueError("evaluation needs a labelled dataset (built with with_labels=True)")
-    if anatomy is None:
-        from reward.anatomy import anatomy_summary
+    from reward.anatomy import check_anatomy
 
-        anatomy = anatomy_summary
     structures = ECHO_STRUCTURES if structures is None else structures
     rows: list[dict] = []
     labels = []
@@ -93,9 +90,9 @@ def evaluate_predictions(preds: np.ndarray, dataset: SegDataset, images: np.ndar
         pred = keep_largest_foreground(pred)
         row: dict = {"id": sample.id}
         row.update(segmentation_scores(pred, sample.label, sample.spacing, structures, largest_component=False))
-        valid, failed = anatomy(pred, sample.spacing)
-        row["valid"] = bool(valid)
-        row["failed"] = ";".join(failed)
+        report = check_anatomy(pred, sample.spacing, criteria)
+        row["valid"] = bool(report.valid)
+        row["failed"] = ";".join(report.failed)
         rows.append(row)
     summary = summarize(rows, structures)
     if reward_model is not None:
