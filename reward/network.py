@@ -361,6 +361,9 @@ def train_reward_network(samples: Any, n_classes: int, config: RewardTrainConfig
     n = len(samples)
     if n < 2:
         raise ValueError(f"train_reward_network needs at least 2 samples (train + validation), got {n}")
+    if config.epochs < 1 or config.batch_size < 1:
+        raise ValueError(f"RewardTrainConfig: epochs and batch_size must be >= 1, got epochs={config.epochs}, "
+                         f"batch_size={config.batch_size}")
     if not 0 < config.val_fraction < 1:
         raise ValueError(f"RewardTrainConfig.val_fraction must be in (0, 1), got {config.val_fraction}")
     device = torch.device(config.device)
@@ -434,7 +437,8 @@ def _train(samples: Any, n_classes: int, config: RewardTrainConfig, device: torc
     net.eval()
 
     # temperature scaling on the held-out split
-    logits, targets, fg, correct, n_pix = _collect_validation(net, val_loader, device, config)
+    logits, targets, fg, result.val_accuracy, result.val_majority_accuracy = _collect_validation(
+        net, val_loader, device, config)
     keep = fg if config.calibration_pixels == "foreground" else torch.ones_like(fg)
     if config.calibrate and keep.any():
         temperature = fit_temperature(logits[keep], targets[keep], max_iter=config.temperature_max_iter)
@@ -447,8 +451,6 @@ def _train(samples: Any, n_classes: int, config: RewardTrainConfig, device: torc
     result.val_ece_before = expected_calibration_error(torch.sigmoid(-logits).numpy(), errors, mask, config.n_bins)
     result.val_ece_after = expected_calibration_error(torch.sigmoid(-logits / temperature).numpy(), errors, mask,
                                                       config.n_bins)
-    result.val_accuracy = correct / n_pix
-    result.val_majority_accuracy = _majority_accuracy(val_loader)
     if writer is not None:
         for name in ("temperature", "val_ece_before", "val_ece_after", "val_accuracy"):
             writer.add_scalar(f"{tag}/{name}", float(getattr(result, name)), result.best_epoch)
@@ -471,19 +473,21 @@ def _validation_loss(net: RewardNet, loader: torch.utils.data.DataLoader, device
 
 
 def _collect_validation(net: RewardNet, loader: torch.utils.data.DataLoader, device: torch.device,
-                        config: RewardTrainConfig) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int, int]:
+                        config: RewardTrainConfig) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float, float]:
     """Validation logits, targets and foreground flags of a seeded subset of at most
-    ``config.calibration_max_pixels`` pixels, plus the accuracy counts over all validation pixels."""
+    ``config.calibration_max_pixels`` pixels, plus the accuracy of ``logit > 0`` and of the best constant
+    predictor over all validation pixels."""
     pixels_per_sample = int(np.prod(_collate([loader.dataset[0]])[1].shape[1:]))
     total_pixels = len(loader.dataset) * pixels_per_sample
     keep_prob = min(1.0, config.calibration_max_pixels / max(total_pixels, 1))
     gen = torch.Generator().manual_seed(config.seed + 1)
     logits, targets, fg = [], [], []
-    correct, n_pix = 0, 0
+    correct, n_correct_targets, n_pix = 0, 0, 0
     with torch.no_grad():
         for images, preds, target in loader:
             z = net(images.to(device), preds.to(device))[:, 0].cpu()
             correct += int(((z > 0) == (target > 0.5)).sum())
+            n_correct_targets += int((target > 0.5).sum())
             n_pix += target.numel()
             # an error needs a foreground label on one side: pred or reference is foreground
             is_fg = (preds > 0) | (target < 0.5)
@@ -494,15 +498,8 @@ def _collect_validation(net: RewardNet, loader: torch.utils.data.DataLoader, dev
             logits.append(z)
             targets.append(target)
             fg.append(is_fg)
-    return torch.cat(logits), torch.cat(targets), torch.cat(fg), correct, n_pix
-
-
-def _majority_accuracy(loader: torch.utils.data.DataLoader) -> float:
-    ones, n = 0.0, 0
-    for _, _, target in loader:
-        ones += float((target > 0.5).sum())
-        n += target.numel()
-    return max(ones, n - ones) / max(n, 1)
+    majority = max(n_correct_targets, n_pix - n_correct_targets)
+    return torch.cat(logits), torch.cat(targets), torch.cat(fg), correct / max(n_pix, 1), majority / max(n_pix, 1)
 
 
 # --------------------------------------------------------------------------------------------------
