@@ -104,6 +104,13 @@ class RewardSampleStore:
     def report(self, iteration: int) -> dict:
         return json.loads((self._iter_dir(iteration) / "done.json").read_text())
 
+    def discard(self, iteration: int) -> None:
+        """Remove an iteration's samples (e.g. to rebuild it after an interrupted run)."""
+        d = self._iter_dir(iteration)
+        if d.exists():
+            (d / "done.json").unlink(missing_ok=True)  # invisible first, then removed
+            shutil.rmtree(d)
+
     def begin(self, iteration: int) -> "_IterationWriter":
         """Start (or restart) writing ``iteration``: any partial shards of an interrupted run are removed."""
         d = self._iter_dir(iteration)

@@ -146,3 +146,32 @@ def check_label(label: np.ndarray, path: object, n_classes: int, image_shape: tu
             path, f"label values {bad.tolist()} outside the declared set 0..{n_classes - 1}"
         )
     return label.astype(np.uint8)
+
+
+class SubsetDataset(SegDataset):
+    """A view on some samples of another dataset (e.g. the first ``n`` of a split), in the given order.
+
+    :param dataset: the wrapped dataset.
+    :param indices: indices into ``dataset``.
+    """
+
+    def __init__(self, dataset: SegDataset, indices: Sequence[int]) -> None:
+        self.base = dataset
+        self.indices = [int(i) for i in indices]
+        n = len(dataset)
+        bad = [i for i in self.indices if not 0 <= i < n]
+        if bad:
+            raise IndexError(f"SubsetDataset: indices {bad[:5]} out of range for {n} samples")
+        self.image_size = dataset.image_size
+        self.class_names = dataset.class_names
+        self.with_labels = dataset.with_labels
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, index: int) -> Sample:
+        return self.base[self.indices[self._check_index(index)]]
+
+    @property
+    def skipped(self) -> list[tuple[str, str]]:
+        return self.base.skipped

@@ -1,0 +1,208 @@
+"""The reward-retraining callback: turns ``PixelPPO.learn()`` into the RL4Seg loop.
+
+At every iteration boundary (METHOD.md, "The iterative loop") the callback
+
+1. predicts with the current actor on the next slice of unlabelled target images and builds reward
+   samples (:class:`reward.builder.RewardDatasetBuilder`; the sample store accumulates);
+2. retrains the reward network from scratch on all samples so far and temperature-scales it;
+3. pushes it into the envs (``VecEnv.env_method("set_reward_model", ...)``), together with the
+   accepted pseudo-labels (anchors) and the grown RL training set (``set_active_indices``);
+4. applies the schedule of iteration i: entropy ``ent_coef_base / (2 i)``, KL ``kl_coef_base / (2 i)``,
+   rollout batch ``batch_size_base * i`` images, and shrinks-and-perturbs actor and critic (i > 1).
+
+After ``updates_per_iteration`` PPO updates the iteration ends and ``on_iteration_end`` is called
+(the loop saves checkpoints and evaluates there). The callback never reads target labels.
+"""
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+from stable_baselines3.common.callbacks import BaseCallback
+
+from agents.policies import shrink_perturb
+from reward.builder import RewardDatasetBuilder, RewardSampleStore
+
+
+@dataclasses.dataclass
+class IterationSchedule:
+    """Per-iteration settings (METHOD.md step 3; iteration ``i`` counts from 1).
+
+    :param ent_coef_base: entropy coefficient = ``ent_coef_base / (2 i)`` (authors: 0.3).
+    :param kl_coef_base: KL coefficient = ``kl_coef_base / (2 i)`` (authors: 0.1).
+    :param batch_size_base: rollout = ``batch_size_base * i`` images (authors: 8).
+    :param shrink: shrink factor applied to actor and critic weights between iterations (0.5).
+    :param perturb_sigma: std of the Gaussian added after shrinking (0.01).
+    """
+
+    ent_coef_base: float = 0.3
+    kl_coef_base: float = 0.1
+    batch_size_base: int = 8
+    shrink: float = 0.5
+    perturb_sigma: float = 0.01
+
+    def ent_coef(self, i: int) -> float:
+        return self.ent_coef_base / (2 * i)
+
+    def kl_coef(self, i: int) -> float:
+        return self.kl_coef_base / (2 * i)
+
+    def batch_size(self, i: int) -> int:
+        return self.batch_size_base * i
+
+
+def rollout_steps(batch_images: int, n_envs: int) -> int:
+    """Rollout steps per env so that a rollout holds at least ``batch_images`` images."""
+    return max(1, -(-batch_images // n_envs))
+
+
+def total_timesteps(iterations: range, updates_per_iteration: int, n_envs: int, schedule: IterationSchedule) -> int:
+    """Env steps that ``learn`` needs for ``iterations`` (each update collects ``n_steps * n_envs`` images)."""
+    return sum(updates_per_iteration * n_envs * rollout_steps(schedule.batch_size(i), n_envs) for i in iterations)
+
+
+class RewardRetrainingCallback(BaseCallback):
+    """SB3 callback implementing the RL4Seg iterations around ``PixelPPO.learn``.
+
+    :param target_dataset: the unlabelled target training set (built with ``with_labels=False``);
+        iteration ``i`` predicts on images ``[(i-1) * images_per_iteration, i * images_per_iteration)``.
+    :param builder: turns predictions into reward samples.
+    :param store: on-disk reward-sample store (accumulates across iterations).
+    :param train_reward: ``(store, iteration) -> (reward_model, info dict)``: trains a reward network from
+        scratch on the store and returns the env-ready reward model (e.g. a calibrated
+        :class:`reward.network.LearnedReward`) and scalars to report (``ece_before``, ``ece_after``, ...).
+    :param iterations: last iteration to run (authors: 4).
+    :param updates_per_iteration: PPO updates (rollout + k epochs) per iteration.
+    :param images_per_iteration: new target images predicted per iteration (authors: 2,500).
+    :param schedule: per-iteration coefficients (:class:`IterationSchedule`).
+    :param use_anchors: push accepted pseudo-labels into the envs as supervised anchors.
+    :param start_iteration: first iteration to run (> 1 when resuming).
+    :param pseudo_labels: pseudo-labels accepted in earlier iterations (when resuming).
+    :param on_iteration_end: ``(iteration, callback) -> None``, called once an iteration's updates are done
+        (checkpoints, evaluation, report).
+    :param progress: show progress bars in the builder and reward training.
+    :param verbose: 1 prints one line per phase.
+    """
+
+    def __init__(self, target_dataset, builder: RewardDatasetBuilder, store: RewardSampleStore,
+                 train_reward: Callable[[RewardSampleStore, int], tuple[Any, dict]], iterations: int,
+                 updates_per_iteration: int, images_per_iteration: int,
+                 schedule: IterationSchedule | None = None, use_anchors: bool = True, start_iteration: int = 1,
+                 pseudo_labels: dict[str, np.ndarray] | None = None,
+                 on_iteration_end: Callable[[int, "RewardRetrainingCallback"], None] | None = None,
+                 progress: bool = False, verbose: int = 0) -> None:
+        super().__init__(verbose)
+        if target_dataset.with_labels:
+            raise ValueError("RewardRetrainingCallback must not see target labels: build the target training set "
+                             "with with_labels=False")
+        if not 1 <= start_iteration <= iterations:
+            raise ValueError(f"start_iteration must be in [1, {iterations}], got {start_iteration}")
+        self.target_dataset = target_dataset
+        self.builder, self.store, self.train_reward = builder, store, train_reward
+        self.iterations, self.updates_per_iteration = int(iterations), int(updates_per_iteration)
+        self.images_per_iteration = int(images_per_iteration)
+        self.schedule = schedule or IterationSchedule()
+        self.use_anchors = use_anchors
+        self.start_iteration = int(start_iteration)
+        self.pseudo_labels: dict[str, np.ndarray] = dict(pseudo_labels or {})
+        self.on_iteration_end = on_iteration_end
+        self.progress = progress
+        self.iteration = 0
+        self.updates_done = 0
+        self.finished = False
+        self.reward_model: Any = None
+        #: per-iteration scalars: builder report, reward training info, timings
+        self.records: dict[int, dict[str, Any]] = {}
+
+    # --- SB3 hooks ---------------------------------------------------------------------------------
+    def _on_training_start(self) -> None:
+        self._begin_iteration(self.start_iteration)
+
+    def _on_rollout_start(self) -> None:
+        if self.updates_done >= self.updates_per_iteration:
+            self._end_iteration()
+            if self.iteration < self.iterations:
+                self._begin_iteration(self.iteration + 1)
+        self.updates_done += 1
+
+    def _on_step(self) -> bool:
+        return not self.finished
+
+    def _on_training_end(self) -> None:
+        if not self.finished and self.updates_done >= self.updates_per_iteration:
+            self._end_iteration()
+
+    # --- iteration boundaries ----------------------------------------------------------------------
+    def images_seen(self, iteration: int) -> int:
+        """Target images predicted on by the end of ``iteration`` (bounded by the dataset size)."""
+        return min(iteration * self.images_per_iteration, len(self.target_dataset))
+
+    def _begin_iteration(self, i: int) -> None:
+        model = self.model
+        t0 = time.time()
+        self.iteration, self.updates_done = i, 0
+        record: dict[str, Any] = {"iteration": i}
+
+        # 1. reward samples from the actor's predictions on the next slice of target images
+        start, stop = self.images_seen(i - 1), self.images_seen(i)
+        if stop <= start:
+            raise ValueError(f"iteration {i}: no new target images left ({len(self.target_dataset)} in the target "
+                             f"set, {self.images_per_iteration} used per iteration); add images or lower "
+                             "reward_dataset.images_per_iteration")
+        samples = [self.target_dataset[k] for k in range(start, stop)]
+        images = np.stack([s.image for s in samples]).astype(np.float32)
+        if self.store.is_complete(i):  # interrupted after the samples were written: rebuild, never duplicate
+            self.store.discard(i)
+        report, accepted = self.builder.build(model.policy.actor, images, [s.id for s in samples], self.store, i,
+                                              progress=self.progress)
+        self.pseudo_labels.update(accepted)
+        record.update(report.as_dict())
+        record["pseudo_labels_total"] = len(self.pseudo_labels)
+        self._log(f"iteration {i}: {report.images_seen} target images, {report.accepted} pseudo-labels, "
+                  f"{report.n_samples} new reward samples ({len(self.store)} in all)")
+
+        # 2. reward network from scratch on everything so far, temperature-scaled
+        self.reward_model, info = self.train_reward(self.store, i)
+        record.update(info)
+
+        # 3. push reward, anchors and the grown training set into the envs
+        env = self.training_env
+        env.env_method("set_reward_model", self.reward_model)
+        env.env_method("set_pseudo_labels", self.pseudo_labels if self.use_anchors else {})
+        env.env_method("set_active_indices", list(range(stop)))
+
+        # 4. schedule, and shrink-and-perturb between iterations
+        model.ent_coef = self.schedule.ent_coef(i)
+        model.kl_coef = self.schedule.kl_coef(i)
+        model.batch_size = self.schedule.batch_size(i)
+        model.n_steps = rollout_steps(self.schedule.batch_size(i), model.n_envs)
+        if i > 1 and (self.schedule.shrink != 1.0 or self.schedule.perturb_sigma > 0):
+            gen = torch.Generator().manual_seed(1_000 + i)
+            shrink_perturb(model.policy.actor, self.schedule.shrink, self.schedule.perturb_sigma, gen)
+            shrink_perturb(model.policy.critic, self.schedule.shrink, self.schedule.perturb_sigma, gen)
+        record.update(ent_coef=model.ent_coef, kl_coef=model.kl_coef, batch_size=model.batch_size,
+                      prepare_seconds=time.time() - t0)
+        record["_t_start"] = time.time()
+        self.records[i] = record
+        for key in ("images_seen", "accepted", "n_samples", "pseudo_labels_total", "ece_before", "ece_after",
+                    "temperature"):
+            if isinstance(record.get(key), (int, float)):
+                self.logger.record(f"rl4seg/{key}", record[key])
+        self.logger.record("rl4seg/iteration", i)
+
+    def _end_iteration(self) -> None:
+        i = self.iteration
+        record = self.records[i]
+        record["ppo_seconds"] = time.time() - record.pop("_t_start")
+        if self.on_iteration_end is not None:
+            self.on_iteration_end(i, self)
+        if i >= self.iterations:
+            self.finished = True
+
+    def _log(self, message: str) -> None:
+        if self.verbose:
+            print(message, flush=True)
