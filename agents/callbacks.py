@@ -165,6 +165,11 @@ class RewardRetrainingCallback(BaseCallback):
         self._log(f"iteration {i}: {report.images_seen} target images, {report.accepted} pseudo-labels, "
                   f"{report.n_samples} new reward samples ({len(self.store)} in all)")
 
+        if len(self.store) == 0:
+            raise RuntimeError(
+                f"iteration {i}: the reward dataset is still empty - none of the actor's {report.images_seen} "
+                "target predictions was anatomically valid, nor valid after correction. Pretrain the actor longer, "
+                "predict on more images (reward_dataset.images_per_iteration) or use a looser criteria set.")
         # 2. reward network from scratch on everything so far, temperature-scaled
         self.reward_model, info = self.train_reward(self.store, i)
         record.update(info)
