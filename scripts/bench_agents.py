@@ -121,7 +121,8 @@ def main(argv: list[str] | None = None) -> None:
                    f"{platform.system()}, torch {torch.__version__}, {torch.get_num_threads()} thread(s), "
                    f"device {args.device}. Reward = mean pixel accuracy of the deterministic policy on "
                    f"{args.eval_episodes} validation images (full size). 'Label decisions' = env steps x "
-                   "labels chosen per step (H*W for PixelPPO, 64 for the 8x8 grid).\n\n"
+                   "labels chosen per step (H*W for PixelPPO, 64 for the 8x8 grid). 1-minute load average at "
+                   f"the end: {os.getloadavg()[0]:.1f} (the machine may be shared: compare ratios, not rates).\n\n"
                    + table + "\n" + "\n".join(f"- {r}" for r in ratios) + "\n")
         write_section(args.output, "## Agents", section)
         print(f"wrote section 'Agents' of {args.output}")
