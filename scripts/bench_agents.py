@@ -117,7 +117,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.output:
         section = ("## Agents\n\n"
                    f"`python scripts/bench_agents.py --seconds {args.seconds:g} --sizes "
-                   f"{' '.join(map(str, args.sizes))} --n-envs {args.n_envs}` - one run, {platform.machine()} "
+                   f"{' '.join(map(str, args.sizes))} --n-envs {args.n_envs}"
+                   + (f" --threads {args.threads}" if args.threads else "") + f"` - one run, {platform.machine()} "
                    f"{platform.system()}, torch {torch.__version__}, {torch.get_num_threads()} thread(s), "
                    f"device {args.device}. Reward = mean pixel accuracy of the deterministic policy on "
                    f"{args.eval_episodes} validation images (full size). 'Label decisions' = env steps x "
