@@ -208,14 +208,20 @@ class PixelPPO(OnPolicyAlgorithm):
 
     def collect_rollouts(self, env: VecEnv, callback: BaseCallback, rollout_buffer: RolloutBuffer,
                          n_rollout_steps: int) -> bool:
-        """Fill the buffer with ``n_rollout_steps * n_envs`` one-step episodes sampled from the actor."""
+        """Fill the buffer with ``n_steps * n_envs`` one-step episodes sampled from the actor.
+
+        ``self.n_steps`` is read after ``callback.on_rollout_start()`` (it overrides ``n_rollout_steps``).
+        """
         assert self._last_obs is not None, "No previous observation was provided"
+        # first, so that a callback may change n_steps / coefficients for this very rollout
+        # (the RL4Seg schedule grows the rollout batch at each iteration boundary)
+        callback.on_rollout_start()
+        n_rollout_steps = self.n_steps
         if rollout_buffer.buffer_size != n_rollout_steps or rollout_buffer.n_envs != env.num_envs:
             self.n_envs = env.num_envs
-            self.rollout_buffer = rollout_buffer = self._make_rollout_buffer()  # n_steps changed by a callback
+            self.rollout_buffer = rollout_buffer = self._make_rollout_buffer()
         self.policy.set_training_mode(False)
         rollout_buffer.reset()
-        callback.on_rollout_start()
         reward_means, dices, n_anchors = [], [], 0
 
         for _ in range(n_rollout_steps):
