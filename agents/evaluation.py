@@ -98,7 +98,8 @@ def evaluate_predictions(preds: np.ndarray, dataset: SegDataset, images: np.ndar
     if reward_model is not None:
         if images is None:
             images = np.stack([dataset[i].image for i in range(len(rows))])
-        summary.update(_uncertainty_summary(reward_model, images, np.asarray(preds), np.stack(labels), rows))
+        summary.update(_uncertainty_summary(reward_model, images, np.asarray(preds), np.stack(labels), rows,
+                                            dataset.n_classes))
     return EvaluationResult(rows, summary)
 
 
@@ -119,10 +120,10 @@ def summarize(rows: list[dict], structures: dict[str, tuple[int, ...]] | None = 
     return out
 
 
-def _uncertainty_summary(reward_model, images, preds, labels, rows) -> dict[str, float]:
+def _uncertainty_summary(reward_model, images, preds, labels, rows, n_classes: int) -> dict[str, float]:
     from reward.uncertainty import UncertaintyAccumulator
 
-    acc = UncertaintyAccumulator()
+    acc = UncertaintyAccumulator(n_classes)
     mean_rewards = []
     for start in range(0, len(images), 64):
         sl = slice(start, start + 64)

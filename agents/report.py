@@ -40,6 +40,11 @@ COLUMNS: dict[str, str] = {
 }
 
 
+#: the subset printed on the terminal (the files hold every column)
+TERMINAL_COLUMNS = ("iteration", "model", "dice_lv", "dice_myo", "dice_epi", "dice_mean", "hd_epi", "validity_pct",
+                    "accepted", "ece_after", "reward_ece", "reward_correlation", "minutes")
+
+
 def _fmt(value) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "-"
@@ -80,13 +85,13 @@ def print_report(rows: Sequence[dict]) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    cols = present_columns(rows)
-    table = Table(title="RL4Seg report (target test split)")
+    cols = [c for c in present_columns(rows) if c in TERMINAL_COLUMNS]
+    table = Table(title="RL4Seg report (target test split; all columns in report.md / report.csv)")
     for c in cols:
         table.add_column(COLUMNS[c], justify="right")
     for r in rows:
         table.add_row(*(_fmt(r.get(c)) for c in cols))
-    Console(width=160).print(table)
+    Console(width=max(120, 12 * len(cols))).print(table)
 
 
 def plot_metrics(rows: Sequence[dict], path: str | Path) -> Path:

@@ -1,0 +1,126 @@
+"""End-to-end RL4Seg loop on a tiny config (64 px, few images, 2 iterations)."""
+import csv
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from agents.config import load_config
+from agents.loop import RL4SegRun
+
+QUICK = ["progress=false", "evaluation.oracle=false"]
+
+
+def _config(tmp_path, *extra):
+    return load_config("configs/quick.yaml", [f"run_dir={tmp_path}", *QUICK, *extra])
+
+
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory):
+    """One source pretraining + shape auto-encoder shared by the tests (copied into each run dir)."""
+    d = tmp_path_factory.mktemp("pretrained")
+    run = RL4SegRun(load_config("configs/quick.yaml", [f"run_dir={d}", *QUICK, "ppo.iterations=1"]))
+    run.pretrain_source()
+    run.train_shape_ae()
+    return d
+
+
+def _seed_run_dir(pretrained, run_dir):
+    (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+    for name in ("actor_source.pt",):
+        shutil.copy(pretrained / "checkpoints" / name, run_dir / "checkpoints" / name)
+    (run_dir / "state.json").write_text(json.dumps({"completed_iterations": 0, "rows": [], "source_done": True}))
+
+
+def _new_run(pretrained, run_dir, *extra):
+    _seed_run_dir(pretrained, run_dir)
+    cfg = _config(run_dir, *extra)
+    from agents.config import save_config
+
+    save_config(cfg, run_dir / "config.yaml")
+    return RL4SegRun(resume=True, run_dir=run_dir)
+
+
+def test_full_loop_writes_run_directory_and_report(pretrained, tmp_path):
+    run = _new_run(pretrained, tmp_path / "run")
+    rows = run.run()
+    d = tmp_path / "run"
+    for name in ("config.yaml", "state.json", "report.csv", "report.md", "metrics.png",
+                 "predictions_iter_000.png", "predictions_iter_002.png", "reliability_iter_002.png"):
+        assert (d / name).is_file(), name
+    for i in (1, 2):
+        for name in ("ppo.zip", "actor.pt", "critic.pt", "reward_net.pt", "pseudo_labels.npz"):
+            assert (d / "checkpoints" / f"iter_{i:03d}" / name).is_file(), (i, name)
+    assert any((d / "tb").rglob("events.out.tfevents.*"))
+    assert [r["iteration"] for r in rows] == [0, 1, 2]
+    with open(d / "report.csv") as f:
+        header = next(csv.reader(f))
+    for col in ("iteration", "dice_lv", "dice_myo", "dice_epi", "hd_lv", "validity_pct", "accepted",
+                "n_samples", "ece_before", "ece_after", "reward_correlation"):
+        assert col in header, col
+    # the schedule of METHOD.md: entropy 0.3/(2i), KL 0.1/(2i), batch 8i (quick config: base 4)
+    assert rows[1]["ent_coef"] == pytest.approx(0.15) and rows[2]["ent_coef"] == pytest.approx(0.075)
+    assert rows[2]["kl_coef"] == pytest.approx(0.025) and rows[2]["batch_size"] == 2 * rows[1]["batch_size"]
+    # the reward dataset accumulates and every iteration is recorded once
+    assert sorted(p.name for p in (d / "reward_dataset").iterdir()) == ["iter_001", "iter_002"]
+    assert rows[2]["images_seen"] == 16 and rows[1]["images_seen"] == 16
+
+
+class _Killed(BaseException):
+    pass
+
+
+def test_resume_after_kill_loses_only_the_iteration_in_progress(pretrained, tmp_path, monkeypatch):
+    d = tmp_path / "run"
+    run = _new_run(pretrained, d)
+    original = RL4SegRun._train_reward
+
+    def killed_in_iteration_2(self, store, iteration):
+        if iteration == 2:  # iteration 2's reward samples are on disk, its PPO never ran
+            raise _Killed()
+        return original(self, store, iteration)
+
+    monkeypatch.setattr(RL4SegRun, "_train_reward", killed_in_iteration_2)
+    with pytest.raises(_Killed):
+        run.run()
+    state = json.loads((d / "state.json").read_text())
+    assert state["completed_iterations"] == 1
+    monkeypatch.setattr(RL4SegRun, "_train_reward", original)
+
+    rows = RL4SegRun(resume=True, run_dir=d).run()
+    assert [r["iteration"] for r in rows] == [0, 1, 2]
+    from reward.builder import RewardSampleStore
+
+    store = RewardSampleStore(d / "reward_dataset")
+    assert store.completed_iterations() == [1, 2]
+    assert len(store) == sum(store.report(i)["n_samples"] for i in (1, 2)) == rows[1]["n_samples"] + rows[2]["n_samples"]
+    data = store.load()
+    assert len(data["ids"]) == len(store)  # no duplicated shards
+
+
+def test_training_never_opens_target_label_files(pretrained, tmp_path, monkeypatch):
+    """Target = a NIfTI folder; the training phases must read its images only."""
+    from rl4seg_env.data import nifti
+    from rl4seg_env.data.synthetic import SyntheticEcho
+
+    manifest = nifti.export_to_nifti_folder(
+        {s: SyntheticEcho("default_target", split=s, n_images=n, image_size=64) for s, n in
+         (("train", 32), ("val", 4), ("test", 4))}, tmp_path / "target", progress=False)
+    opened = []
+    real_read = nifti.read_nifti_2d
+
+    def recording_read(path):
+        opened.append(str(path))
+        return real_read(path)
+
+    monkeypatch.setattr(nifti, "read_nifti_2d", recording_read)
+    run = _new_run(pretrained, tmp_path / "run", "data.target.dataset=nifti", f"data.target.manifest={manifest}",
+                   "ppo.iterations=1", "evaluation.n_test=4")
+    run.run()
+    label_reads = [p for p in opened if "/labels/" in p]
+    train_ids = {f"default_target-train-{i:06d}" for i in range(32)}
+    assert opened, "the NIfTI target was never read"
+    assert not [p for p in label_reads if any(t in p for t in train_ids)], "training opened target train labels"
+    # the evaluation did read the test labels it needs
+    assert any("test" in p for p in label_reads)
