@@ -1,0 +1,45 @@
+import sys
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+sys.path.insert(0, "scripts")
+
+from agents.networks import UNet, save_unet  # noqa: E402
+from rl4seg_env.data.nifti import export_to_nifti_folder, read_nifti_2d  # noqa: E402
+from rl4seg_env.data.synthetic import SyntheticEcho  # noqa: E402
+
+
+@pytest.fixture()
+def actor(tmp_path):
+    path = tmp_path / "actor.pt"
+    save_unet(UNet(1, 3, (4, 8)).eval(), str(path), class_names=["background", "lv", "myo"])
+    return path
+
+
+def test_predict_folder_keeps_original_shape_and_spacing(tmp_path, actor):
+    import predict
+
+    export_to_nifti_folder({"test": SyntheticEcho("default_target", "test", n_images=2, image_size=(48, 80))},
+                           tmp_path / "data", progress=False)
+    images = tmp_path / "data" / "images"
+    assert predict.main(["--actor", str(actor), "--input", str(images), "--out", str(tmp_path / "out"),
+                         "--size", "32", "--no-png"]) == 0
+    for src in sorted(images.glob("*.nii.gz")):
+        original, spacing = read_nifti_2d(src)
+        seg_path = tmp_path / "out" / src.name.replace(".nii.gz", "_seg.nii.gz")
+        seg, seg_spacing = read_nifti_2d(seg_path)
+        assert seg.shape == original.shape == (48, 80)
+        assert seg_spacing == pytest.approx(spacing)
+        assert set(np.unique(seg)) <= {0, 1, 2}
+        assert np.asanyarray(nib.load(seg_path).dataobj).dtype == np.uint8
+
+
+def test_predict_missing_input_is_a_clear_error(tmp_path, actor, capsys):
+    import predict
+
+    assert predict.main(["--actor", str(actor), "--input", str(tmp_path / "nope"), "--out", str(tmp_path)]) == 2
+    assert "input not found" in capsys.readouterr().err
+    assert predict.main(["--actor", str(tmp_path / "missing.pt"), "--synthetic", "source", "--out", str(tmp_path)]) == 2
+    assert "actor checkpoint not found" in capsys.readouterr().err
