@@ -36,7 +36,8 @@ def main(argv: list[str] | None = None) -> int:
     d.add_argument("--manifest", default=None, help="manifest CSV id,image,label,split (--dataset nifti)")
     d.add_argument("--size", type=int, default=64, help="working image size in pixels (H = W; default 64)")
     d.add_argument("--n-train", type=int, default=None,
-                   help="training images (synthetic: generated; real data: the first n; default: all / generator default)")
+                   help="training images (synthetic: generated; real data: the first n of the split; "
+                        "default: all, or the generator's default)")
     d.add_argument("--n-val", type=int, default=None, help="validation images (same rules as --n-train)")
     d.add_argument("--train-split", default="train")
     d.add_argument("--val-split", default="val")

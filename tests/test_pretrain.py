@@ -58,8 +58,9 @@ def small_config(tmp_path, **kwargs) -> PretrainConfig:
     return PretrainConfig(**defaults)
 
 
-@pytest.fixture(autouse=True)
+@pytest.fixture(scope="module", autouse=True)
 def _one_thread():
+    """One torch thread (the CPU is shared); module scope so that it also covers the module-scoped training run."""
     previous = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
