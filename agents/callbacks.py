@@ -74,7 +74,8 @@ class RewardRetrainingCallback(BaseCallback):
     :param store: on-disk reward-sample store (accumulates across iterations).
     :param train_reward: ``(store, iteration) -> (reward_model, info dict)``: trains a reward network from
         scratch on the store and returns the env-ready reward model (e.g. a calibrated
-        :class:`reward.network.LearnedReward`) and scalars to report (``ece_before``, ``ece_after``, ...).
+        :class:`reward.network.LearnedReward`) and scalars to report (``ece_before``, ``ece_after``, ...);
+        a ``None`` model leaves the env's own reward in place (the ground-truth-reward ablation).
     :param iterations: last iteration to run (authors: 4).
     :param updates_per_iteration: PPO updates (rollout + k epochs) per iteration.
     :param images_per_iteration: new target images predicted per iteration (authors: 2,500).
@@ -176,7 +177,8 @@ class RewardRetrainingCallback(BaseCallback):
 
         # 3. push reward, anchors and the grown training set into the envs
         env = self.training_env
-        env.env_method("set_reward_model", self.reward_model)
+        if self.reward_model is not None:  # None: the env keeps its own (ground-truth) reward - an ablation
+            env.env_method("set_reward_model", self.reward_model)
         env.env_method("set_pseudo_labels", self.pseudo_labels if self.use_anchors else {})
         env.env_method("set_active_indices", list(range(stop)))
 

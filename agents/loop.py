@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from stable_baselines3.common.utils import get_device
 
 from agents.callbacks import IterationSchedule, RewardRetrainingCallback, rollout_steps, total_timesteps
 from agents.config import ConfigError, LoopConfig, DomainConfig, load_config, save_config
@@ -38,13 +39,6 @@ from agents.report import plot_metrics, plot_predictions, print_report, write_re
 from rl4seg_env.data import make_dataset
 from rl4seg_env.data.base import SegDataset, SubsetDataset
 from rl4seg_env.io import atomic_save_npz, atomic_write_text
-
-
-def resolve_device(device: str) -> torch.device:
-    """``"auto"`` -> CUDA when available, else CPU; anything else as given."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 def domain_dataset(domain: DomainConfig, split: str, n: int | None, image_size: int, keep_atrium: bool,
@@ -96,7 +90,7 @@ class RL4SegRun:
         self.config.run_dir = str(self.run_dir)
         self.ckpt_dir = self.run_dir / "checkpoints"
         self.ckpt_dir.mkdir(parents=True, exist_ok=True)
-        self.device = resolve_device(self.config.device)
+        self.device = get_device(self.config.device)  # "auto": CUDA when available, else CPU
         if self.config.num_threads > 0:
             torch.set_num_threads(self.config.num_threads)
         self.state = self._load_state()
@@ -217,6 +211,8 @@ class RL4SegRun:
 
     # --- RL iterations --------------------------------------------------------------------------------
     def _train_reward(self, store, iteration: int):
+        if self.config.oracle_reward:
+            return None, {}  # ablation: the env's ground-truth reward stays in place
         from reward.builder import RewardSampleDataset
         from reward.network import LearnedReward, RewardTrainConfig, train_reward_network
 
@@ -273,15 +269,16 @@ class RL4SegRun:
         atomic_save_npz(d / "pseudo_labels.npz", ids=np.asarray(ids, dtype=str),
                         labels=np.stack([callback.pseudo_labels[k] for k in ids]) if ids else np.zeros((0, 1, 1), np.uint8))
         scores = self.evaluate(model.policy.actor, callback.reward_model, figure=f"predictions_iter_{iteration:03d}")
-        # reliability diagram of the reward network on the target test predictions
-        ds, images = self.test_set
-        preds = predict(model.policy.actor, images, self.config.evaluation.batch_size, self.device)
-        acc = UncertaintyAccumulator(self.n_classes)
-        acc.update(callback.reward_model(images, preds), preds, np.stack([ds[i].label for i in range(len(ds))]))
-        plot_reliability_diagram(acc, self.run_dir / f"reliability_iter_{iteration:03d}.png",
-                                 title=f"reward network, iteration {iteration} (target test)")
+        if callback.reward_model is not None:  # reliability diagram of the reward network on target test predictions
+            ds, images = self.test_set
+            preds = predict(model.policy.actor, images, self.config.evaluation.batch_size, self.device)
+            acc = UncertaintyAccumulator(self.n_classes)
+            acc.update(callback.reward_model(images, preds), preds, np.stack([ds[i].label for i in range(len(ds))]))
+            plot_reliability_diagram(acc, self.run_dir / f"reliability_iter_{iteration:03d}.png",
+                                     title=f"reward network, iteration {iteration} (target test)")
         record = {k: v for k, v in callback.records[iteration].items() if not k.startswith("_")}
-        row = {"iteration": iteration, "model": "RL4Seg", **scores, **record,
+        name = "RL4Seg (ground-truth reward)" if self.config.oracle_reward else "RL4Seg"
+        row = {"iteration": iteration, "model": name, **scores, **record,
                "minutes": (time.time() - self._t0) / 60}
         self.state["rows"].append(row)
         self.state["completed_iterations"] = iteration
@@ -309,7 +306,14 @@ class RL4SegRun:
         start = self.state["completed_iterations"] + 1
         if start > p.iterations:
             return
-        env = make_sb3_vec_env(num_envs=p.batch_size_base, dataset=self.datasets["target_train"], reward=None)
+        if self.config.oracle_reward:
+            # ablation "ground-truth reward instead of the learned one": the only training path that reads
+            # target labels, and only when asked for explicitly
+            c = self.config.data
+            labelled = domain_dataset(c.target, "train", c.target.n_train, c.image_size, c.keep_atrium, True, "target")
+            env = make_sb3_vec_env(num_envs=p.batch_size_base, dataset=labelled, reward="accuracy")
+        else:
+            env = make_sb3_vec_env(num_envs=p.batch_size_base, dataset=self.datasets["target_train"], reward=None)
         env.seed(self.config.seed)
         model = self._make_model(env, actor_path)
         store = RewardSampleStore(self.run_dir / "reward_dataset")
@@ -357,7 +361,7 @@ def gap_closed(rows: list[dict]) -> float | None:
     """(last RL4Seg - source-only) / (oracle - source-only) of mean Dice LV+MYO, when all three exist."""
     src = next((r for r in rows if r.get("model") == "source-only"), None)
     orc = next((r for r in rows if str(r.get("model", "")).startswith("oracle")), None)
-    rl = [r for r in rows if r.get("model") == "RL4Seg"]
+    rl = [r for r in rows if str(r.get("model", "")).startswith("RL4Seg")]
     if not (src and orc and rl) or "dice_mean" not in src:
         return None
     denom = orc["dice_mean"] - src["dice_mean"]
