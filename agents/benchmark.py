@@ -1,0 +1,687 @@
+"""The segmentation env as an RL benchmark: zoo hyper-parameters, held-out evaluation, budgets, reports.
+
+Every algorithm trains on the same target domain, image size, seeds and budget (env steps and/or
+wall-clock seconds of training), and is scored at regular points of that budget on one fixed,
+held-out set of labelled target images: mean reward (pixel accuracy) and mean foreground Dice of its
+deterministic actions at full resolution. ``scripts/benchmark_rl.py`` is the command line;
+``docs/benchmarking.md`` the guide.
+
+- :func:`load_zoo_config` reads rl-zoo3-style YAML (``algorithm -> env id -> hyper-parameters``) and
+  refuses unknown keys, naming the key and the file.
+- :class:`HeldOutSet` scores any ``observations (N, H, W, 1) -> label maps (N, H, W)`` predictor;
+  :func:`make_predictor` makes one from a trained model (upsampling coarse-grid actions).
+- :class:`HeldOutEvalCallback` evaluates during ``learn`` and enforces the wall-clock budget.
+- :func:`run_benchmark` trains every (algorithm, seed); :func:`write_results` writes CSV, Markdown, PNG.
+"""
+from __future__ import annotations
+
+import copy
+import csv
+import importlib
+import inspect
+import io
+import math
+import time
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+from stable_baselines3.common.base_class import BaseAlgorithm
+from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.env_util import make_vec_env
+from stable_baselines3.common.utils import LinearSchedule
+from stable_baselines3.common.vec_env import VecEnv
+
+import rl4seg_env  # noqa: F401  (registers RL4Seg-v0 / RL4SegSmall-v0)
+from rl4seg_env.data import SegDataset, make_dataset
+from rl4seg_env.data.synthetic import DEFAULT_TARGET
+from rl4seg_env.io import atomic_write_bytes, atomic_write_text
+from rl4seg_env.vector import SegVectorEnv, make_sb3_vec_env
+from rl4seg_env.wrappers import DownsampledActionWrapper, make_small_env
+
+#: env ids an algorithm may train on: the full (H, W) label-map action, or the coarse-grid wrapper
+FULL_ENV_ID = "RL4Seg-v0"
+SMALL_ENV_ID = "RL4SegSmall-v0"
+ENV_IDS = (FULL_ENV_ID, SMALL_ENV_ID)
+
+#: built-in algorithms: YAML name -> "module:Class" (sb3-contrib's come with ``pip install rl4seg[bench]``)
+ALGORITHM_CLASSES: dict[str, str] = {
+    "pixel_ppo": "agents.ppo:PixelPPO",
+    "ppo": "stable_baselines3:PPO",
+    "a2c": "stable_baselines3:A2C",
+    "trpo": "sb3_contrib:TRPO",
+}
+
+#: YAML keys that are not constructor arguments
+_ENTRY_KEYS = ("n_envs", "policy", "env_kwargs", "algorithm_class")
+#: constructor arguments the benchmark sets itself (same for every algorithm)
+_RESERVED_KEYS = ("env", "seed", "device", "verbose", "tensorboard_log", "_init_setup_model")
+#: env kwargs of RL4SegSmall-v0 a YAML may set (the data itself is the benchmark's)
+_SMALL_ENV_KEYS = ("action_size", "obs_size", "flatten_obs")
+_ACTIVATIONS: dict[str, type[torch.nn.Module]] = {
+    "tanh": torch.nn.Tanh, "relu": torch.nn.ReLU, "elu": torch.nn.ELU, "leaky_relu": torch.nn.LeakyReLU,
+    "gelu": torch.nn.GELU, "silu": torch.nn.SiLU,
+}
+
+Predictor = Callable[[np.ndarray], np.ndarray]
+
+
+# ----------------------------------------------------------------------------------------------
+# Hyper-parameter YAML
+# ----------------------------------------------------------------------------------------------
+class ZooConfigError(ValueError):
+    """A hyper-parameter file that cannot be used; the message names the file and the key."""
+
+
+@dataclass
+class ZooEntry:
+    """The hyper-parameters of one algorithm on one env id, validated against the algorithm's class.
+
+    :param algorithm: name of the YAML section (e.g. ``"ppo"``).
+    :param env_id: ``"RL4Seg-v0"`` (full label-map actions) or ``"RL4SegSmall-v0"`` (coarse grid).
+    :param algorithm_class: the class, e.g. ``stable_baselines3.PPO``.
+    :param n_envs: parallel envs (images per env step).
+    :param policy: policy name or class passed as the first constructor argument.
+    :param env_kwargs: ``RL4SegSmall-v0`` wrapper arguments (``action_size``, ``obs_size``, ``flatten_obs``).
+    :param hyperparams: remaining constructor arguments, resolved (schedules, activation classes).
+    :param raw: the section as read from the file (for the results folder).
+    :param source: the file it came from.
+    """
+
+    algorithm: str
+    env_id: str
+    algorithm_class: type[BaseAlgorithm]
+    n_envs: int
+    policy: Any
+    env_kwargs: dict[str, Any]
+    hyperparams: dict[str, Any]
+    raw: dict[str, Any] = field(default_factory=dict)
+    source: str = ""
+
+    @property
+    def full_resolution(self) -> bool:
+        """``True`` when the agent acts with a full (H, W) label map."""
+        return self.env_id == FULL_ENV_ID
+
+    @property
+    def label(self) -> str:
+        """Display name: the class name, plus the action grid for coarse-grid agents."""
+        name = self.algorithm_class.__name__
+        if self.full_resolution:
+            return name
+        h, w = _pair(self.env_kwargs.get("action_size", 8))
+        return f"{name} ({h}x{w} actions)"
+
+
+def import_class(path: str) -> type:
+    """Import ``"package.module:Class"``; ImportError / AttributeError name the path."""
+    if ":" not in path:
+        raise ValueError(f"algorithm class must be written 'module:Class', found {path!r}")
+    module_name, _, class_name = path.partition(":")
+    module = importlib.import_module(module_name)
+    try:
+        return getattr(module, class_name)
+    except AttributeError as error:
+        raise AttributeError(f"module {module_name!r} has no class {class_name!r} (from {path!r})") from error
+
+
+def load_zoo_config(path: str | Path, algorithms: Sequence[str] | None = None,
+                    skip_unavailable: bool = False) -> dict[str, ZooEntry]:
+    """Read and validate an rl-zoo3-style hyper-parameter file.
+
+    Layout: ``{algorithm: {env_id: {n_envs, policy, env_kwargs, <constructor argument>: value}}}`` with
+    one env id per algorithm. ``algorithm`` is a built-in name (:data:`ALGORITHM_CLASSES`) or any name
+    whose section sets ``algorithm_class: "module:Class"`` (a ``BaseAlgorithm`` subclass). Every other key
+    must be a constructor argument of that class, except those the benchmark sets (``env``, ``seed``,
+    ``device``, ``verbose``, ``tensorboard_log``). ``learning_rate: lin_<float>`` is a linear schedule;
+    ``policy_kwargs.activation_fn`` a name (``tanh``, ``relu``, ...).
+
+    :param path: the YAML file.
+    :param algorithms: sections to load, in this order (default ``None``: all, in file order).
+    :param skip_unavailable: when an algorithm's package is not installed (e.g. sb3-contrib), warn and
+        leave it out instead of raising (default ``False``). Only for sections not asked for by name.
+    :return: ``{algorithm: ZooEntry}``.
+    :raises FileNotFoundError: no such file.
+    :raises ZooConfigError: bad layout, unknown algorithm, env id or key, wrong value type.
+    :raises ImportError: an algorithm's package is missing (with the install command).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"hyper-parameter file {path} does not exist")
+    data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    if not isinstance(data, dict) or not data:
+        raise ZooConfigError(f"{path}: expected a mapping 'algorithm -> env id -> hyper-parameters', "
+                             f"found {type(data).__name__}")
+    names = list(data) if algorithms is None else list(algorithms)
+    missing = [name for name in names if name not in data]
+    if missing:
+        raise ZooConfigError(f"{path}: no section for algorithm(s) {missing}; the file has {list(data)}")
+    entries: dict[str, ZooEntry] = {}
+    for name in names:
+        try:
+            entries[name] = _parse_entry(path, str(name), data[name])
+        except ImportError as error:
+            if skip_unavailable and algorithms is None:
+                warnings.warn(f"skipping {name!r} from {path}: {error}", stacklevel=2)
+                continue
+            raise
+    return entries
+
+
+def _parse_entry(path: Path, name: str, section: Any) -> ZooEntry:
+    where = f"{path}: {name}"
+    if not isinstance(section, dict) or len(section) != 1:
+        found = list(section) if isinstance(section, dict) else type(section).__name__
+        raise ZooConfigError(f"{where}: expected exactly one env id ({' or '.join(ENV_IDS)}) mapping to "
+                             f"hyper-parameters, found {found}")
+    (env_id, params), = section.items()
+    if env_id not in ENV_IDS:
+        raise ZooConfigError(f"{where}: unknown env id {env_id!r}; expected one of {list(ENV_IDS)}")
+    where = f"{where}.{env_id}"
+    params = {} if params is None else params
+    if not isinstance(params, dict):
+        raise ZooConfigError(f"{where}: hyper-parameters must be a mapping, found {type(params).__name__}")
+
+    class_path = params.get("algorithm_class", ALGORITHM_CLASSES.get(name))
+    if class_path is None:
+        raise ZooConfigError(f"{where}: unknown algorithm {name!r}; built-in ones are {sorted(ALGORITHM_CLASSES)}, "
+                             "or set 'algorithm_class: module:Class' in its section")
+    try:
+        algorithm_class = import_class(str(class_path))
+    except ModuleNotFoundError as error:
+        extra = " (pip install 'rl4seg[bench]' or pip install sb3-contrib)" if "sb3_contrib" in str(class_path) else ""
+        raise ImportError(f"{where}: cannot import {class_path!r}: {error}{extra}") from error
+    if not (inspect.isclass(algorithm_class) and issubclass(algorithm_class, BaseAlgorithm)):
+        raise ZooConfigError(f"{where}: algorithm_class {class_path!r} is not a stable_baselines3 BaseAlgorithm")
+
+    accepted = set(inspect.signature(algorithm_class.__init__).parameters) - {"self", "policy", *_RESERVED_KEYS}
+    for key in params:
+        if key in _ENTRY_KEYS or key in accepted:
+            continue
+        if key in _RESERVED_KEYS:
+            raise ZooConfigError(f"{where}: key {key!r} is set by the benchmark, remove it from the file")
+        if key == "n_timesteps":
+            raise ZooConfigError(f"{where}: key 'n_timesteps' is not used: every algorithm gets the same budget "
+                                 "from --budget-steps / --budget-seconds")
+        raise ZooConfigError(f"{where}: unknown key {key!r} for {algorithm_class.__name__}; expected one of "
+                             f"{sorted(accepted | set(_ENTRY_KEYS))}")
+
+    n_envs = params.get("n_envs", 8)
+    if isinstance(n_envs, bool) or not isinstance(n_envs, int) or n_envs < 1:
+        raise ZooConfigError(f"{where}.n_envs: expected a positive integer, found {n_envs!r}")
+    policy = params.get("policy", "PixelUNetPolicy" if env_id == FULL_ENV_ID else "MlpPolicy")
+    env_kwargs = params.get("env_kwargs") or {}
+    if not isinstance(env_kwargs, dict):
+        raise ZooConfigError(f"{where}.env_kwargs: expected a mapping, found {type(env_kwargs).__name__}")
+    allowed_env = _SMALL_ENV_KEYS if env_id == SMALL_ENV_ID else ()
+    for key in env_kwargs:
+        if key not in allowed_env:
+            raise ZooConfigError(f"{where}.env_kwargs: unknown key {key!r} for {env_id}; expected one of "
+                                 f"{list(allowed_env)} (the data, image size and reward are the benchmark's)")
+    hyperparams = {k: copy.deepcopy(v) for k, v in params.items() if k not in _ENTRY_KEYS}
+    if "learning_rate" in hyperparams:
+        hyperparams["learning_rate"] = _learning_rate(hyperparams["learning_rate"], f"{where}.learning_rate")
+    if "policy_kwargs" in hyperparams:
+        hyperparams["policy_kwargs"] = _policy_kwargs(hyperparams["policy_kwargs"], f"{where}.policy_kwargs")
+    return ZooEntry(algorithm=name, env_id=env_id, algorithm_class=algorithm_class, n_envs=n_envs, policy=policy,
+                    env_kwargs=dict(env_kwargs), hyperparams=hyperparams, raw={env_id: copy.deepcopy(params)},
+                    source=str(path))
+
+
+def _learning_rate(value: Any, where: str) -> float | LinearSchedule:
+    if isinstance(value, str) and value.startswith("lin_"):
+        try:
+            return LinearSchedule(float(value[4:]), 0.0, end_fraction=1.0)
+        except ValueError:
+            pass
+    elif isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0:
+        return float(value)
+    raise ZooConfigError(f"{where}: expected a positive number or 'lin_<number>', found {value!r}")
+
+
+def _policy_kwargs(value: Any, where: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise ZooConfigError(f"{where}: expected a mapping (python-expression strings are not evaluated), "
+                             f"found {value!r}")
+    value = dict(value)
+    if "activation_fn" in value:
+        name = value["activation_fn"]
+        if name not in _ACTIVATIONS:
+            raise ZooConfigError(f"{where}.activation_fn: expected one of {sorted(_ACTIVATIONS)}, found {name!r}")
+        value["activation_fn"] = _ACTIVATIONS[name]
+    return value
+
+
+def _pair(size: Any) -> tuple[int, int]:
+    return (int(size), int(size)) if np.isscalar(size) else (int(size[0]), int(size[1]))
+
+
+# ----------------------------------------------------------------------------------------------
+# Held-out evaluation
+# ----------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class HeldOutScores:
+    """Scores of one predictor on a :class:`HeldOutSet`.
+
+    :param reward: mean episode reward (the env's ground-truth reward, pixel accuracy by default).
+    :param dice: mean foreground Dice (mean over classes 1.. then over images).
+    :param rewards: float64 (N,) per-image rewards.
+    :param dices: float64 (N,) per-image mean foreground Dice.
+    """
+
+    reward: float
+    dice: float
+    rewards: np.ndarray
+    dices: np.ndarray
+
+
+class HeldOutSet:
+    """A fixed set of labelled images that every agent is scored on, at full resolution, in one batch.
+
+    :param dataset: labelled dataset (all of it is used, in index order).
+    :param reward: ground-truth reward of the score (default ``"accuracy"``: pixel accuracy, the benchmark's
+        training reward).
+    """
+
+    def __init__(self, dataset: SegDataset, reward: str = "accuracy") -> None:
+        if not dataset.with_labels:
+            raise ValueError(f"the held-out set needs labels; {dataset!r} was built with with_labels=False")
+        self.dataset = dataset
+        self.env = SegVectorEnv(len(dataset), dataset=dataset, reward=reward)
+        self._indices = np.arange(len(dataset))
+
+    @classmethod
+    def synthetic(cls, n_images: int = 32, image_size: int = 32, preset: str = DEFAULT_TARGET, split: str = "test",
+                  seed: int = 0) -> HeldOutSet:
+        """The first ``n_images`` of a synthetic split (default: 32 test images of the default target, 32 px).
+
+        The ``"test"`` split never shares an image with the ``"train"`` split the agents learn on.
+        """
+        return cls(make_dataset("synthetic", preset=preset, split=split, n_images=n_images, image_size=image_size,
+                                seed=seed))
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        """(H, W) in pixels."""
+        return self.env.image_size
+
+    @property
+    def observations(self) -> np.ndarray:
+        """uint8 (N, H, W, 1) observations, as the env shows them."""
+        obs, _ = self.env.reset(options={"index": self._indices})
+        return obs
+
+    @property
+    def labels(self) -> np.ndarray:
+        """uint8 (N, H, W) ground-truth label maps."""
+        return np.stack([self.dataset[int(i)].label for i in self._indices])
+
+    def evaluate(self, predict: Predictor) -> HeldOutScores:
+        """Score ``predict``: uint8 observations (N, H, W, 1) -> integer label maps (N, H, W).
+
+        :raises ValueError: when the predictions have the wrong shape, dtype or values (from the env).
+        """
+        obs, _ = self.env.reset(options={"index": self._indices})
+        actions = np.asarray(predict(obs))
+        _, rewards, _, _, info = self.env.step(actions)
+        dices = np.asarray(info["final_info"]["dice"], dtype=np.float64)
+        return HeldOutScores(float(rewards.mean()), float(dices.mean()), rewards.astype(np.float64), dices)
+
+
+def make_predictor(model: BaseAlgorithm, entry: ZooEntry, heldout: HeldOutSet) -> Predictor:
+    """Full-resolution deterministic predictor of ``model`` for ``heldout``'s images.
+
+    A full-resolution agent (``RL4Seg-v0``) predicts directly. A coarse-grid agent (``RL4SegSmall-v0``)
+    sees each image as its wrapper shows it (downsampled) and its (h*w,) action is upsampled to
+    (H, W) by nearest neighbour, exactly as :class:`~rl4seg_env.wrappers.DownsampledActionWrapper` does.
+    """
+    if entry.full_resolution:
+        return lambda obs: np.asarray(model.predict(obs, deterministic=True)[0])
+    wrapper: DownsampledActionWrapper = make_small_env(heldout.dataset, reward=None, **entry.env_kwargs)
+
+    def predict(obs: np.ndarray) -> np.ndarray:
+        small = np.stack([wrapper.observation(o) for o in obs])  # a loop over images, not pixels
+        coarse = np.asarray(model.predict(small, deterministic=True)[0])
+        return np.stack([wrapper.action(a) for a in coarse])
+
+    return predict
+
+
+# ----------------------------------------------------------------------------------------------
+# Budgets and periodic evaluation
+# ----------------------------------------------------------------------------------------------
+class HeldOutEvalCallback(BaseCallback):
+    """Evaluate on a held-out set at ``n_points`` even points of the budget; stop at the time budget.
+
+    Progress is ``max(steps / budget_steps, train_seconds / budget_seconds)``; an evaluation runs at
+    progress 0 (before any update), each time it crosses ``k / n_points`` and after training. Training
+    time excludes evaluation time. ``learn`` is stopped (mid-rollout if need be) once ``budget_seconds``
+    of training have passed; a step budget is left to ``learn(total_timesteps=...)``, which finishes
+    the current rollout and its update.
+
+    :param predict: full-resolution predictor of the model being trained (see :func:`make_predictor`).
+    :param heldout: the evaluation images.
+    :param n_points: evaluations during training besides the first (default 10).
+    :param budget_steps: env-step budget (default ``None``: none).
+    :param budget_seconds: training wall-clock budget in seconds (default ``None``: none).
+    :param verbose: 1 prints each evaluation (default 0).
+
+    ``records`` holds one dict per evaluation: ``steps``, ``wall_time_s`` (training seconds), ``reward``, ``dice``.
+    """
+
+    def __init__(self, predict: Predictor, heldout: HeldOutSet, n_points: int = 10, budget_steps: int | None = None,
+                 budget_seconds: float | None = None, verbose: int = 0) -> None:
+        super().__init__(verbose)
+        if budget_steps is None and budget_seconds is None:
+            raise ValueError("give budget_steps and/or budget_seconds")
+        if n_points < 1:
+            raise ValueError(f"n_points must be >= 1, found {n_points}")
+        self.predict = predict
+        self.heldout = heldout
+        self.n_points = int(n_points)
+        self.budget_steps = budget_steps
+        self.budget_seconds = budget_seconds
+        self.records: list[dict[str, float]] = []
+        self._start = 0.0
+        self._eval_seconds = 0.0
+        self._next_point = 1
+        self._end_seconds: float | None = None
+
+    @property
+    def train_seconds(self) -> float:
+        """Wall-clock seconds of training so far (evaluations excluded)."""
+        if self._end_seconds is not None:
+            return self._end_seconds
+        return time.perf_counter() - self._start - self._eval_seconds
+
+    def progress(self) -> float:
+        """Fraction of the budget used (the larger of the step and time fractions)."""
+        fractions = []
+        if self.budget_steps:
+            fractions.append(self.num_timesteps / self.budget_steps)
+        if self.budget_seconds:
+            fractions.append(self.train_seconds / self.budget_seconds)
+        return max(fractions)
+
+    def evaluate(self) -> dict[str, float]:
+        """Score the current model and append a record (its time is not counted as training)."""
+        train_seconds = self.train_seconds
+        start = time.perf_counter()
+        scores = self.heldout.evaluate(self.predict)
+        record = {"steps": int(self.num_timesteps), "wall_time_s": train_seconds, "reward": scores.reward,
+                  "dice": scores.dice}
+        self.records.append(record)
+        if self._end_seconds is None:
+            self._eval_seconds += time.perf_counter() - start
+        if self.verbose:
+            print(f"  steps {record['steps']:>7}  {train_seconds:7.1f} s  reward {scores.reward:.3f}  "
+                  f"dice {scores.dice:.3f}", flush=True)
+        return record
+
+    def _on_training_start(self) -> None:
+        self._start = time.perf_counter()
+        self._eval_seconds, self._next_point, self._end_seconds = 0.0, 1, None
+        self.records = []
+        self.evaluate()
+
+    def _on_step(self) -> bool:
+        progress = self.progress()
+        if self._next_point < self.n_points and progress >= self._next_point / self.n_points:
+            self.evaluate()
+            self._next_point = int(math.floor(progress * self.n_points)) + 1
+        return self.budget_seconds is None or self.train_seconds < self.budget_seconds
+
+    def _on_training_end(self) -> None:
+        self._end_seconds = self.train_seconds
+        if len(self.records) > 1 and self.records[-1]["steps"] == self.num_timesteps:
+            self.records.pop()  # scored before the last update: superseded by the final score
+        self.evaluate()
+
+
+# ----------------------------------------------------------------------------------------------
+# Running
+# ----------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class BenchmarkSettings:
+    """What every algorithm shares.
+
+    :param preset: synthetic target domain trained and evaluated on (default ``"default_target"``).
+    :param image_size: image size in pixels, H = W (default 32).
+    :param budget_steps: env steps (images) per algorithm and seed (default ``None``: no step budget).
+        Algorithms finish their current rollout, so they may exceed it by up to one rollout.
+    :param budget_seconds: training wall-clock seconds per algorithm and seed (default 60; ``None``: none).
+    :param seeds: training seeds (default ``(0, 1, 2)``).
+    :param eval_images: held-out test images (default 32).
+    :param eval_points: evaluations per run besides the initial one (default 10).
+    :param device: torch device of every model (default ``"cpu"``).
+    """
+
+    preset: str = DEFAULT_TARGET
+    image_size: int = 32
+    budget_steps: int | None = None
+    budget_seconds: float | None = 60.0
+    seeds: tuple[int, ...] = (0, 1, 2)
+    eval_images: int = 32
+    eval_points: int = 10
+    device: str = "cpu"
+
+    def __post_init__(self) -> None:
+        if self.budget_steps is None and self.budget_seconds is None:
+            raise ValueError("set a budget: budget_steps and/or budget_seconds")
+        if self.budget_steps is not None and self.budget_steps < 1:
+            raise ValueError(f"budget_steps must be >= 1, found {self.budget_steps}")
+        if self.budget_seconds is not None and self.budget_seconds <= 0:
+            raise ValueError(f"budget_seconds must be > 0, found {self.budget_seconds}")
+        if not self.seeds:
+            raise ValueError("give at least one seed")
+        if self.eval_images < 1 or self.eval_points < 1 or self.image_size < 8:
+            raise ValueError(f"eval_images and eval_points must be >= 1 and image_size >= 8, found "
+                             f"{self.eval_images}, {self.eval_points}, {self.image_size}")
+
+
+@dataclass
+class RunResult:
+    """One (algorithm, seed) run.
+
+    :param algorithm: YAML name; ``label`` the display name; ``env_id`` the env it trained on.
+    :param seed: training seed.
+    :param steps: env steps (images) trained on.
+    :param train_seconds: training wall clock, evaluations excluded.
+    :param curve: evaluation records (``steps``, ``wall_time_s``, ``reward``, ``dice``).
+    :param choices_per_step: categorical choices per action (H*W or h*w).
+    """
+
+    algorithm: str
+    label: str
+    env_id: str
+    seed: int
+    steps: int
+    train_seconds: float
+    curve: list[dict[str, float]]
+    choices_per_step: int
+
+    @property
+    def steps_per_s(self) -> float:
+        """Env steps per second of training."""
+        return self.steps / max(self.train_seconds, 1e-9)
+
+    @property
+    def final_reward(self) -> float:
+        """Held-out reward after training."""
+        return self.curve[-1]["reward"]
+
+    @property
+    def final_dice(self) -> float:
+        """Held-out mean foreground Dice after training."""
+        return self.curve[-1]["dice"]
+
+
+def make_train_env(entry: ZooEntry, settings: BenchmarkSettings, seed: int) -> VecEnv:
+    """The training ``VecEnv`` of ``entry``: the batched full env or stock SB3 envs of the small wrapper."""
+    data = {"preset": settings.preset, "image_size": settings.image_size, "split": "train"}
+    if entry.full_resolution:
+        env = make_sb3_vec_env(entry.n_envs, dataset="synthetic", **data)
+        env.seed(seed)
+        return env
+    return make_vec_env(SMALL_ENV_ID, n_envs=entry.n_envs, seed=seed, env_kwargs={**data, **entry.env_kwargs})
+
+
+def run_algorithm(entry: ZooEntry, settings: BenchmarkSettings, seed: int, heldout: HeldOutSet,
+                  verbose: int = 0) -> RunResult:
+    """Train ``entry``'s algorithm once under the settings' budget, scoring it on ``heldout`` as it goes."""
+    env = make_train_env(entry, settings, seed)
+    model = entry.algorithm_class(entry.policy, env, seed=seed, device=settings.device, verbose=0,
+                                  **copy.deepcopy(entry.hyperparams))
+    callback = HeldOutEvalCallback(make_predictor(model, entry, heldout), heldout, settings.eval_points,
+                                   settings.budget_steps, settings.budget_seconds, verbose=verbose)
+    total = settings.budget_steps if settings.budget_steps is not None else 10**12
+    model.learn(total_timesteps=total, callback=callback)
+    env.close()
+    if entry.full_resolution:
+        choices = settings.image_size ** 2
+    else:
+        h, w = _pair(entry.env_kwargs.get("action_size", 8))
+        choices = h * w
+    return RunResult(entry.algorithm, entry.label, entry.env_id, seed, int(model.num_timesteps),
+                     callback.train_seconds, callback.records, choices)
+
+
+def run_benchmark(entries: Mapping[str, ZooEntry], settings: BenchmarkSettings,
+                  verbose: int = 1) -> list[RunResult]:
+    """Train every algorithm of ``entries`` with every seed; one shared held-out set.
+
+    :param verbose: 0 silent, 1 one line per run, 2 also every evaluation.
+    """
+    heldout = HeldOutSet.synthetic(settings.eval_images, settings.image_size, settings.preset)
+    results = []
+    for entry in entries.values():
+        for seed in settings.seeds:
+            if verbose:
+                print(f"{entry.label} on {entry.env_id}, seed {seed}", flush=True)
+            result = run_algorithm(entry, settings, seed, heldout, verbose=int(verbose >= 2))
+            if verbose:
+                print(f"  {result.steps} steps in {result.train_seconds:.1f} s ({result.steps_per_s:.1f} steps/s): "
+                      f"reward {result.curve[0]['reward']:.3f} -> {result.final_reward:.3f}, "
+                      f"dice {result.curve[0]['dice']:.3f} -> {result.final_dice:.3f}", flush=True)
+            results.append(result)
+    return results
+
+
+# ----------------------------------------------------------------------------------------------
+# Reporting
+# ----------------------------------------------------------------------------------------------
+CURVE_COLUMNS = ("algorithm", "label", "env_id", "seed", "steps", "wall_time_s", "reward", "dice")
+SUMMARY_COLUMNS = ("algorithm", "label", "env_id", "seed", "choices_per_step", "steps", "train_seconds",
+                   "steps_per_s", "initial_reward", "initial_dice", "final_reward", "final_dice")
+
+
+def curve_rows(results: Sequence[RunResult]) -> list[dict[str, Any]]:
+    """One row per evaluation (columns :data:`CURVE_COLUMNS`)."""
+    return [{"algorithm": r.algorithm, "label": r.label, "env_id": r.env_id, "seed": r.seed, **point}
+            for r in results for point in r.curve]
+
+
+def summary_rows(results: Sequence[RunResult]) -> list[dict[str, Any]]:
+    """One row per run (columns :data:`SUMMARY_COLUMNS`)."""
+    return [{"algorithm": r.algorithm, "label": r.label, "env_id": r.env_id, "seed": r.seed,
+             "choices_per_step": r.choices_per_step, "steps": r.steps, "train_seconds": r.train_seconds,
+             "steps_per_s": r.steps_per_s, "initial_reward": r.curve[0]["reward"], "initial_dice": r.curve[0]["dice"],
+             "final_reward": r.final_reward, "final_dice": r.final_dice} for r in results]
+
+
+def _mean_std(values: Sequence[float], fmt: str) -> str:
+    values = np.asarray(values, dtype=np.float64)
+    if len(values) == 1:
+        return format(values[0], fmt)
+    return f"{format(values.mean(), fmt)} ± {format(values.std(ddof=1), fmt)}"
+
+
+def summary_markdown(results: Sequence[RunResult]) -> str:
+    """Markdown table, one row per algorithm, mean ± std (sample std) over its seeds."""
+    lines = ["| algorithm | env id | choices / step | seeds | env steps | steps/s | final reward | final Dice |",
+             "|---|---|---:|---:|---:|---:|---:|---:|"]
+    for algorithm in dict.fromkeys(r.algorithm for r in results):
+        runs = [r for r in results if r.algorithm == algorithm]
+        lines.append(f"| {runs[0].label} | {runs[0].env_id} | {runs[0].choices_per_step} | {len(runs)} | "
+                     f"{_mean_std([r.steps for r in runs], '.0f')} | {_mean_std([r.steps_per_s for r in runs], '.1f')} | "
+                     f"{_mean_std([r.final_reward for r in runs], '.3f')} | "
+                     f"{_mean_std([r.final_dice for r in runs], '.3f')} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_curves(results: Sequence[RunResult], path: str | Path) -> Path:
+    """PNG of reward and Dice against env steps and training wall time (one line per run)."""
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(11, 7.5), layout="constrained")
+    axes = figure.subplots(2, 2)
+    colours = {name: f"C{i}" for i, name in enumerate(dict.fromkeys(r.algorithm for r in results))}
+    for (row, metric), (col, x) in ((a, b) for a in enumerate(("reward", "dice"))
+                                    for b in enumerate(("steps", "wall_time_s"))):
+        ax = axes[row, col]
+        labelled: set[str] = set()
+        for r in results:
+            ax.plot([p[x] for p in r.curve], [p[metric] for p in r.curve], marker=".", color=colours[r.algorithm],
+                    alpha=0.8, label=None if r.algorithm in labelled else r.label)
+            labelled.add(r.algorithm)
+        ax.set_xlabel("env steps (images)" if x == "steps" else "training wall time (s)")
+        ax.set_ylabel("held-out reward (pixel accuracy)" if metric == "reward" else "held-out mean foreground Dice")
+        ax.grid(alpha=0.3)
+    axes[0, 0].legend(loc="lower right", fontsize="small")
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=110)
+    return atomic_write_bytes(path, buffer.getvalue())
+
+
+def _csv_text(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> str:
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=list(columns), lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
+    return out.getvalue()
+
+
+def write_results(results: Sequence[RunResult], entries: Mapping[str, ZooEntry], settings: BenchmarkSettings,
+                  out_dir: str | Path, command: str = "") -> dict[str, Path]:
+    """Write ``curves.csv``, ``summary.csv``, ``results.md``, ``curves.png`` and ``hyperparams.yml`` to ``out_dir``.
+
+    :return: ``{"curves", "summary", "markdown", "png", "hyperparams"}`` -> path.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    budget = " and ".join(part for part in (
+        f"{settings.budget_steps} env steps" if settings.budget_steps else "",
+        f"{settings.budget_seconds:g} s of training" if settings.budget_seconds else "") if part)
+    markdown = (
+        "# RL benchmark on the rl4seg env\n\n"
+        + (f"`{command}`\n\n" if command else "")
+        + f"Target domain `{settings.preset}`, {settings.image_size} px, budget {budget} per algorithm and seed "
+        f"(whichever ends first), seeds {list(settings.seeds)}, device {settings.device}, torch "
+        f"{torch.__version__} ({torch.get_num_threads()} thread(s)). Scores: deterministic actions on "
+        f"{settings.eval_images} held-out test images at full resolution; reward = pixel accuracy, Dice = mean "
+        "foreground Dice (LV, MYO). Mean ± std over seeds. Steps/s counts training time only.\n\n"
+        + summary_markdown(results))
+    paths = {
+        "curves": atomic_write_text(out / "curves.csv", _csv_text(curve_rows(results), CURVE_COLUMNS)),
+        "summary": atomic_write_text(out / "summary.csv", _csv_text(summary_rows(results), SUMMARY_COLUMNS)),
+        "markdown": atomic_write_text(out / "results.md", markdown),
+        "png": plot_curves(results, out / "curves.png"),
+        "hyperparams": atomic_write_text(out / "hyperparams.yml", yaml.safe_dump(
+            {name: entry.raw for name, entry in entries.items()}, sort_keys=False)),
+    }
+    return paths
+
+
+__all__ = ["ALGORITHM_CLASSES", "BenchmarkSettings", "CURVE_COLUMNS", "ENV_IDS", "FULL_ENV_ID", "HeldOutEvalCallback",
+           "HeldOutScores", "HeldOutSet", "RunResult", "SMALL_ENV_ID", "SUMMARY_COLUMNS", "ZooConfigError", "ZooEntry",
+           "curve_rows", "import_class", "load_zoo_config", "make_predictor", "make_train_env", "plot_curves",
+           "run_algorithm", "run_benchmark", "summary_markdown", "summary_rows", "write_results"]
