@@ -1,0 +1,442 @@
+"""Domain-adaptation benchmark: RL4Seg, its ablations and the baselines on one source -> target setting.
+
+Every method starts from the same source-pretrained actor (one pretraining per seed, shared), uses the
+same network and is scored by the same evaluation (:meth:`agents.loop.RL4SegRun.evaluate`: target test
+split, largest component, Dice / Hausdorff for LV, MYO and epicardium, anatomical validity).
+
+Results folder layout::
+
+    config.yaml                   the loop configuration every method shares (checked on resume)
+    seed_S/base/                  RL4Seg run dir holding the shared phases: actor_source.pt, oracle, shape AE
+    seed_S/<method>.json          one finished (method, seed) result; present = skipped on the next call
+    seed_S/<rl4seg method>/       RL4Seg run dir of that method (resumable by RL4SegRun itself)
+    results.csv, results.md       mean +- std over seeds per method; per_seed.csv: one row per (method, seed)
+    results.png                   bar chart (Dice LV / MYO / epi and validity %, mean +- std)
+
+A benchmark killed at any point restarts where it stopped: finished (method, seed) results are skipped
+and an interrupted RL4Seg run resumes after its last completed iteration.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import math
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+
+from agents.baselines import (AdaBNConfig, SelfTrainingConfig, SelfTrainingResult, TentConfig, adabn,
+                              self_training, tent)
+from agents.config import LoopConfig, config_to_dict, save_config
+from rl4seg_env.io import atomic_write_bytes, atomic_write_text
+
+
+@dataclass(frozen=True)
+class Method:
+    """One row of the benchmark.
+
+    :param name: key used on the command line and in file names.
+    :param label: row label in the tables and the chart.
+    :param kind: ``"source_only"``, ``"oracle"``, ``"adabn"``, ``"tent"``, ``"self_training"`` or ``"rl4seg"``.
+    :param overrides: ``key=value`` loop-config overrides of an RL4Seg ablation.
+    :param description: one line for the docs and the Markdown notes.
+    """
+
+    name: str
+    label: str
+    kind: str
+    overrides: tuple[str, ...] = ()
+    description: str = ""
+
+
+METHODS: dict[str, Method] = {m.name: m for m in (
+    Method("source_only", "source only", "source_only", description="source-pretrained actor, no adaptation"),
+    Method("oracle", "oracle (target labels)", "oracle",
+           description="same network and budget trained on target labels (upper bound; reads target labels)"),
+    Method("adabn", "AdaBN", "adabn", description="BatchNorm statistics re-estimated on target images"),
+    Method("tent", "TENT", "tent", description="entropy minimisation of the normalisation affine parameters"),
+    Method("self_training", "self-training", "self_training",
+           description="iterative pseudo-label fine-tuning, anatomically valid predictions only"),
+    Method("rl4seg", "RL4Seg", "rl4seg", description="this package (the loop config as given)"),
+    Method("rl4seg_no_kl", "RL4Seg w/o KL", "rl4seg", ("ppo.kl_coef_base=0",),
+           "no KL term to the source policy"),
+    Method("rl4seg_no_anchors", "RL4Seg w/o anchors", "rl4seg", ("ppo.anchors=false",),
+           "no pseudo-label anchors in the RL batch"),
+    Method("rl4seg_no_shape_ae", "RL4Seg w/o shape AE", "rl4seg", ("shape_ae.enabled=false",),
+           "morphological correction only"),
+    Method("rl4seg_gt_reward", "RL4Seg GT reward", "rl4seg", ("oracle_reward=true",),
+           "ground-truth reward instead of the learned one (reads target labels)"),
+)}
+
+#: metrics of the tables, in display order, with their headers; higher is better except Hausdorff
+METRICS: dict[str, str] = {
+    "dice_lv": "Dice LV", "dice_myo": "Dice MYO", "dice_epi": "Dice epi", "dice_mean": "Dice LV+MYO",
+    "hd_lv": "HD LV (mm)", "hd_myo": "HD MYO (mm)", "hd_epi": "HD epi (mm)", "validity_pct": "valid %",
+}
+LOWER_IS_BETTER = ("hd_lv", "hd_myo", "hd_epi")
+
+
+def apply_overrides(config: LoopConfig, overrides: tuple[str, ...] | list[str]) -> LoopConfig:
+    """A copy of ``config`` with dotted ``key=value`` overrides applied (values parsed as YAML, ints accepted
+    for floats); an unknown key raises :class:`~agents.config.ConfigError` naming it."""
+    from agents.config import ConfigError
+
+    config = copy.deepcopy(config)
+    for item in overrides:
+        key, raw = item.split("=", 1)
+        *sections, leaf = key.strip().split(".")
+        node: Any = config
+        for part in sections:
+            node = getattr(node, part, None)
+        if node is None or not dataclasses.is_dataclass(node) or leaf not in {f.name for f in dataclasses.fields(node)}:
+            raise ConfigError(f"override {item!r}: unknown config key '{key}'")
+        value, current = yaml.safe_load(raw), getattr(node, leaf)
+        if isinstance(current, float) and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        setattr(node, leaf, value)
+    return config
+
+
+def method_config(base: LoopConfig, method: Method, seed: int, run_dir: Path) -> LoopConfig:
+    """The loop config of one (method, seed): ``base`` with the method's overrides, the seed and run dir
+    (and no oracle inside the run: the benchmark trains it once per seed)."""
+    return apply_overrides(base, [*method.overrides, f"seed={seed}", f"run_dir={run_dir}", "evaluation.oracle=false"])
+
+
+def skip_reason(base: LoopConfig, method: Method) -> str | None:
+    """Why ``method`` cannot run (or would duplicate ``rl4seg``) under ``base``; None when it can run."""
+    if method.kind != "rl4seg" or not method.overrides:
+        return None
+    fields = {f.name for f in dataclasses.fields(LoopConfig)}
+    for item in method.overrides:
+        key, raw = item.split("=", 1)
+        if key.split(".")[0] not in fields:
+            return f"this version of agents.loop has no config key '{key}'"
+    tree = config_to_dict(base)
+    same = True
+    for item in method.overrides:
+        key, raw = item.split("=", 1)
+        node: Any = tree
+        for part in key.split("."):
+            node = node[part]
+        same &= node == yaml.safe_load(raw)
+    if same:
+        return f"the config already sets {', '.join(method.overrides)}: identical to rl4seg"
+    return None
+
+
+class DABenchmark:
+    """Run and tabulate the domain-adaptation benchmark (module docstring).
+
+    :param config: loop configuration shared by every method (data, network, pretraining, RL4Seg budget);
+        its ``seed`` and ``run_dir`` are replaced per (method, seed).
+    :param results_dir: output folder (created). A folder from an earlier call with a different
+        configuration is refused, so that skipped results stay comparable.
+    :param seeds: training seeds (default ``(0, 1, 2)``); the data realisation does not change with them.
+    :param methods: names from :data:`METHODS` (default: all, in that order).
+    :param adabn_config: :class:`~agents.baselines.AdaBNConfig` (default ``AdaBNConfig()``).
+    :param tent_config: :class:`~agents.baselines.TentConfig` (default ``TentConfig()``); its seed is set per seed.
+    :param self_training_config: :class:`~agents.baselines.SelfTrainingConfig` (default: RL4Seg's number of
+        iterations, anatomical criteria set and Dice threshold); its seed is set per seed.
+    :param command: the command line that produced the results, quoted in results.md (optional).
+    """
+
+    def __init__(self, config: LoopConfig, results_dir: str | Path, seeds: tuple[int, ...] | list[int] = (0, 1, 2),
+                 methods: tuple[str, ...] | list[str] | None = None, adabn_config: AdaBNConfig | None = None,
+                 tent_config: TentConfig | None = None,
+                 self_training_config: SelfTrainingConfig | None = None, command: str | None = None) -> None:
+        methods = list(METHODS) if methods is None else list(methods)
+        unknown = [m for m in methods if m not in METHODS]
+        if unknown:
+            raise ValueError(f"unknown method(s) {', '.join(unknown)}; expected names among {', '.join(METHODS)}")
+        if not seeds:
+            raise ValueError("at least one seed is needed")
+        self.config, self.seeds, self.methods = config, [int(s) for s in seeds], methods
+        self.results_dir = Path(results_dir)
+        self.adabn_config = adabn_config or AdaBNConfig(batch_size=config.evaluation.batch_size)
+        self.tent_config = tent_config or TentConfig()
+        self.self_training_config = self_training_config or SelfTrainingConfig(
+            iterations=config.ppo.iterations, criteria=config.reward_dataset.criteria,
+            valid_dice_threshold=config.reward_dataset.valid_dice_threshold)
+        self.skipped: dict[str, str] = {}
+        self.command = command
+        self._check_results_dir()
+
+    # --- bookkeeping ----------------------------------------------------------------------------------
+    def _shared_config(self) -> dict[str, Any]:
+        tree = config_to_dict(self.config)
+        tree.pop("seed"), tree.pop("run_dir")
+        return tree
+
+    def _check_results_dir(self) -> None:
+        self.results_dir.mkdir(parents=True, exist_ok=True)
+        path = self.results_dir / "config.yaml"
+        shared = self._shared_config()
+        if path.is_file():
+            stored = yaml.safe_load(path.read_text())
+            if stored != shared:
+                diff = sorted(k for k in set(stored) | set(shared) if stored.get(k) != shared.get(k))
+                raise ValueError(f"{self.results_dir} holds results of another configuration (sections differing: "
+                                 f"{', '.join(diff)}); choose another results folder or restore that config")
+        else:
+            atomic_write_text(path, yaml.safe_dump(shared, sort_keys=False))
+
+    def result_path(self, method: str, seed: int) -> Path:
+        return self.results_dir / f"seed_{seed}" / f"{method}.json"
+
+    # --- running --------------------------------------------------------------------------------------
+    def run(self) -> list[dict]:
+        """Run every missing (method, seed), write the tables and the chart; returns the per-seed rows."""
+        for method in self.methods:
+            reason = skip_reason(self.config, METHODS[method])
+            if reason:
+                self.skipped[method] = reason
+                print(f"[benchmark] skipping {method}: {reason}", flush=True)
+        for seed in self.seeds:
+            todo = [m for m in self.methods if m not in self.skipped and not self.result_path(m, seed).is_file()]
+            if not todo:
+                print(f"[benchmark] seed {seed}: every result already in {self.results_dir}", flush=True)
+                continue
+            self._run_seed(seed, todo)
+            self.write()
+        return self.write()
+
+    def _run_seed(self, seed: int, todo: list[str]) -> None:
+        from agents.loop import RL4SegRun
+        from agents.networks import load_unet
+
+        base_dir = self.results_dir / f"seed_{seed}" / "base"
+        if (base_dir / "state.json").is_file():
+            base = RL4SegRun(resume=True, run_dir=base_dir)
+        else:
+            base = RL4SegRun(method_config(self.config, METHODS["rl4seg"], seed, base_dir))
+        t0 = time.time()
+        source_path = base.pretrain_source()
+        pretrain_path = base_dir / "pretrain_minutes.json"
+        if not pretrain_path.is_file():  # first time only: a resumed base run did not pretrain now
+            atomic_write_text(pretrain_path, json.dumps({"minutes": (time.time() - t0) / 60}))
+        source, _ = load_unet(str(source_path), map_location=base.device)
+        target_images = None
+        if {"adabn", "tent", "self_training"} & {METHODS[m].kind for m in todo}:
+            from agents.evaluation import load_images
+
+            # unlabelled: RL4SegRun builds target_train with with_labels=False
+            target_images, _ = load_images(base.datasets["target_train"], progress=self.config.progress,
+                                           desc="target train images")
+        source_scores: dict[str, float] | None = None
+        for name in todo:
+            method = METHODS[name]
+            print(f"[benchmark] seed {seed}: {method.label}", flush=True)
+            torch.manual_seed(seed)
+            t0 = time.time()
+            extra: dict[str, Any] = {}
+            if method.kind == "rl4seg":
+                if source_scores is None:
+                    source_scores = base.evaluate(source)
+                scores = self._run_rl4seg(method, seed, base, source_scores)
+                self._save(name, seed, scores, (time.time() - t0) / 60)
+                continue
+            if method.kind == "source_only":
+                model = source
+            elif method.kind == "oracle":
+                model, _ = load_unet(str(base.train_oracle()), map_location=base.device)
+            elif method.kind == "adabn":
+                model = adabn(source, target_images, self.adabn_config, base.device)
+            elif method.kind == "tent":
+                cfg = dataclasses.replace(self.tent_config, seed=seed, progress=self.config.progress)
+                model = tent(source, target_images, cfg, base.device)
+            elif method.kind == "self_training":
+                cfg = dataclasses.replace(self.self_training_config, seed=seed, progress=self.config.progress)
+                from reward.correctors import Corrector
+
+                # RL4Seg's pseudo-label filter: validity + Dice with the corrected map (shape AE when enabled)
+                record = SelfTrainingResult()
+                corrector = Corrector(base.train_shape_ae(), n_classes=base.n_classes)
+                model = self_training(source, target_images, cfg, base.device, corrector=corrector, result=record)
+                extra = {"pseudo_labels_per_round": record.accepted}
+            else:
+                raise ValueError(f"method {name}: unknown kind {method.kind!r}")
+            minutes = (time.time() - t0) / 60
+            scores = base.evaluate(model)
+            if method.kind == "source_only":
+                source_scores = scores
+            self._save(name, seed, {**scores, **extra}, minutes)
+
+    def _run_rl4seg(self, method: Method, seed: int, base, source_scores: dict[str, float]) -> dict[str, float]:
+        """One RL4Seg run seeded with the shared source pretraining (and shape auto-encoder)."""
+        from agents.loop import RL4SegRun
+
+        run_dir = self.results_dir / f"seed_{seed}" / method.name
+        if not (run_dir / "state.json").is_file():
+            cfg = method_config(self.config, method, seed, run_dir)
+            ckpt = run_dir / "checkpoints"
+            ckpt.mkdir(parents=True, exist_ok=True)
+            shutil.copy(base.ckpt_dir / "actor_source.pt", ckpt / "actor_source.pt")
+            if cfg.shape_ae.enabled:
+                base.train_shape_ae()  # once per seed, shared by the RL4Seg methods that use it
+                shutil.copy(base.ckpt_dir / "shape_ae.pt", ckpt / "shape_ae.pt")
+            save_config(cfg, run_dir / "config.yaml")
+            # the source phase is done (shared) and its evaluation is the one already made on the same test set
+            state = {"completed_iterations": 0, "source_done": True, "baselines_done": True,
+                     "rows": [{"iteration": 0, "model": "source-only", **source_scores}]}
+            atomic_write_text(run_dir / "state.json", json.dumps(state, indent=1, default=float))
+        rows = RL4SegRun(resume=True, run_dir=run_dir).run()
+        # iteration rows (the baselines' rows have iteration 0 or "oracle")
+        rl_rows = [r for r in rows if isinstance(r.get("iteration"), int) and r["iteration"] >= 1]
+        if not rl_rows:
+            raise RuntimeError(f"{run_dir}: the RL4Seg run finished without an iteration row (ppo.iterations=0?)")
+        last = rl_rows[-1]
+        return {k: v for k, v in last.items() if k not in ("iteration", "model", "minutes")}
+
+    def _save(self, method: str, seed: int, scores: dict[str, Any], minutes: float) -> None:
+        row = {"method": method, "seed": seed, "minutes": minutes, **scores}
+        path = self.result_path(method, seed)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(path, json.dumps(row, indent=1, default=float))
+        print(f"[benchmark] seed {seed} {METHODS[method].label}: Dice LV+MYO {scores.get('dice_mean', math.nan):.3f}, "
+              f"validity {scores.get('validity_pct', math.nan):.1f}%  ({minutes:.1f} min)", flush=True)
+
+    # --- tables ---------------------------------------------------------------------------------------
+    def load_rows(self) -> list[dict]:
+        """Every finished (method, seed) result of the selected methods and seeds, in method order."""
+        rows = []
+        for method in self.methods:
+            for seed in self.seeds:
+                path = self.result_path(method, seed)
+                if path.is_file():
+                    rows.append(json.loads(path.read_text()))
+        return rows
+
+    def write(self) -> list[dict]:
+        """(Re)write results.csv, results.md, per_seed.csv and results.png from the finished results."""
+        rows = self.load_rows()
+        summary = summarize(rows)
+        write_tables(rows, summary, self.results_dir, skipped=self.skipped, seeds=self.seeds, command=self.command)
+        if summary:
+            plot_results(summary, self.results_dir / "results.png")
+        return rows
+
+
+def summarize(rows: list[dict]) -> list[dict]:
+    """Per method: ``n_seeds``, ``<metric>_mean`` and ``<metric>_std`` (sample std, NaN for one seed) of
+    every metric of :data:`METRICS` and of ``minutes``, plus ``gap_closed`` (share of the source -> oracle
+    Dice LV+MYO gap closed) when both references are present."""
+    out = []
+    for method in dict.fromkeys(r["method"] for r in rows):
+        mine = [r for r in rows if r["method"] == method]
+        entry: dict[str, Any] = {"method": method, "label": METHODS[method].label if method in METHODS else method,
+                                 "n_seeds": len(mine), "seeds": " ".join(str(r["seed"]) for r in mine)}
+        for key in (*METRICS, "minutes"):
+            values = np.array([r.get(key, math.nan) for r in mine], dtype=float)
+            finite = values[np.isfinite(values)]
+            entry[f"{key}_mean"] = float(finite.mean()) if len(finite) else math.nan
+            entry[f"{key}_std"] = float(finite.std(ddof=1)) if len(finite) > 1 else math.nan
+        out.append(entry)
+    ref = {e["method"]: e["dice_mean_mean"] for e in out}
+    if "source_only" in ref and "oracle" in ref and ref["oracle"] > ref["source_only"]:
+        for e in out:
+            e["gap_closed"] = (e["dice_mean_mean"] - ref["source_only"]) / (ref["oracle"] - ref["source_only"])
+    return out
+
+
+def _cell(mean: float, std: float, key: str) -> str:
+    if not math.isfinite(mean):
+        return "-"
+    digits = 1 if key.startswith("hd_") or key in ("validity_pct", "minutes") else 3
+    return f"{mean:.{digits}f}" + (f" ± {std:.{digits}f}" if math.isfinite(std) else "")
+
+
+def write_tables(rows: list[dict], summary: list[dict], results_dir: Path, skipped: dict[str, str] | None = None,
+                 seeds: list[int] | None = None, command: str | None = None) -> None:
+    """results.csv (summary), per_seed.csv and results.md (mean ± std; best adaptation method in bold)."""
+    import csv
+    import io
+
+    def to_csv(table: list[dict]) -> bytes:
+        columns = list(dict.fromkeys(k for r in table for k in r if not isinstance(r[k], (list, dict))))
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(table)
+        return buf.getvalue().encode()
+
+    atomic_write_bytes(results_dir / "results.csv", to_csv(summary) if summary else b"")
+    atomic_write_bytes(results_dir / "per_seed.csv", to_csv(rows) if rows else b"")
+
+    # bold the best adaptation method (not the oracle, which reads target labels) per column
+    contenders = [e for e in summary if e["method"] != "oracle"]
+    best: dict[str, str] = {}
+    for key in METRICS:
+        scored = [e for e in contenders if math.isfinite(e[f"{key}_mean"])]
+        if scored:
+            pick = min if key in LOWER_IS_BETTER else max
+            best[key] = pick(scored, key=lambda e: e[f"{key}_mean"])["method"]
+    has_gap = any("gap_closed" in e for e in summary)
+    header = ["method", *METRICS.values(), *(["gap closed"] if has_gap else []), "seeds", "min / seed"]
+    lines = ["| " + " | ".join(header) + " |", "|---|" + "---:|" * (len(header) - 1)]
+    for e in summary:
+        cells = [e["label"]]
+        for key in METRICS:
+            text = _cell(e[f"{key}_mean"], e[f"{key}_std"], key)
+            cells.append(f"**{text}**" if best.get(key) == e["method"] else text)
+        if has_gap:
+            gap = e.get("gap_closed", math.nan)
+            cells.append(f"{100 * gap:.0f}%" if math.isfinite(gap) else "-")
+        cells += [str(e["n_seeds"]), _cell(e["minutes_mean"], math.nan, "minutes")]
+        lines.append("| " + " | ".join(cells) + " |")
+    notes = ["", f"Mean ± sample std over seeds {', '.join(map(str, seeds or []))} (target test split). Bold: best "
+             "method per column excluding the oracle, which trains on target labels. HD in mm; valid % = share of "
+             "anatomically valid predictions. 'min / seed': wall time of the method's own training (adaptation; for the "
+             "oracle its supervised training), without the source pretraining all methods share."]
+    if has_gap:
+        notes.append("Gap closed = (Dice LV+MYO - source only) / (oracle - source only).")
+    if command:
+        notes.append(f"Produced by `{command}`.")
+    for method, reason in (skipped or {}).items():
+        notes.append(f"- `{method}` not run: {reason}.")
+    atomic_write_text(results_dir / "results.md", "\n".join(lines + notes) + "\n")
+
+
+def plot_results(summary: list[dict], path: Path) -> None:
+    """Bar chart: Dice LV / MYO / epi per method (left) and validity % (right), error bars = std over seeds."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = [e["label"] for e in summary]
+    x = np.arange(len(summary))
+    fig, (ax_dice, ax_valid) = plt.subplots(1, 2, figsize=(max(8.0, 1.3 * len(summary) + 4), 4.5),
+                                            gridspec_kw={"width_ratios": [3, 1.4]})
+    width = 0.26
+    for k, key in enumerate(("dice_lv", "dice_myo", "dice_epi")):
+        means = np.array([e[f"{key}_mean"] for e in summary])
+        stds = np.nan_to_num(np.array([e[f"{key}_std"] for e in summary]))
+        ax_dice.bar(x + (k - 1) * width, means, width, yerr=stds, capsize=2, label=METRICS[key])
+    ax_dice.set_xticks(x, labels, rotation=35, ha="right", fontsize=8)
+    ax_dice.set_ylim(0, 1)
+    ax_dice.set_ylabel("Dice (target test)")
+    ax_dice.legend(fontsize=8, loc="lower right")
+    ax_dice.grid(axis="y", alpha=0.3)
+    ax_valid.bar(x, [e["validity_pct_mean"] for e in summary],
+                 yerr=np.nan_to_num([e["validity_pct_std"] for e in summary]), capsize=2, color="tab:gray")
+    ax_valid.set_xticks(x, labels, rotation=35, ha="right", fontsize=8)
+    ax_valid.set_ylim(0, 100)
+    ax_valid.set_ylabel("anatomically valid (%)")
+    ax_valid.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    buf = __import__("io").BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+__all__ = ["DABenchmark", "LOWER_IS_BETTER", "METHODS", "METRICS", "Method", "method_config", "plot_results",
+           "skip_reason", "summarize", "write_tables"]
