@@ -8,8 +8,10 @@ Labels are read here only: training code never calls this module on target data.
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections import Counter
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -133,3 +135,144 @@ def _uncertainty_summary(reward_model, images, preds, labels, rows, n_classes: i
     for row, r in zip(rows, mean_rewards):
         row["mean_reward"] = float(r)
     return {f"reward_{k}": float(v) for k, v in acc.compute().items()}
+
+
+# --------------------------------------------------------------------------------------------------
+# evaluation of saved predictions, and its files (scripts/evaluate.py)
+# --------------------------------------------------------------------------------------------------
+def prediction_file_names(sample_id: str) -> list[str]:
+    """File names accepted for the prediction of ``sample_id``, in order of preference.
+
+    ``<id>_seg.nii.gz`` (what :func:`agents.inference.export_predictions` writes), then ``<id>.nii.gz``, and
+    the same with ``.nii``; ``<id>`` is also tried with the characters other than letters, digits, ``-_.``
+    replaced by ``_`` (the file-name-safe form export_predictions uses).
+    """
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in sample_id)
+    stems = [sample_id] if safe == sample_id else [sample_id, safe]
+    return [f"{stem}{suffix}{ext}" for suffix in ("_seg", "") for ext in (".nii.gz", ".nii") for stem in stems]
+
+
+def load_prediction_folder(folder: str | os.PathLike, dataset: SegDataset) -> np.ndarray:
+    """Predicted label maps of every sample of ``dataset`` read from a folder of 2D NIfTI files.
+
+    Each sample's file is found by :func:`prediction_file_names`; label maps of another size are resized
+    to the dataset's working size ``dataset.image_size`` with nearest neighbour (labels never mix).
+
+    :param folder: folder holding the predictions.
+    :param dataset: the dataset the predictions are for (its ids and working size are used).
+    :return: (N, H, W) uint8 label maps in dataset order.
+    :raises FileNotFoundError: the folder does not exist, or some ids have no prediction file (the
+        message lists them, with the names that were looked for).
+    :raises ValueError: a file holds non-integer values or labels outside ``0..n_classes-1``.
+    """
+    from rl4seg_env.data.base import resize_label
+    from rl4seg_env.data.nifti import read_nifti_2d
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"prediction folder not found: {folder}")
+    present = {p.name for p in folder.iterdir()}
+    paths, missing = [], []
+    for i in range(len(dataset)):
+        sample_id = dataset[i].id
+        name = next((n for n in prediction_file_names(sample_id) if n in present), None)
+        if name is None:
+            missing.append(sample_id)
+        paths.append(None if name is None else folder / name)
+    if missing:
+        shown = ", ".join(missing[:10]) + (f", ... ({len(missing)} in all)" if len(missing) > 10 else "")
+        raise FileNotFoundError(f"{folder}: no prediction for {len(missing)} of {len(dataset)} dataset ids: {shown} "
+                                f"(looked for <id>_seg.nii.gz, <id>.nii.gz, <id>_seg.nii, <id>.nii)")
+    size = tuple(dataset.image_size)
+    preds = np.empty((len(paths), *size), dtype=np.uint8)
+    for i, path in enumerate(paths):
+        array, _ = read_nifti_2d(path)
+        values = np.unique(array)
+        if not np.all(values == np.round(values)) or values.min() < 0 or values.max() >= dataset.n_classes:
+            raise ValueError(f"{path}: expected integer labels in 0..{dataset.n_classes - 1} "
+                             f"({', '.join(dataset.class_names)}), found values {values[:8].tolist()}")
+        preds[i] = resize_label(np.rint(array).astype(np.uint8), size)
+    return preds
+
+
+def evaluation_markdown(summary: dict[str, float], title: str = "Evaluation",
+                        structures: dict[str, tuple[int, ...]] | None = None) -> str:
+    """Markdown summary of :func:`evaluate_predictions`: Dice / HD (mm) per structure, validity %, the
+    failing anatomical criteria, and the reward-network uncertainty metrics when present."""
+    structures = ECHO_STRUCTURES if structures is None else structures
+
+    def fmt(value: float, digits: int = 3) -> str:
+        return "-" if value is None or not np.isfinite(value) else f"{value:.{digits}f}"
+
+    n = int(summary.get("n_images", 0))
+    lines = [f"# {title}", "", f"{n} images.", "", "| structure | Dice | Hausdorff (mm) |", "|---|---|---|"]
+    for name in structures:
+        lines.append(f"| {name.upper()} | {fmt(summary.get(f'dice_{name}'))} | {fmt(summary.get(f'hd_{name}'), 2)} |")
+    if "dice_mean" in summary:
+        lines.append(f"| mean LV+MYO | {fmt(summary['dice_mean'])} | |")
+    lines += ["", f"Anatomical validity: **{fmt(summary.get('validity_pct'), 1)} %** of the images.", ""]
+    failed = {k[len("failed_"):]: v for k, v in summary.items() if k.startswith("failed_")}
+    if failed:
+        lines += ["| failing criterion | images |", "|---|---|"]
+        lines += [f"| {k} | {int(v)} |" for k, v in sorted(failed.items(), key=lambda kv: -kv[1])]
+        lines.append("")
+    reward = {k[len("reward_"):]: v for k, v in summary.items() if k.startswith("reward_")}
+    if reward:
+        lines += ["Reward-network uncertainty (`1 - reward`, foreground pixels):", "",
+                  "| ECE | ACE | MCE | MI (nats) | reward-Dice r | pixels |", "|---|---|---|---|---|---|",
+                  f"| {fmt(reward.get('ece'))} | {fmt(reward.get('ace'))} | {fmt(reward.get('mce'))} | "
+                  f"{fmt(reward.get('mi'), 4)} | {fmt(reward.get('correlation'))} | {int(reward.get('n_pixels', 0))} |",
+                  ""]
+    return "\n".join(lines)
+
+
+def write_evaluation(result: EvaluationResult, out_dir: str | os.PathLike, metadata: dict | None = None,
+                     title: str = "Evaluation") -> dict[str, Path]:
+    """Write ``per_image.csv``, ``summary.json`` and ``summary.md`` into ``out_dir`` (atomic writes).
+
+    :param result: the output of :func:`evaluate_predictions`.
+    :param out_dir: output folder (created).
+    :param metadata: plain values stored under ``"metadata"`` in the JSON (e.g. checkpoint, dataset).
+    :param title: title of the Markdown summary.
+    :return: ``{"csv": ..., "json": ..., "markdown": ...}`` paths. NaN (undefined Hausdorff, correlation)
+        is written as an empty CSV cell and as JSON ``null``.
+    """
+    import csv
+    import io
+    import json
+
+    from rl4seg_env.io import atomic_write_text
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    fields = list(dict.fromkeys(k for row in result.per_image for k in row))
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=fields)
+    writer.writeheader()
+    for row in result.per_image:
+        writer.writerow({k: ("" if isinstance(v, float) and not np.isfinite(v) else v) for k, v in row.items()})
+    finite = {k: (float(v) if np.isfinite(v) else None) for k, v in result.summary.items()}
+    doc = {"metadata": dict(metadata or {}), "summary": finite}
+    return {"csv": atomic_write_text(out_dir / "per_image.csv", buf.getvalue()),
+            "json": atomic_write_text(out_dir / "summary.json", json.dumps(doc, indent=1) + "\n"),
+            "markdown": atomic_write_text(out_dir / "summary.md", evaluation_markdown(result.summary, title))}
+
+
+def last_completed_iteration(run_dir: str | os.PathLike) -> int:
+    """The last RL4Seg iteration ``state.json`` of a ``scripts/train_loop.py`` run marks as completed.
+
+    :raises FileNotFoundError: ``run_dir`` has no ``state.json``.
+    :raises ValueError: the state is corrupt or no iteration is completed yet.
+    """
+    import json
+
+    path = Path(run_dir) / "state.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{run_dir}: not a run directory of scripts/train_loop.py (no state.json)")
+    try:
+        done = int(json.loads(path.read_text())["completed_iterations"])
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+        raise ValueError(f"{path}: cannot read completed_iterations ({type(exc).__name__}: {exc})") from exc
+    if done < 1:
+        raise ValueError(f"{run_dir}: no RL4Seg iteration completed yet (state.json: completed_iterations={done})")
+    return done
