@@ -190,7 +190,7 @@ def load_prediction_folder(folder: str | os.PathLike, dataset: SegDataset) -> np
         values = np.unique(array)
         if not np.all(values == np.round(values)) or values.min() < 0 or values.max() >= dataset.n_classes:
             raise ValueError(f"{path}: expected integer labels in 0..{dataset.n_classes - 1} "
-                             f"({', '.join(dataset.class_names)}), found values {values[:8].tolist()}")
+                             f"({', '.join(dataset.class_names)}), found values {', '.join(f'{v:g}' for v in values[:8])}")
         preds[i] = resize_label(np.rint(array).astype(np.uint8), size)
     return preds
 
