@@ -42,7 +42,7 @@ from rl4seg_env.data import SegDataset, make_dataset
 from rl4seg_env.data.synthetic import DEFAULT_TARGET
 from rl4seg_env.io import atomic_write_bytes, atomic_write_text
 from rl4seg_env.vector import SegVectorEnv, make_sb3_vec_env
-from rl4seg_env.wrappers import DownsampledActionWrapper, make_small_env
+from rl4seg_env.wrappers import DownsampledActionWrapper, coarse_to_full, make_small_env
 
 #: env ids an algorithm may train on: the full (H, W) label-map action, or the coarse-grid wrapper
 FULL_ENV_ID = "RL4Seg-v0"
@@ -334,6 +334,31 @@ class HeldOutSet:
         _, rewards, _, _, info = self.env.step(actions)
         dices = np.asarray(info["final_info"]["dice"], dtype=np.float64)
         return HeldOutScores(float(rewards.mean()), float(dices.mean()), rewards.astype(np.float64), dices)
+
+    def coarse_ceiling(self, action_size: int | tuple[int, int]) -> HeldOutScores:
+        """Scores of the best coarse-grid agent: each cell takes its block's majority label.
+
+        This maximises pixel accuracy over every (h, w) grid action (upsampled as
+        :class:`~rl4seg_env.wrappers.DownsampledActionWrapper` does), so no coarse-grid agent can score
+        a higher reward on these images.
+        """
+        return self.evaluate(lambda obs: block_majority(self.labels, action_size, self.dataset.n_classes))
+
+
+def block_majority(labels: np.ndarray, action_size: int | tuple[int, int], n_classes: int) -> np.ndarray:
+    """Most frequent label of each coarse block, upsampled back: (N, H, W) -> (N, H, W) uint8.
+
+    Blocks are those of :func:`~rl4seg_env.wrappers.coarse_to_full` (cell ``i`` covers the rows ``r`` with
+    ``r * h // H == i``); ties go to the lower label.
+    """
+    labels = np.asarray(labels)
+    h, w = _pair(action_size)
+    height, width = labels.shape[-2:]
+    row_starts = np.searchsorted((np.arange(height) * h) // height, np.arange(h))
+    col_starts = np.searchsorted((np.arange(width) * w) // width, np.arange(w))
+    one_hot = (labels[..., None] == np.arange(n_classes)).astype(np.int32)  # (N, H, W, C)
+    counts = np.add.reduceat(np.add.reduceat(one_hot, row_starts, axis=1), col_starts, axis=2)  # (N, h, w, C)
+    return coarse_to_full(counts.argmax(axis=-1), (height, width)).astype(np.uint8)
 
 
 def make_predictor(model: BaseAlgorithm, entry: ZooEntry, heldout: HeldOutSet) -> Predictor:
@@ -650,6 +675,17 @@ def _csv_text(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> str:
     return out.getvalue()
 
 
+def ceiling_lines(entries: Mapping[str, ZooEntry], heldout: HeldOutSet) -> list[str]:
+    """One Markdown bullet per coarse action grid in ``entries``: the best score any such agent can reach."""
+    grids = dict.fromkeys(_pair(e.env_kwargs.get("action_size", 8)) for e in entries.values() if not e.full_resolution)
+    lines = []
+    for grid in grids:
+        best = heldout.coarse_ceiling(grid)
+        lines.append(f"- Ceiling of a {grid[0]}x{grid[1]} action grid on these images (block-majority oracle): "
+                     f"reward {best.reward:.3f}, Dice {best.dice:.3f}. Full-resolution agents can reach 1.000.")
+    return lines
+
+
 def write_results(results: Sequence[RunResult], entries: Mapping[str, ZooEntry], settings: BenchmarkSettings,
                   out_dir: str | Path, command: str = "") -> dict[str, Path]:
     """Write ``curves.csv``, ``summary.csv``, ``results.md``, ``curves.png`` and ``hyperparams.yml`` to ``out_dir``.
@@ -670,6 +706,9 @@ def write_results(results: Sequence[RunResult], entries: Mapping[str, ZooEntry],
         f"{settings.eval_images} held-out test images at full resolution; reward = pixel accuracy, Dice = mean "
         "foreground Dice (LV, MYO). Mean ± std over seeds. Steps/s counts training time only.\n\n"
         + summary_markdown(results))
+    ceilings = ceiling_lines(entries, HeldOutSet.synthetic(settings.eval_images, settings.image_size, settings.preset))
+    if ceilings:
+        markdown += "\n" + "\n".join(ceilings) + "\n"
     paths = {
         "curves": atomic_write_text(out / "curves.csv", _csv_text(curve_rows(results), CURVE_COLUMNS)),
         "summary": atomic_write_text(out / "summary.csv", _csv_text(summary_rows(results), SUMMARY_COLUMNS)),
@@ -683,5 +722,6 @@ def write_results(results: Sequence[RunResult], entries: Mapping[str, ZooEntry],
 
 __all__ = ["ALGORITHM_CLASSES", "BenchmarkSettings", "CURVE_COLUMNS", "ENV_IDS", "FULL_ENV_ID", "HeldOutEvalCallback",
            "HeldOutScores", "HeldOutSet", "RunResult", "SMALL_ENV_ID", "SUMMARY_COLUMNS", "ZooConfigError", "ZooEntry",
-           "curve_rows", "import_class", "load_zoo_config", "make_predictor", "make_train_env", "plot_curves",
-           "run_algorithm", "run_benchmark", "summary_markdown", "summary_rows", "write_results"]
+           "block_majority", "ceiling_lines", "curve_rows", "import_class", "load_zoo_config", "make_predictor",
+           "make_train_env", "plot_curves", "run_algorithm", "run_benchmark", "summary_markdown", "summary_rows",
+           "write_results"]

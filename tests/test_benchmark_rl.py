@@ -16,6 +16,7 @@ from agents.benchmark import (
     HeldOutEvalCallback,
     HeldOutSet,
     ZooConfigError,
+    block_majority,
     load_zoo_config,
     make_predictor,
     make_train_env,
@@ -88,6 +89,7 @@ def test_quick_benchmark_writes_curves_table_and_png(tmp_path: Path) -> None:
     for label in ("| PixelPPO |", "| PPO (8x8 actions) |", "| A2C (8x8 actions) |"):
         assert label in markdown
     assert f"{float(pixel['final_dice']):.3f}" in markdown
+    assert "Ceiling of a 8x8 action grid" in markdown
 
     png = (out / "curves.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 20_000
@@ -204,6 +206,26 @@ def test_small_action_agents_are_scored_at_full_resolution(heldout: HeldOutSet) 
     maps = predict(heldout.observations)
     expected = coarse_to_full(coarse.reshape(8, 8), (32, 32))
     assert maps.shape == (8, 32, 32) and all(np.array_equal(m, expected) for m in maps)
+
+
+def test_block_majority_is_the_best_coarse_action(heldout: HeldOutSet) -> None:
+    labels = np.array([[[1, 1, 0, 2],
+                        [1, 0, 2, 2],
+                        [0, 0, 0, 2],
+                        [2, 1, 2, 0]]])
+    # bottom-right block: two 0s, two 2s -> the lower label
+    expected = np.array([[[1, 1, 2, 2], [1, 1, 2, 2], [0, 0, 0, 0], [0, 0, 0, 0]]])
+    assert np.array_equal(block_majority(labels, 2, 3), expected)
+    ceiling = heldout.coarse_ceiling(8)
+    background = heldout.evaluate(lambda obs: np.zeros(obs.shape[:3], dtype=np.uint8))
+    assert background.reward < ceiling.reward < 1.0 and 0.0 < ceiling.dice < 1.0
+    rng = np.random.default_rng(0)
+    for _ in range(3):  # no other coarse action beats it
+        noisy = block_majority(heldout.labels, 8, 3)
+        flip = rng.random(noisy.shape) < 0.02
+        other = np.where(flip, rng.integers(0, 3, noisy.shape), noisy).astype(np.uint8)
+        other = coarse_to_full(other[:, ::4, ::4], (32, 32))
+        assert heldout.evaluate(lambda obs: other).reward <= ceiling.reward
 
 
 def test_time_budget_stops_training_and_excludes_evaluation(heldout: HeldOutSet) -> None:
