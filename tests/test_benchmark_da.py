@@ -1,0 +1,117 @@
+"""Domain-adaptation benchmark (agents/benchmark_da.py, scripts/benchmark_da.py) on a tiny quick run."""
+import csv
+import importlib.util
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from agents.benchmark_da import METHODS, DABenchmark, skip_reason, summarize, write_tables
+from agents.config import load_config
+
+torch.set_num_threads(1)
+ROOT = Path(__file__).resolve().parents[1]
+# configs/quick.yaml made smaller still: the test checks the plumbing, not the numbers
+TINY = ["num_threads=1", "pretrain.epochs=10", "data.source.n_train=128", "data.target.n_train=16",
+        "reward_dataset.images_per_iteration=16"]
+METHODS_RUN = ["source_only", "oracle", "adabn", "tent", "self_training", "rl4seg", "rl4seg_no_shape_ae"]
+
+
+def _script():
+    spec = importlib.util.spec_from_file_location("benchmark_da_script", ROOT / "scripts" / "benchmark_da.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def quick_results(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench") / "results"
+    rc = _script().main(["--quick", "--results", str(out), "--st-epochs", "1", "--methods", *METHODS_RUN, "--", *TINY])
+    assert rc == 0
+    return out
+
+
+def test_quick_benchmark_writes_table_csv_and_chart(quick_results):
+    d = quick_results
+    for name in ("results.md", "results.csv", "per_seed.csv", "results.png", "config.yaml"):
+        assert (d / name).is_file(), name
+    with open(d / "results.csv") as f:
+        rows = list(csv.DictReader(f))
+    # quick.yaml disables the shape auto-encoder, so that ablation would repeat RL4Seg: skipped, and said so
+    assert [r["method"] for r in rows] == [m for m in METHODS_RUN if m != "rl4seg_no_shape_ae"]
+    for key in ("dice_lv", "dice_myo", "dice_epi", "hd_lv", "hd_epi", "validity_pct"):
+        assert f"{key}_mean" in rows[0] and f"{key}_std" in rows[0], key
+    for r in rows:
+        assert 0.0 <= float(r["dice_epi_mean"]) <= 1.0 and 0.0 <= float(r["validity_pct_mean"]) <= 100.0
+        assert r["n_seeds"] == "1"
+    md = (d / "results.md").read_text()
+    for label in ("source only", "AdaBN", "TENT", "self-training", "RL4Seg", "Dice LV", "Dice MYO", "Dice epi",
+                  "HD epi (mm)", "valid %"):
+        assert label in md, label
+    assert "`rl4seg_no_shape_ae` not run" in md and "python scripts/benchmark_da.py --quick" in md
+    import matplotlib.image
+
+    assert matplotlib.image.imread(d / "results.png").shape[0] > 100
+    # every method started from the same source pretraining and was scored on the same test images
+    per_seed = [json.loads(p.read_text()) for p in sorted((d / "seed_0").glob("*.json"))]
+    assert {r["n_images"] for r in per_seed} == {8.0}
+    state = json.loads((d / "seed_0" / "rl4seg" / "state.json").read_text())
+    source = json.loads((d / "seed_0" / "source_only.json").read_text())
+    assert state["rows"][0]["dice_mean"] == pytest.approx(source["dice_mean"])
+    assert (d / "seed_0" / "rl4seg" / "checkpoints" / "actor_source.pt").read_bytes() == \
+        (d / "seed_0" / "base" / "checkpoints" / "actor_source.pt").read_bytes()
+    # baselines changed the model (AdaBN re-estimates statistics: target scores move)
+    adabn = json.loads((d / "seed_0" / "adabn.json").read_text())
+    assert adabn["dice_mean"] != source["dice_mean"]
+    assert len(json.loads((d / "seed_0" / "self_training.json").read_text())["pseudo_labels_per_round"]) == 1
+
+
+def test_benchmark_resumes_skipping_finished_results(quick_results, capsys):
+    d = quick_results
+    mtimes = {p: p.stat().st_mtime_ns for p in (d / "seed_0").glob("*.json")}
+    rc = _script().main([*TINY, "--quick", "--results", str(d), "--st-epochs", "1", "--methods", *METHODS_RUN])
+    assert rc == 0
+    assert {p: p.stat().st_mtime_ns for p in (d / "seed_0").glob("*.json")} == mtimes  # nothing recomputed
+    assert "every result already in" in capsys.readouterr().out
+
+
+def test_results_folder_of_another_config_is_refused(quick_results):
+    other = load_config(ROOT / "configs" / "quick.yaml", [*TINY, "network.channels=[4, 8, 16]"])
+    with pytest.raises(ValueError, match="another configuration.*network"):
+        DABenchmark(other, quick_results, seeds=[0], methods=["source_only"])
+
+
+def test_unknown_method_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="unknown method.*tnet"):
+        DABenchmark(load_config(None), tmp_path, methods=["tnet"])
+
+
+def test_ablation_already_in_the_config_is_skipped():
+    cfg = load_config(None, ["ppo.anchors=false"])
+    assert "identical to rl4seg" in skip_reason(cfg, METHODS["rl4seg_no_anchors"])
+    assert skip_reason(cfg, METHODS["rl4seg_no_kl"]) is None
+    assert skip_reason(cfg, METHODS["tent"]) is None
+
+
+def test_summary_mean_std_gap_and_bold_best(tmp_path):
+    rows = []
+    for seed, (src, orc, ada) in enumerate([(0.5, 0.9, 0.6), (0.7, 0.9, 0.8)]):
+        for method, d in (("source_only", src), ("oracle", orc), ("adabn", ada)):
+            rows.append({"method": method, "seed": seed, "minutes": 1.0, "dice_lv": d, "dice_myo": d,
+                         "dice_epi": d, "dice_mean": d, "hd_lv": 10 * (1 - d), "hd_myo": math.nan,
+                         "hd_epi": 5.0, "validity_pct": 100 * d})
+    summary = summarize(rows)
+    by = {e["method"]: e for e in summary}
+    assert by["adabn"]["dice_lv_mean"] == pytest.approx(0.7)
+    assert by["adabn"]["dice_lv_std"] == pytest.approx(math.sqrt(0.02))  # sample std of 0.6, 0.8
+    assert math.isnan(by["adabn"]["hd_myo_mean"])
+    assert by["adabn"]["gap_closed"] == pytest.approx((0.7 - 0.6) / (0.9 - 0.6))
+    write_tables(rows, summary, tmp_path, seeds=[0, 1])
+    md = (tmp_path / "results.md").read_text()
+    adabn_line = next(line for line in md.splitlines() if line.startswith("| AdaBN"))
+    oracle_line = next(line for line in md.splitlines() if line.startswith("| oracle"))
+    assert "**0.700 ± 0.141**" in adabn_line and "**" not in oracle_line.split("|")[2]  # oracle never bold
+    assert "33%" in adabn_line
