@@ -361,16 +361,25 @@ def block_majority(labels: np.ndarray, action_size: int | tuple[int, int], n_cla
     return coarse_to_full(counts.argmax(axis=-1), (height, width)).astype(np.uint8)
 
 
-def make_predictor(model: BaseAlgorithm, entry: ZooEntry, heldout: HeldOutSet) -> Predictor:
-    """Full-resolution deterministic predictor of ``model`` for ``heldout``'s images.
+def make_predictor(model: BaseAlgorithm, heldout: HeldOutSet, env_id: str = FULL_ENV_ID,
+                   env_kwargs: Mapping[str, Any] | None = None) -> Predictor:
+    """Full-resolution deterministic predictor of a model trained on ``env_id``, for ``heldout``'s images.
 
-    A full-resolution agent (``RL4Seg-v0``) predicts directly. A coarse-grid agent (``RL4SegSmall-v0``)
-    sees each image as its wrapper shows it (downsampled) and its (h*w,) action is upsampled to
-    (H, W) by nearest neighbour, exactly as :class:`~rl4seg_env.wrappers.DownsampledActionWrapper` does.
+    :param model: anything with SB3's ``predict(obs, deterministic=True) -> (actions, state)``.
+    :param heldout: the evaluation images.
+    :param env_id: ``"RL4Seg-v0"`` (default): the model predicts (N, H, W) label maps directly.
+        ``"RL4SegSmall-v0"``: the model sees each image as the small wrapper shows it and its flat
+        coarse action is upsampled to (H, W) by nearest neighbour, exactly as
+        :class:`~rl4seg_env.wrappers.DownsampledActionWrapper` does.
+    :param env_kwargs: the small wrapper's ``action_size``, ``obs_size``, ``flatten_obs`` if not the
+        ``RL4SegSmall-v0`` defaults (8, 16, ``True``).
     """
-    if entry.full_resolution:
+    if env_id not in ENV_IDS:
+        raise ValueError(f"env_id must be one of {list(ENV_IDS)}, found {env_id!r}")
+    if env_id == FULL_ENV_ID:
         return lambda obs: np.asarray(model.predict(obs, deterministic=True)[0])
-    wrapper: DownsampledActionWrapper = make_small_env(heldout.dataset, reward=None, **entry.env_kwargs)
+    kwargs = {"action_size": 8, "obs_size": 16, **(env_kwargs or {})}
+    wrapper: DownsampledActionWrapper = make_small_env(heldout.dataset, reward=None, **kwargs)
 
     def predict(obs: np.ndarray) -> np.ndarray:
         small = np.stack([wrapper.observation(o) for o in obs])  # a loop over images, not pixels
@@ -565,8 +574,9 @@ def run_algorithm(entry: ZooEntry, settings: BenchmarkSettings, seed: int, heldo
     env = make_train_env(entry, settings, seed)
     model = entry.algorithm_class(entry.policy, env, seed=seed, device=settings.device, verbose=0,
                                   **copy.deepcopy(entry.hyperparams))
-    callback = HeldOutEvalCallback(make_predictor(model, entry, heldout), heldout, settings.eval_points,
-                                   settings.budget_steps, settings.budget_seconds, verbose=verbose)
+    predict = make_predictor(model, heldout, entry.env_id, entry.env_kwargs)
+    callback = HeldOutEvalCallback(predict, heldout, settings.eval_points, settings.budget_steps,
+                                   settings.budget_seconds, verbose=verbose)
     total = settings.budget_steps if settings.budget_steps is not None else 10**12
     model.learn(total_timesteps=total, callback=callback)
     env.close()
@@ -636,7 +646,8 @@ def summary_markdown(results: Sequence[RunResult]) -> str:
     for algorithm in dict.fromkeys(r.algorithm for r in results):
         runs = [r for r in results if r.algorithm == algorithm]
         lines.append(f"| {runs[0].label} | {runs[0].env_id} | {runs[0].choices_per_step} | {len(runs)} | "
-                     f"{_mean_std([r.steps for r in runs], '.0f')} | {_mean_std([r.steps_per_s for r in runs], '.1f')} | "
+                     f"{_mean_std([r.steps for r in runs], '.0f')} | "
+                     f"{_mean_std([r.steps_per_s for r in runs], '.1f')} | "
                      f"{_mean_std([r.final_reward for r in runs], '.3f')} | "
                      f"{_mean_std([r.final_dice for r in runs], '.3f')} |")
     return "\n".join(lines) + "\n"
@@ -681,7 +692,7 @@ def ceiling_lines(entries: Mapping[str, ZooEntry], heldout: HeldOutSet) -> list[
     lines = []
     for grid in grids:
         best = heldout.coarse_ceiling(grid)
-        lines.append(f"- Ceiling of a {grid[0]}x{grid[1]} action grid on these images (block-majority oracle): "
+        lines.append(f"- Ceiling of an {grid[0]}x{grid[1]} action grid on these images (block-majority oracle): "
                      f"reward {best.reward:.3f}, Dice {best.dice:.3f}. Full-resolution agents can reach 1.000.")
     return lines
 
@@ -697,11 +708,13 @@ def write_results(results: Sequence[RunResult], entries: Mapping[str, ZooEntry],
     budget = " and ".join(part for part in (
         f"{settings.budget_steps} env steps" if settings.budget_steps else "",
         f"{settings.budget_seconds:g} s of training" if settings.budget_seconds else "") if part)
+    if settings.budget_steps and settings.budget_seconds:
+        budget += " (whichever ends first)"
     markdown = (
         "# RL benchmark on the rl4seg env\n\n"
         + (f"`{command}`\n\n" if command else "")
-        + f"Target domain `{settings.preset}`, {settings.image_size} px, budget {budget} per algorithm and seed "
-        f"(whichever ends first), seeds {list(settings.seeds)}, device {settings.device}, torch "
+        + f"Target domain `{settings.preset}`, {settings.image_size} px, budget {budget} per algorithm and seed, "
+        f"seeds {list(settings.seeds)}, device {settings.device}, torch "
         f"{torch.__version__} ({torch.get_num_threads()} thread(s)). Scores: deterministic actions on "
         f"{settings.eval_images} held-out test images at full resolution; reward = pixel accuracy, Dice = mean "
         "foreground Dice (LV, MYO). Mean ± std over seeds. Steps/s counts training time only.\n\n"

@@ -21,7 +21,13 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from agents.benchmark import BenchmarkSettings, load_zoo_config, run_benchmark, summary_markdown, write_results  # noqa: E402
+from agents.benchmark import (  # noqa: E402
+    BenchmarkSettings,
+    load_zoo_config,
+    run_benchmark,
+    summary_markdown,
+    write_results,
+)
 from rl4seg_env.data.synthetic import DEFAULT_TARGET  # noqa: E402
 
 DEFAULT_HYPERPARAMS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),

@@ -85,11 +85,12 @@ def test_quick_benchmark_writes_curves_table_and_png(tmp_path: Path) -> None:
     assert float(pixel["final_reward"]) > float(pixel["initial_reward"])
 
     markdown = (out / "results.md").read_text()
-    assert "| algorithm | env id | choices / step | seeds | env steps | steps/s | final reward | final Dice |" in markdown
+    header = "| algorithm | env id | choices / step | seeds | env steps | steps/s | final reward | final Dice |"
+    assert header in markdown
     for label in ("| PixelPPO |", "| PPO (8x8 actions) |", "| A2C (8x8 actions) |"):
         assert label in markdown
     assert f"{float(pixel['final_dice']):.3f}" in markdown
-    assert "Ceiling of a 8x8 action grid" in markdown
+    assert "Ceiling of an 8x8 action grid" in markdown
 
     png = (out / "curves.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 20_000
@@ -202,7 +203,8 @@ class FixedCoarsePolicy:
 def test_small_action_agents_are_scored_at_full_resolution(heldout: HeldOutSet) -> None:
     entry = load_zoo_config(ZOO, ["ppo"])["ppo"]
     coarse = (np.arange(64) % 3).astype(np.int64)
-    predict = make_predictor(FixedCoarsePolicy(coarse, 16 * 16), entry, heldout)  # type: ignore[arg-type]
+    policy = FixedCoarsePolicy(coarse, 16 * 16)
+    predict = make_predictor(policy, heldout, entry.env_id, entry.env_kwargs)  # type: ignore[arg-type]
     maps = predict(heldout.observations)
     expected = coarse_to_full(coarse.reshape(8, 8), (32, 32))
     assert maps.shape == (8, 32, 32) and all(np.array_equal(m, expected) for m in maps)
@@ -232,7 +234,7 @@ def test_time_budget_stops_training_and_excludes_evaluation(heldout: HeldOutSet)
     entry = load_zoo_config(ZOO, ["a2c"])["a2c"]
     settings = BenchmarkSettings(image_size=32, budget_seconds=1.0, seeds=(0,))
     model = A2C(entry.policy, make_train_env(entry, settings, 0), seed=0, device="cpu", **entry.hyperparams)
-    predict = make_predictor(model, entry, heldout)
+    predict = make_predictor(model, heldout, entry.env_id, entry.env_kwargs)
 
     def slow_predict(obs: np.ndarray) -> np.ndarray:
         time.sleep(0.2)
