@@ -187,7 +187,58 @@ def render_panel(image: np.ndarray, action: np.ndarray | None, reward_map: np.nd
 # ----------------------------------------------------------------------------------------------
 # The environment
 # ----------------------------------------------------------------------------------------------
-class SegEnv(gym.Env):
+class DatasetEpisodes:
+    """What :class:`SegEnv` and :class:`~rl4seg_env.vector.SegVectorEnv` share: the dataset episodes are
+    drawn from, the active indices, the pseudo-labels, and the methods the training loop calls
+    (through ``VecEnv.env_method``). Subclasses set ``_dataset``, ``_active`` and ``_pseudo_labels``.
+    """
+
+    _dataset: SegDataset
+    _active: np.ndarray
+    _pseudo_labels: dict[str, np.ndarray]
+
+    @property
+    def dataset(self) -> SegDataset:
+        """The dataset episodes are drawn from."""
+        return self._dataset
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        """(H, W) in pixels."""
+        return tuple(self._dataset.image_size)  # type: ignore[return-value]
+
+    @property
+    def n_classes(self) -> int:
+        """Number of label values (background included)."""
+        return self._dataset.n_classes
+
+    @property
+    def active_indices(self) -> np.ndarray:
+        """int64 dataset indices that resets draw from (a copy)."""
+        return self._active.copy()
+
+    def set_active_indices(self, indices: Sequence[int] | np.ndarray | None) -> None:
+        """Restrict the images resets draw from to ``indices`` (``None`` = the whole dataset).
+
+        :raises ValueError: on an empty, non-integer, duplicated or out-of-range index list.
+        """
+        self._active = check_indices(indices, len(self._dataset))
+
+    def set_pseudo_labels(self, mapping: Mapping[str, np.ndarray]) -> None:
+        """Replace the pseudo labels: ``sample_id -> uint8 (H, W) label map`` (values < n_classes).
+
+        A registered pseudo label is returned in ``info["pseudo_label"]`` when its sample is stepped
+        (PixelPPO uses it as a supervised anchor: action = pseudo label, reward 1 everywhere).
+        Ids not in the dataset are kept but never match.
+        """
+        self._pseudo_labels = check_pseudo_labels(mapping, self.image_size, self.n_classes)
+
+    def get_sample(self, index: int) -> Sample:
+        """The dataset sample at ``index``."""
+        return self._dataset[int(index)]
+
+
+class SegEnv(DatasetEpisodes, gym.Env):
     """One-step segmentation environment: observe an image, act with a full label map.
 
     - observation: ``Box(0, 255, (H, W, 1), uint8)``, the image (intensity x 255);
@@ -231,27 +282,6 @@ class SegEnv(gym.Env):
         self._last_action: np.ndarray | None = None
         self._last_reward_map: np.ndarray | None = None
 
-    # -- properties -------------------------------------------------------------------------
-    @property
-    def dataset(self) -> SegDataset:
-        """The dataset episodes are drawn from."""
-        return self._dataset
-
-    @property
-    def image_size(self) -> tuple[int, int]:
-        """(H, W) in pixels."""
-        return tuple(self._dataset.image_size)  # type: ignore[return-value]
-
-    @property
-    def n_classes(self) -> int:
-        """Number of label values (background included)."""
-        return self._dataset.n_classes
-
-    @property
-    def active_indices(self) -> np.ndarray:
-        """int64 dataset indices that :meth:`reset` draws from (a copy)."""
-        return self._active.copy()
-
     @property
     def current_sample(self) -> Sample | None:
         """The sample of the current episode (``None`` before the first reset)."""
@@ -263,26 +293,6 @@ class SegEnv(gym.Env):
         return self._last_action
 
     # -- methods the training loop calls (through VecEnv.env_method) -------------------------
-    def set_active_indices(self, indices: Sequence[int] | np.ndarray | None) -> None:
-        """Restrict the images :meth:`reset` draws from to ``indices`` (``None`` = the whole dataset).
-
-        :raises ValueError: on an empty, non-integer, duplicated or out-of-range index list.
-        """
-        self._active = check_indices(indices, len(self._dataset))
-
-    def set_pseudo_labels(self, mapping: Mapping[str, np.ndarray]) -> None:
-        """Replace the pseudo labels: ``sample_id -> uint8 (H, W) label map`` (values < n_classes).
-
-        A registered pseudo label is returned in ``info["pseudo_label"]`` when its sample is stepped
-        (PixelPPO uses it as a supervised anchor: action = pseudo label, reward 1 everywhere).
-        Ids not in the dataset are kept but never match.
-        """
-        self._pseudo_labels = check_pseudo_labels(mapping, self.image_size, self.n_classes)
-
-    def get_sample(self, index: int) -> Sample:
-        """The dataset sample at ``index``."""
-        return self._dataset[int(index)]
-
     # -- gymnasium API ----------------------------------------------------------------------
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None
               ) -> tuple[np.ndarray, dict[str, Any]]:

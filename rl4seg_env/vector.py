@@ -25,6 +25,7 @@ from stable_baselines3.common.vec_env.base_vec_env import VecEnvIndices, VecEnvO
 
 from rl4seg_env.data import Sample, SegDataset
 from rl4seg_env.env import (
+    DatasetEpisodes,
     check_actions,
     check_indices,
     check_pseudo_labels,
@@ -44,7 +45,7 @@ def _all(num_envs: int) -> np.ndarray:
     return np.ones(num_envs, dtype=np.bool_)
 
 
-class SegVectorEnv(VectorEnv):
+class SegVectorEnv(DatasetEpisodes, VectorEnv):
     """``num_envs`` one-step segmentation episodes at a time, rewards computed in one batched call.
 
     Spaces: observation ``Box(0, 255, (B, H, W, 1), uint8)``, action ``MultiDiscrete`` of shape (B, H, W)
@@ -93,48 +94,15 @@ class SegVectorEnv(VectorEnv):
         self._samples: list[Sample] = []
         self._last_render: list[tuple[np.ndarray, np.ndarray | None, np.ndarray | None]] = []
 
-    # -- properties (as SegEnv) -------------------------------------------------------------
-    @property
-    def dataset(self) -> SegDataset:
-        """The dataset episodes are drawn from (shared by all sub-envs)."""
-        return self._dataset
-
-    @property
-    def image_size(self) -> tuple[int, int]:
-        """(H, W) in pixels."""
-        return tuple(self._dataset.image_size)  # type: ignore[return-value]
-
-    @property
-    def n_classes(self) -> int:
-        """Number of label values (background included)."""
-        return self._dataset.n_classes
-
-    @property
-    def active_indices(self) -> np.ndarray:
-        """int64 dataset indices that resets draw from (a copy)."""
-        return self._active.copy()
-
     @property
     def reward_model(self) -> RewardModel | None:
         """The learned reward model, or ``None`` for the ground-truth reward."""
         return self._reward_model
 
     # -- methods the training loop calls ----------------------------------------------------
-    def set_active_indices(self, indices: Sequence[int] | np.ndarray | None) -> None:
-        """Restrict the images all sub-envs draw from (``None`` = whole dataset); see ``SegEnv``."""
-        self._active = check_indices(indices, len(self._dataset))
-
-    def set_pseudo_labels(self, mapping: Mapping[str, np.ndarray]) -> None:
-        """Replace the pseudo labels (``sample_id -> uint8 (H, W)``); see ``SegEnv.set_pseudo_labels``."""
-        self._pseudo_labels = check_pseudo_labels(mapping, self.image_size, self.n_classes)
-
     def set_reward_model(self, reward_model: RewardModel) -> None:
         """Set or swap the learned reward model in place."""
         self._reward_model = _check_reward_model(reward_model)
-
-    def get_sample(self, index: int) -> Sample:
-        """The dataset sample at ``index``."""
-        return self._dataset[int(index)]
 
     # -- gymnasium vector API ---------------------------------------------------------------
     def reset(self, *, seed: int | Sequence[int | None] | None = None, options: dict[str, Any] | None = None
