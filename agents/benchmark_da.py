@@ -400,11 +400,10 @@ def write_tables(rows: list[dict], summary: list[dict], results_dir: Path, skipp
     seeds = list(seeds or sorted({r["seed"] for r in rows}))
     spread = f"Mean ± sample std over seeds {', '.join(map(str, seeds))}" if len(seeds) > 1 else \
         f"Single seed ({seeds[0] if seeds else '-'}), no std"
-    notes = ["", f"{spread} (target test split). Bold: best "
-             "method per column among those that never read target labels (not the oracle, not the GT-reward "
-             "ablation). HD in mm; valid % = share of "
-             "anatomically valid predictions. 'min / seed': wall time of the method's own training (adaptation; for the "
-             "oracle its supervised training), without the source pretraining all methods share."]
+    notes = ["", f"{spread} (target test split). Bold: best method per column among those that never read "
+             "target labels (not the oracle, not the GT-reward ablation). HD in mm; valid % = share of anatomically "
+             "valid predictions. 'min / seed': wall time of the method's own training (adaptation; for the oracle "
+             "its supervised training), without the source pretraining all methods share."]
     if pretrain_minutes:
         notes.append(f"Shared source pretraining: {np.mean(pretrain_minutes):.2f} min per seed.")
     if has_gap:
@@ -435,7 +434,7 @@ def plot_results(summary: list[dict], path: Path) -> None:
     ax_dice.set_xticks(x, labels, rotation=35, ha="right", fontsize=8)
     ax_dice.set_ylim(0, 1)
     ax_dice.set_ylabel("Dice (target test)")
-    ax_dice.legend(fontsize=8, loc="lower right")
+    ax_dice.legend(fontsize=8, ncol=3, loc="lower center", bbox_to_anchor=(0.5, 1.0), frameon=False)
     ax_dice.grid(axis="y", alpha=0.3)
     ax_valid.bar(x, [e["validity_pct_mean"] for e in summary],
                  yerr=np.nan_to_num([e["validity_pct_std"] for e in summary]), capsize=2, color="tab:gray")
