@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from stable_baselines3.common.callbacks import BaseCallback
 
+from agents.networks import reestimate_norm_statistics
 from agents.policies import shrink_perturb
 from reward.builder import RewardDatasetBuilder, RewardSampleStore
 
@@ -189,8 +190,11 @@ class RewardRetrainingCallback(BaseCallback):
         model.n_steps = rollout_steps(self.schedule.batch_size(i), model.n_envs)
         if i > 1 and (self.schedule.shrink != 1.0 or self.schedule.perturb_sigma > 0):
             gen = torch.Generator().manual_seed(1_000 + i)
-            shrink_perturb(model.policy.actor, self.schedule.shrink, self.schedule.perturb_sigma, gen)
-            shrink_perturb(model.policy.critic, self.schedule.shrink, self.schedule.perturb_sigma, gen)
+            for net in (model.policy.actor, model.policy.critic):
+                shrink_perturb(net, self.schedule.shrink, self.schedule.perturb_sigma, gen)
+                # the shrunk weights no longer match the normalisation statistics used by rollouts (eval
+                # mode): re-estimate them on this iteration's target images
+                reestimate_norm_statistics(net, torch.as_tensor(images[:, None], device=model.device))
         record.update(ent_coef=model.ent_coef, kl_coef=model.kl_coef, batch_size=model.batch_size,
                       prepare_seconds=time.time() - t0)
         record["_t_start"] = time.time()

@@ -145,3 +145,32 @@ def load_unet(path: str, map_location: str | torch.device = "cpu") -> tuple[UNet
     model = UNet(**ckpt["unet_kwargs"])
     model.load_state_dict(ckpt["state_dict"])
     return model.to(map_location), dict(ckpt.get("metadata", {}))
+
+
+@torch.no_grad()
+def reestimate_norm_statistics(model: nn.Module, images: torch.Tensor, batch_size: int = 32) -> int:
+    """Recompute the running statistics of every ``BatchNorm`` layer of ``model`` from ``images``, in place.
+
+    Statistics are reset, then accumulated as a plain average over forward passes in training mode
+    (no gradient, weights untouched); the model's train/eval mode is restored. Used after weights
+    change (shrink-and-perturb) and by AdaBN. Returns the number of batch-norm layers updated.
+
+    :param images: (N, C, H, W) float32 on the model's device.
+    """
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not norms:
+        return 0
+    was_training = model.training
+    saved = [(m, m.momentum) for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative moving average over the passes below
+    model.train()
+    try:
+        for start in range(0, len(images), batch_size):
+            model(images[start:start + batch_size])
+    finally:
+        for m, momentum in saved:
+            m.momentum = momentum
+        model.train(was_training)
+    return len(norms)
