@@ -188,11 +188,11 @@ PRESETS: dict[str, SyntheticPreset] = {
         haze=(0.35, 0.6), clutter=(0.15, 0.3), dropout_probability=0.9, dropout_strength=(0.7, 0.95),
         shadow_probability=0.6, attenuation=(1.0, 1.6)),
     "default_target": _SOURCE.replace(
-        description="the benchmark target: another scanner (contrast, noise), probe (coarse speckle, blur) "
-                    "and more artefacts, same population",
-        gain=(0.6, 0.75), gamma=(1.25, 1.5), dynamic_range=(50.0, 80.0), offset=(0.04, 0.08),
-        blood_level=(0.08, 0.14), noise_std=(0.035, 0.055),
-        speckle_size=(0.016, 0.028), speckle_contrast=(0.9, 1.0), blur=(0.008, 0.014),
+        description="the benchmark target: another scanner (low gain, flat contrast, noise), probe (coarse "
+                    "speckle, blur) and more artefacts, same population",
+        gain=(0.5, 0.65), gamma=(1.4, 1.7), dynamic_range=(50.0, 80.0), offset=(0.04, 0.08),
+        blood_level=(0.08, 0.14), noise_std=(0.05, 0.07),
+        speckle_size=(0.02, 0.035), speckle_contrast=(0.95, 1.0), blur=(0.01, 0.018),
         haze=(0.15, 0.35), clutter=(0.05, 0.15), dropout_probability=0.5, attenuation=(0.7, 1.1)),
 }
 
