@@ -86,6 +86,8 @@ class RewardRetrainingCallback(BaseCallback):
     :param pseudo_labels: pseudo-labels accepted in earlier iterations (when resuming).
     :param on_iteration_end: ``(iteration, callback) -> None``, called once an iteration's updates are done
         (checkpoints, evaluation, report).
+    :param adapt_norm_stats: re-estimate the actor's batch-norm statistics on the iteration's target images
+        before the first iteration (actor and reference policy) and after every iteration's updates.
     :param progress: show progress bars in the builder and reward training.
     :param verbose: 1 prints one line per phase.
     """
@@ -96,7 +98,7 @@ class RewardRetrainingCallback(BaseCallback):
                  schedule: IterationSchedule | None = None, use_anchors: bool = True, start_iteration: int = 1,
                  pseudo_labels: dict[str, np.ndarray] | None = None,
                  on_iteration_end: Callable[[int, "RewardRetrainingCallback"], None] | None = None,
-                 progress: bool = False, verbose: int = 0) -> None:
+                 adapt_norm_stats: bool = False, progress: bool = False, verbose: int = 0) -> None:
         super().__init__(verbose)
         if target_dataset.with_labels:
             raise ValueError("RewardRetrainingCallback must not see target labels: build the target training set "
@@ -112,6 +114,8 @@ class RewardRetrainingCallback(BaseCallback):
         self.start_iteration = int(start_iteration)
         self.pseudo_labels: dict[str, np.ndarray] = dict(pseudo_labels or {})
         self.on_iteration_end = on_iteration_end
+        self.adapt_norm_stats = adapt_norm_stats
+        self._images: np.ndarray | None = None
         self.progress = progress
         self.iteration = 0
         self.updates_done = 0
@@ -157,6 +161,11 @@ class RewardRetrainingCallback(BaseCallback):
                              "reward_dataset.images_per_iteration")
         samples = [self.target_dataset[k] for k in range(start, stop)]
         images = np.stack([s.image for s in samples]).astype(np.float32)
+        self._images = images
+        if self.adapt_norm_stats and i == 1:
+            # target-normalise the starting actor and its reference copy alike (unlabelled images only)
+            for net in (model.policy.actor, model.policy.reference_policy):
+                reestimate_norm_statistics(net, torch.as_tensor(images[:, None], device=model.device))
         if self.store.is_complete(i):  # interrupted after the samples were written: rebuild, never duplicate
             self.store.discard(i)
         report, accepted = self.builder.build(model.policy.actor, images, [s.id for s in samples], self.store, i,
@@ -209,6 +218,9 @@ class RewardRetrainingCallback(BaseCallback):
         i = self.iteration
         record = self.records[i]
         record["ppo_seconds"] = time.time() - record.pop("_t_start")
+        if self.adapt_norm_stats and self._images is not None:
+            reestimate_norm_statistics(self.model.policy.actor,
+                                       torch.as_tensor(self._images[:, None], device=self.model.device))
         if self.on_iteration_end is not None:
             self.on_iteration_end(i, self)
         if i >= self.iterations:

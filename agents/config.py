@@ -124,6 +124,13 @@ class PPOSection:
     perturb_sigma: float = 0.01
     #: use accepted pseudo-labels as supervised anchors inside the RL batch
     anchors: bool = True
+    #: re-estimate the actor's batch-norm statistics on the unlabelled target images of the iteration: before
+    #: iteration 1 (actor and reference policy, so both start as the same target-normalised function) and after
+    #: each iteration's updates. No labels are involved; false keeps the source statistics (the paper's setting)
+    adapt_norm_stats: bool = False
+    #: let batch-norm statistics drift with each PPO minibatch (train mode, SB3's behaviour); false evaluates
+    #: the actor during updates exactly as during rollouts
+    update_norm_stats_in_ppo: bool = True
     #: log an image panel to TensorBoard every N updates
     image_log_interval: int = 10
 

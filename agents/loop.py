@@ -248,6 +248,7 @@ class RL4SegRun:
         unet = {"channels": list(n.channels), "norm": n.norm}
         return PixelPPO("PixelUNetPolicy", env, n_steps=1, batch_size=p.batch_size_base, n_epochs=p.n_epochs,
                         clip_range=p.clip_range, max_grad_norm=p.max_grad_norm, use_pseudo_labels=p.anchors,
+                        update_actor_norm_stats=p.update_norm_stats_in_ppo,
                         image_log_interval=p.image_log_interval, tensorboard_log=str(self.run_dir / "tb"),
                         seed=self.config.seed, device=self.device,
                         policy_kwargs={"actor_kwargs": unet, "critic_kwargs": unet, "pretrained_actor": str(actor_path),
@@ -329,7 +330,8 @@ class RL4SegRun:
             self.datasets["target_train"], builder, store, self._train_reward, iterations=p.iterations,
             updates_per_iteration=p.updates_per_iteration, images_per_iteration=rd.images_per_iteration,
             schedule=schedule, use_anchors=p.anchors, start_iteration=start, pseudo_labels=self._load_pseudo_labels(),
-            on_iteration_end=self._on_iteration_end, progress=self.config.progress, verbose=1)
+            on_iteration_end=self._on_iteration_end, adapt_norm_stats=p.adapt_norm_stats,
+            progress=self.config.progress, verbose=1)
         steps = total_timesteps(range(start, p.iterations + 1), p.updates_per_iteration, env.num_envs, schedule)
         model.learn(steps, callback=callback, progress_bar=self.config.progress, tb_log_name="ppo",
                     reset_num_timesteps=start == 1)

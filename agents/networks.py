@@ -151,7 +151,7 @@ def load_unet(path: str, map_location: str | torch.device = "cpu") -> tuple[UNet
 def reestimate_norm_statistics(model: nn.Module, images: torch.Tensor, batch_size: int = 32) -> int:
     """Recompute the running statistics of every ``BatchNorm`` layer of ``model`` from ``images``, in place.
 
-    Statistics are reset, then accumulated as a plain average over forward passes in training mode
+    Statistics are reset, then accumulated as a plain average of per-batch statistics over forward passes in training mode
     (no gradient, weights untouched); the model's train/eval mode is restored. Used after weights
     change (shrink-and-perturb) and by AdaBN. Returns the number of batch-norm layers updated.
 
