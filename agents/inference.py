@@ -16,7 +16,7 @@ import torch
 
 from agents.evaluation import predict
 from rl4seg_env.data.base import SegDataset
-from rl4seg_env.io import atomic_write_bytes, atomic_write_text
+from rl4seg_env.io import atomic_write_text
 
 
 class Segmenter:

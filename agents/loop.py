@@ -22,7 +22,6 @@ from __future__ import annotations
 import functools
 import json
 import os
-import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -31,7 +30,7 @@ import numpy as np
 import torch
 from stable_baselines3.common.utils import get_device
 
-from agents.callbacks import IterationSchedule, RewardRetrainingCallback, rollout_steps, total_timesteps
+from agents.callbacks import IterationSchedule, RewardRetrainingCallback, total_timesteps
 from agents.config import ConfigError, LoopConfig, DomainConfig, load_config, save_config
 from agents.evaluation import evaluate_predictions, load_images, predict
 from agents.networks import load_unet

@@ -28,7 +28,6 @@ from rl4seg_env.env import (
     DatasetEpisodes,
     check_actions,
     check_indices,
-    check_pseudo_labels,
     draw_index,
     mean_dice,
     mean_reward,

@@ -85,3 +85,18 @@ def write_camus_layout(root: Path) -> CamusLayout:
 def camus_layout(tmp_path: Path) -> CamusLayout:
     """A fresh 4-patient CAMUS tree (train: 0001, 0002; val: 0003; test: 0004) under ``tmp_path/camus``."""
     return write_camus_layout(tmp_path / "camus")
+
+
+# ---------------------------------------------------------------------------------------------------
+# one torch thread for every test
+# ---------------------------------------------------------------------------------------------------
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """The tests use small networks, which run fastest on one thread; on a shared 2-core machine thread
+    oversubscription made them up to ~5x slower. Restored after each test."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

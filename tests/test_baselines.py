@@ -1,5 +1,4 @@
 """Domain-adaptation baselines: AdaBN, TENT, pseudo-label self-training (agents/baselines.py)."""
-import copy
 
 import numpy as np
 import pytest

@@ -27,12 +27,6 @@ ROOT = Path(__file__).resolve().parents[1]
 ZOO = ROOT / "configs" / "zoo" / "rl4seg.yml"
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def load_script():

@@ -21,12 +21,6 @@ DATA_ARGS = ["--dataset", "synthetic", "--preset", "default_target", "--split", 
              "--size", str(SIZE)]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture()

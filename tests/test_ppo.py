@@ -54,13 +54,6 @@ class DiskDataset(SegDataset):
         return self.samples[self._check_index(index)]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Small nets run fastest on one thread, and the test machine is shared."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

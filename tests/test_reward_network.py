@@ -25,13 +25,6 @@ N_CLASSES = 3
 SMALL = (8, 16)  # U-Net widths: 2 levels keep the tests fast on a shared CPU
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One torch thread: on a busy shared CPU, thread oversubscription makes these tests ~5x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def disc_toy(n: int, size: int = 32, seed: int = 0) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:

@@ -16,12 +16,6 @@ from reward.uncertainty_methods import (compare_uncertainty, mc_dropout_uncertai
                                         uncertainty_methods_benchmark)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture()
