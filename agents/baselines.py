@@ -40,6 +40,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.instancenorm import _InstanceNorm
 
+from agents.networks import reestimate_norm_statistics
 from rl4seg_env.data.base import SegDataset
 
 #: unlabelled target images: an (N, H, W) float32 array in [0, 1] or an (unlabelled) dataset
@@ -126,28 +127,12 @@ class AdaBNConfig:
 @torch.no_grad()
 def reestimate_bn_statistics(model: nn.Module, images: np.ndarray, batch_size: int = 32,
                              device: torch.device | str = "cpu", progress: bool = False) -> nn.Module:
-    """Replace the BatchNorm running statistics of ``model`` (in place) by their estimate on ``images``.
-
-    Statistics are reset, momentum is set to None (cumulative average over all batches) for the pass
-    and restored afterwards; only the BatchNorm layers run in train mode (dropout stays off), without
-    gradients. ``model`` is returned in eval mode.
+    """Replace the BatchNorm running statistics of ``model`` (in place) by their estimate on ``images``
+    (N, H, W) float32 (see :func:`agents.networks.reestimate_norm_statistics`); returns ``model`` in eval mode.
     """
-    layers = batch_norm_layers(model)
-    momenta = [m.momentum for m in layers]
-    model.eval()
-    for m in layers:
-        m.reset_running_stats()
-        m.momentum = None
-        m.train()
-    try:
-        n_batches = -(-len(images) // batch_size)
-        for x in _progress(_batches(images, batch_size, device), "AdaBN", progress, n_batches):
-            model(x)
-    finally:
-        for m, momentum in zip(layers, momenta):
-            m.momentum = momentum
-        model.eval()
-    return model
+    x = torch.as_tensor(np.asarray(images, dtype=np.float32)[:, None], device=device)
+    reestimate_norm_statistics(model, x, batch_size, progress)
+    return model.eval()
 
 
 def adabn(actor: nn.Module, target_images: TargetImages, config: AdaBNConfig | None = None,

@@ -148,29 +148,40 @@ def load_unet(path: str, map_location: str | torch.device = "cpu") -> tuple[UNet
 
 
 @torch.no_grad()
-def reestimate_norm_statistics(model: nn.Module, images: torch.Tensor, batch_size: int = 32) -> int:
+def reestimate_norm_statistics(model: nn.Module, images: torch.Tensor, batch_size: int = 32,
+                               progress: bool = False) -> int:
     """Recompute the running statistics of every ``BatchNorm`` layer of ``model`` from ``images``, in place.
 
-    Statistics are reset, then accumulated as a plain average of per-batch statistics over forward passes in training mode
-    (no gradient, weights untouched); the model's train/eval mode is restored. Used after weights
-    change (shrink-and-perturb) and by AdaBN. Returns the number of batch-norm layers updated.
+    Statistics are reset, then accumulated as a plain average of per-batch statistics (momentum None)
+    over forward passes in which only the batch-norm layers run in training mode (dropout stays off, no
+    gradient, weights untouched); momenta and the model's train/eval modes are restored. Used after the
+    weights change (shrink-and-perturb), to target-normalise the actor, and by AdaBN. Returns the number
+    of batch-norm layers updated.
 
     :param images: (N, C, H, W) float32 on the model's device.
+    :param progress: show a tqdm bar over the batches.
     """
     norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     if not norms:
         return 0
-    was_training = model.training
-    saved = [(m, m.momentum) for m in norms]
+    modes = [(m, m.training) for m in model.modules()]
+    momenta = [(m, m.momentum) for m in norms]
+    model.eval()
     for m in norms:
         m.reset_running_stats()
         m.momentum = None  # cumulative moving average over the passes below
-    model.train()
+        m.train()
+    starts = range(0, len(images), batch_size)
+    if progress:
+        from tqdm.auto import tqdm
+
+        starts = tqdm(starts, desc="batch-norm statistics", unit="batch", leave=False)
     try:
-        for start in range(0, len(images), batch_size):
+        for start in starts:
             model(images[start:start + batch_size])
     finally:
-        for m, momentum in saved:
+        for m, momentum in momenta:
             m.momentum = momentum
-        model.train(was_training)
+        for m, training in modes:
+            m.training = training
     return len(norms)
