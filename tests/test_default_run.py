@@ -1,0 +1,22 @@
+"""The README's main job, end to end, on the default config (~13 min on 2 CPU cores): `pytest -m slow`.
+
+Asserts the acceptance targets the default run meets (docs/benchmarks.md has the measured figures);
+the anatomical-validity target of 95% is not met yet and is asserted only against source-only.
+"""
+import pytest
+
+from agents.config import load_config
+from agents.loop import RL4SegRun, gap_closed
+
+
+@pytest.mark.slow
+def test_default_run_adapts_to_the_target(tmp_path):
+    rows = RL4SegRun(load_config("configs/default.yaml", [f"run_dir={tmp_path}", "progress=false"])).run()
+    source = next(r for r in rows if r["model"] == "source-only")
+    oracle = next(r for r in rows if str(r["model"]).startswith("oracle"))
+    final = rows[-1]
+    assert oracle["dice_mean"] - source["dice_mean"] >= 0.08  # the target is hard enough
+    assert gap_closed(rows) >= 0.40  # RL4Seg closes at least 40% of the gap
+    assert final["validity_pct"] > source["validity_pct"]
+    assert final["ece_after"] <= 0.05  # temperature-scaled reward net, on its validation split
+    assert final["reward_correlation"] >= 0.6
