@@ -40,6 +40,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from stable_baselines3.common.utils import get_device
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
@@ -269,12 +270,6 @@ def last_checkpoint_path(out_path: str | Path) -> Path:
     return out_path.with_name(f"{out_path.stem}.last{out_path.suffix or '.pt'}")
 
 
-def _resolve_device(device: str | torch.device) -> torch.device:
-    from stable_baselines3.common.utils import get_device
-
-    return get_device(device)
-
-
 def pretrain_segmentation(train: SegDataset, val: SegDataset, out_path: str | Path,
                           config: PretrainConfig | None = None, model: UNet | None = None,
                           resume: bool = False) -> PretrainResult:
@@ -316,7 +311,7 @@ def pretrain_segmentation(train: SegDataset, val: SegDataset, out_path: str | Pa
 
     out_path = Path(out_path)
     last_path = last_checkpoint_path(out_path)
-    device = _resolve_device(config.device)
+    device = get_device(config.device)  # SB3's rule, as everywhere: "auto" -> CUDA if available
     state = torch.load(last_path, map_location="cpu", weights_only=True) if resume and last_path.exists() else None
 
     if model is None:
