@@ -291,7 +291,8 @@ class DABenchmark:
             atomic_write_text(run_dir / "state.json", json.dumps(state, indent=1, default=float))
         rows = RL4SegRun(resume=True, run_dir=run_dir).run()
         # iteration rows (the baselines' rows have iteration 0 or "oracle")
-        rl_rows = [r for r in rows if isinstance(r.get("iteration"), int) and r["iteration"] >= 1]
+        rl_rows = [r for r in rows if isinstance(r.get("iteration"), int) and r["iteration"] >= 1
+                   and not r.get("test_time")]
         if not rl_rows:
             raise RuntimeError(f"{run_dir}: the RL4Seg run finished without an iteration row (ppo.iterations=0?)")
         last = rl_rows[-1]

@@ -148,6 +148,25 @@ class EvalSection:
 
 
 @dataclass
+class TTOSection:
+    """Test-time optimisation (RL4Seg3D; :mod:`agents.test_time`) of the target test images whose prediction
+    fails the anatomical criteria: a few PPO steps per image against the reward network. Reported as extra
+    "RL4Seg + TTO" rows next to each iteration's plain argmax row; training is unchanged."""
+
+    enabled: bool = False
+    #: PPO steps per invalid image at most (stops at the first valid prediction)
+    steps: int = 10
+    #: label maps sampled per step
+    n_samples: int = 8
+    #: clipped-surrogate updates per step
+    n_epochs: int = 3
+    lr: float = 5e-4
+    #: KL shaping to the adapted actor
+    kl_coef: float = 0.1
+    ent_coef: float = 0.0
+
+
+@dataclass
 class LoopConfig:
     """Everything ``scripts/train_loop.py`` runs: source pretraining, N RL4Seg iterations, evaluation."""
 
@@ -166,6 +185,7 @@ class LoopConfig:
     reward_net: RewardNetSection = field(default_factory=RewardNetSection)
     ppo: PPOSection = field(default_factory=PPOSection)
     evaluation: EvalSection = field(default_factory=EvalSection)
+    test_time: TTOSection = field(default_factory=TTOSection)
     #: train the reward net on ground-truth target rewards instead (ablation; reads target labels!)
     oracle_reward: bool = False
 

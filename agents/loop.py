@@ -194,6 +194,22 @@ class RL4SegRun:
             plot_predictions(images[:k], preds[:k], maps, self.run_dir / f"{figure}.png", labels=labels, title=figure)
         return result.summary
 
+    def evaluate_tto(self, actor: torch.nn.Module, reward_model) -> dict[str, float]:
+        """Scores on the target test split after test-time optimisation (:mod:`agents.test_time`) of the
+        images whose prediction is anatomically invalid, plus the optimisation's own counts and wall time."""
+        from agents.test_time import TTOConfig, tto_predict
+
+        ds, images = self.test_set
+        t = self.config.test_time
+        cfg = TTOConfig(steps=t.steps, n_samples=t.n_samples, n_epochs=t.n_epochs, lr=t.lr, kl_coef=t.kl_coef,
+                        ent_coef=t.ent_coef, criteria=self.config.reward_dataset.criteria, seed=self.config.seed,
+                        progress=self.config.progress)
+        result = tto_predict(actor, images, reward_model, cfg, spacings=[ds[i].spacing for i in range(len(ds))],
+                             device=self.device, batch_size=self.config.evaluation.batch_size)
+        scores = evaluate_predictions(result.preds, ds, images=images, criteria=self.config.reward_dataset.criteria,
+                                      reward_model=reward_model).summary
+        return {**scores, **result.summary()}
+
     def _baselines(self, actor_path: Path) -> None:
         if self.state.get("baselines_done"):
             return
@@ -281,11 +297,17 @@ class RL4SegRun:
         row = {"iteration": iteration, "model": name, **scores, **record,
                "minutes": (time.time() - self._t0) / 60}
         self.state["rows"].append(row)
+        if self.config.test_time.enabled and callback.reward_model is not None:
+            self.state["rows"].append({"iteration": iteration, "model": f"{name} + TTO", "test_time": True,
+                                       **self.evaluate_tto(model.policy.actor, callback.reward_model),
+                                       "minutes": (time.time() - self._t0) / 60})
         self.state["completed_iterations"] = iteration
         self._save_state()  # the iteration is done from here on
         self._write_report()
+        tto = self.state["rows"][-1] if self.state["rows"][-1].get("test_time") else None
         print(f"[rl4seg] iteration {iteration} done: target Dice LV+MYO {scores.get('dice_mean', float('nan')):.3f}, "
-              f"validity {scores['validity_pct']:.1f}%", flush=True)
+              f"validity {scores['validity_pct']:.1f}%" + (f"; with test-time optimisation {tto['dice_mean']:.3f}, "
+                                                          f"{tto['validity_pct']:.1f}%" if tto else ""), flush=True)
 
     def _load_pseudo_labels(self) -> dict[str, np.ndarray]:
         done = self.state["completed_iterations"]
@@ -348,6 +370,9 @@ class RL4SegRun:
         gap = gap_closed(self.state["rows"])
         if gap is not None:
             print(f"[rl4seg] domain gap closed: {100 * gap:.1f}% of (oracle - source-only) mean Dice LV+MYO")
+        gap = gap_closed(self.state["rows"], test_time=True)
+        if gap is not None:
+            print(f"[rl4seg] with test-time optimisation: {100 * gap:.1f}%")
         print(f"[rl4seg] run directory: {self.run_dir}")
         return self.state["rows"]
 
@@ -358,11 +383,14 @@ class RL4SegRun:
             plot_metrics(rows, self.run_dir / "metrics.png")
 
 
-def gap_closed(rows: list[dict]) -> float | None:
-    """(last RL4Seg - source-only) / (oracle - source-only) of mean Dice LV+MYO, when all three exist."""
+def gap_closed(rows: list[dict], test_time: bool = False) -> float | None:
+    """(last RL4Seg - source-only) / (oracle - source-only) of mean Dice LV+MYO, when all three exist.
+
+    :param test_time: use the last row after test-time optimisation instead of the last plain row.
+    """
     src = next((r for r in rows if r.get("model") == "source-only"), None)
     orc = next((r for r in rows if str(r.get("model", "")).startswith("oracle")), None)
-    rl = [r for r in rows if str(r.get("model", "")).startswith("RL4Seg")]
+    rl = [r for r in rows if str(r.get("model", "")).startswith("RL4Seg") and bool(r.get("test_time")) == test_time]
     if not (src and orc and rl) or "dice_mean" not in src:
         return None
     denom = orc["dice_mean"] - src["dice_mean"]

@@ -2,7 +2,8 @@
 
 Columns (when available): iteration, target Dice LV / MYO / epicardium and their mean, Hausdorff
 (mm), anatomical validity %, pseudo-labels accepted, reward samples, reward-net ECE before/after
-temperature scaling, reward-Dice correlation, wall time.
+temperature scaling, reward-Dice correlation, wall time; rows with ``test_time`` set are the same
+iteration's actor after test-time optimisation (images optimised and made valid).
 """
 from __future__ import annotations
 
@@ -36,6 +37,8 @@ COLUMNS: dict[str, str] = {
     "temperature": "T",
     "reward_ece": "test ECE",
     "reward_correlation": "reward-Dice r",
+    "tto_optimised": "TTO imgs",
+    "tto_made_valid": "TTO made valid",
     "minutes": "min",
 }
 
@@ -101,9 +104,11 @@ def plot_metrics(rows: Sequence[dict], path: str | Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    loop_rows = [r for r in rows if isinstance(r.get("iteration"), int)]
+    loop_rows = [r for r in rows if isinstance(r.get("iteration"), int) and not r.get("test_time")]
+    tto_rows = [r for r in rows if isinstance(r.get("iteration"), int) and r.get("test_time")]
     refs = [r for r in rows if not isinstance(r.get("iteration"), int)]
     it = [r["iteration"] for r in loop_rows]
+    tto_it = [r["iteration"] for r in tto_rows]
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
     for key, label in (("dice_lv", "LV"), ("dice_myo", "MYO"), ("dice_epi", "epi"), ("dice_mean", "LV+MYO")):
         axes[0].plot(it, [r.get(key, np.nan) for r in loop_rows], marker="o", label=label)
@@ -111,9 +116,16 @@ def plot_metrics(rows: Sequence[dict], path: str | Path) -> Path:
         if "dice_mean" in r:
             axes[0].axhline(r["dice_mean"], ls="--", color="grey")
             axes[0].annotate(str(r.get("model", "")), (it[0] if it else 0, r["dice_mean"]), fontsize=8)
+    if tto_rows:
+        axes[0].plot(tto_it, [r.get("dice_mean", np.nan) for r in tto_rows], marker="s", ls="--", color="C3",
+                     label="LV+MYO + TTO")
     axes[0].set(title="target Dice", xlabel="iteration", ylim=(0, 1))
     axes[0].legend(fontsize=8)
-    axes[1].plot(it, [r.get("validity_pct", np.nan) for r in loop_rows], marker="o", color="C2")
+    axes[1].plot(it, [r.get("validity_pct", np.nan) for r in loop_rows], marker="o", color="C2", label="argmax")
+    if tto_rows:
+        axes[1].plot(tto_it, [r.get("validity_pct", np.nan) for r in tto_rows], marker="s", ls="--", color="C3",
+                     label="+ TTO")
+        axes[1].legend(fontsize=8)
     axes[1].set(title="anatomical validity (%)", xlabel="iteration", ylim=(0, 101))
     for key, label in (("ece_before", "val ECE before T"), ("ece_after", "val ECE after T"),
                        ("reward_correlation", "reward-Dice r")):

@@ -52,7 +52,13 @@ def test_full_loop_writes_run_directory_and_report(pretrained, tmp_path):
         for name in ("ppo.zip", "actor.pt", "critic.pt", "reward_net.pt", "pseudo_labels.npz"):
             assert (d / "checkpoints" / f"iter_{i:03d}" / name).is_file(), (i, name)
     assert any((d / "tb").rglob("events.out.tfevents.*"))
-    assert [r["iteration"] for r in rows] == [0, 1, 2]
+    assert [r["iteration"] for r in rows] == [0, 1, 1, 2, 2]
+    # each iteration: the argmax row, then the same actor after test-time optimisation of its invalid predictions
+    assert [r["model"] for r in rows[1:]] == ["RL4Seg", "RL4Seg + TTO"] * 2
+    tto = [r for r in rows if r.get("test_time")]
+    assert all(r["tto_optimised"] == 8 * (1 - r0["validity_pct"] / 100) for r, r0 in zip(tto, rows[1::2]))
+    assert all(r["validity_pct"] >= r0["validity_pct"] for r, r0 in zip(tto, rows[1::2]))
+    rows = [r for r in rows if not r.get("test_time")]
     with open(d / "report.csv") as f:
         header = next(csv.reader(f))
     for col in ("iteration", "dice_lv", "dice_myo", "dice_epi", "hd_lv", "validity_pct", "accepted",
@@ -88,7 +94,8 @@ def test_resume_after_kill_loses_only_the_iteration_in_progress(pretrained, tmp_
     monkeypatch.setattr(RL4SegRun, "_train_reward", original)
 
     rows = RL4SegRun(resume=True, run_dir=d).run()
-    assert [r["iteration"] for r in rows] == [0, 1, 2]
+    assert [r["iteration"] for r in rows] == [0, 1, 1, 2, 2]  # argmax and test-time-optimised rows, once each
+    rows = [r for r in rows if not r.get("test_time")]
     from reward.builder import RewardSampleStore
 
     store = RewardSampleStore(d / "reward_dataset")

@@ -1,0 +1,110 @@
+"""Test-time optimisation (agents/test_time.py): which images are optimised, what is kept, what changes."""
+import numpy as np
+import pytest
+import torch
+
+from agents.networks import UNet
+from agents.test_time import TTOConfig, tto_predict
+from reward.anatomy import is_valid
+from rl4seg_env.data.synthetic import SyntheticEcho
+
+
+@pytest.fixture(scope="module")
+def data():
+    ds = SyntheticEcho(preset="source", split="test", n_images=2, image_size=32)
+    return np.stack([ds[i].image for i in range(2)]), np.stack([ds[i].label for i in range(2)])
+
+
+def _accuracy_reward(labels):
+    """Ground-truth per-pixel reward: 1 where the action equals the label of the image at that batch position."""
+    def reward(images, actions):
+        images, actions = np.asarray(images), np.asarray(actions)
+        ref = np.stack([labels[_which(img, images_ref)] for img in images])
+        return (actions == ref).astype(np.float32)
+
+    images_ref: list = []
+    reward.images_ref = images_ref
+    return reward
+
+
+def _which(img, images_ref):
+    return next(i for i, ref in enumerate(images_ref) if np.array_equal(ref, img))
+
+
+def _fitted_actor(images, labels, steps=150):
+    """A small U-Net fitted on the images' labels (its argmax is then anatomically valid)."""
+    torch.manual_seed(0)
+    actor = UNet(1, 3, channels=(8, 16), norm="batch")
+    opt = torch.optim.Adam(actor.parameters(), lr=1e-2)
+    x, y = torch.as_tensor(images)[:, None], torch.as_tensor(labels, dtype=torch.long)
+    for _ in range(steps):
+        loss = torch.nn.functional.cross_entropy(actor(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return actor.eval()
+
+
+def test_config_rejects_bad_values():
+    with pytest.raises(ValueError, match="steps"):
+        TTOConfig(steps=0)
+    with pytest.raises(ValueError, match="worst_quantile"):
+        TTOConfig(worst_quantile=1.5)
+
+
+def test_tto_raises_the_reward_of_an_invalid_prediction(data):
+    images, labels = data
+    reward = _accuracy_reward(labels)
+    reward.images_ref.extend(images)
+    torch.manual_seed(0)
+    actor = UNet(1, 3, channels=(8, 16), norm="batch").eval()  # random: noise predictions, invalid
+    before = {k: v.clone() for k, v in actor.state_dict().items()}
+    result = tto_predict(actor, images[:1], reward, TTOConfig(steps=10, lr=2e-3, kl_coef=0.0, criteria="generic"))
+    acc_before = (np.asarray(actor(torch.as_tensor(images[:1])[:, None]).argmax(1)) == labels[:1]).mean()
+    acc_after = (result.preds == labels[:1]).mean()
+    assert result.optimised.tolist() == [True] and result.steps.tolist() == [10]
+    assert acc_after > acc_before + 0.3
+    # the caller's actor is not modified: every image starts from the same weights
+    assert all(torch.equal(before[k], v) for k, v in actor.state_dict().items())
+
+
+def test_valid_predictions_are_kept_and_invalid_ones_replaced_by_the_first_valid(data):
+    images, labels = data
+    actor = _fitted_actor(images, labels)
+    reward = _accuracy_reward(labels)
+    reward.images_ref.extend(images)
+    assert all(is_valid(np.asarray(actor(torch.as_tensor(images)[:, None]).argmax(1))[i]) for i in range(2))
+    broken = labels[1].copy()
+    rows, cols = np.nonzero(labels[1] == 2)
+    broken[rows[rows == rows.min()], cols[rows == rows.min()]] = 0  # cut the myocardium's apical row
+    broken[labels[1] == 2] = np.where(np.arange((labels[1] == 2).sum()) % 7 == 0, 0, 2)  # and holes in it
+    assert not is_valid(broken)
+    preds = np.stack([labels[0], broken])
+    result = tto_predict(actor, images, reward, TTOConfig(steps=5, lr=1e-4), preds=preds)
+    assert result.optimised.tolist() == [False, True]
+    assert result.valid_before.tolist() == [True, False] and result.valid_after.tolist() == [True, True]
+    np.testing.assert_array_equal(result.preds[0], labels[0])  # valid: untouched
+    assert result.steps.tolist() == [0, 1]  # stopped at the first valid prediction
+    assert is_valid(result.preds[1]) and (result.preds[1] == labels[1]).mean() > 0.9
+    summary = result.summary()
+    assert summary["tto_optimised"] == 1 and summary["tto_made_valid"] == 1
+
+
+def test_tto_is_deterministic_for_a_seed(data):
+    images, labels = data
+    reward = _accuracy_reward(labels)
+    reward.images_ref.extend(images)
+    torch.manual_seed(1)
+    actor = UNet(1, 3, channels=(8, 16), norm="batch").eval()
+    runs = [tto_predict(actor, images, reward, TTOConfig(steps=3, lr=2e-3, criteria="generic", seed=3))
+            for _ in range(2)]
+    np.testing.assert_array_equal(runs[0].preds, runs[1].preds)
+
+
+def test_tto_checks_its_inputs(data):
+    images, labels = data
+    actor = UNet(1, 3, channels=(4, 8), norm="batch").eval()
+    with pytest.raises(ValueError, match=r"\(N, H, W\)"):
+        tto_predict(actor, images[0], lambda i, a: np.ones(a.shape, np.float32))
+    with pytest.raises(ValueError, match="spacings"):
+        tto_predict(actor, images, lambda i, a: np.ones(a.shape, np.float32), spacings=[(1.0, 1.0)])
