@@ -44,7 +44,8 @@ class Method:
 
     :param name: key used on the command line and in file names.
     :param label: row label in the tables and the chart.
-    :param kind: ``"source_only"``, ``"oracle"``, ``"adabn"``, ``"tent"``, ``"self_training"`` or ``"rl4seg"``.
+    :param kind: ``"source_only"``, ``"oracle"``, ``"adabn"``, ``"tent"``, ``"self_training"``, ``"rl4seg"`` or
+        ``"rl4seg_tto"`` (the ``rl4seg`` run of the same seed, then :mod:`agents.test_time`).
     :param overrides: ``key=value`` loop-config overrides of an RL4Seg ablation.
     :param description: one line for the docs and the Markdown notes.
     :param reads_target_labels: trains with target labels (a reference, not an unsupervised method).
@@ -67,6 +68,8 @@ METHODS: dict[str, Method] = {m.name: m for m in (
     Method("self_training", "self-training", "self_training",
            description="iterative pseudo-label fine-tuning, anatomically valid predictions only"),
     Method("rl4seg", "RL4Seg", "rl4seg", description="this package (the loop config as given)"),
+    Method("rl4seg_tto", "RL4Seg + TTO", "rl4seg_tto",
+           description="RL4Seg's final actor, with test-time optimisation of its invalid predictions (RL4Seg3D)"),
     Method("rl4seg_no_kl", "RL4Seg w/o KL", "rl4seg", ("ppo.kl_coef_base=0",),
            "no KL term to the source policy"),
     Method("rl4seg_no_anchors", "RL4Seg w/o anchors", "rl4seg", ("ppo.anchors=false",),
@@ -174,7 +177,8 @@ class DABenchmark:
     # --- bookkeeping ----------------------------------------------------------------------------------
     def _shared_config(self) -> dict[str, Any]:
         tree = config_to_dict(self.config)
-        tree.pop("seed"), tree.pop("run_dir")
+        # test_time changes only the rl4seg_tto rows, and each of those records the settings it used
+        tree.pop("seed"), tree.pop("run_dir"), tree.pop("test_time")
         return tree
 
     def _check_results_dir(self) -> None:
@@ -193,6 +197,16 @@ class DABenchmark:
     def result_path(self, method: str, seed: int) -> Path:
         return self.results_dir / f"seed_{seed}" / f"{method}.json"
 
+    def finished(self, method: str, seed: int) -> bool:
+        """The (method, seed) result exists (for ``rl4seg_tto``: made with the current test_time settings)."""
+        path = self.result_path(method, seed)
+        if not path.is_file():
+            return False
+        if METHODS[method].kind == "rl4seg_tto":
+            stored = json.loads(path.read_text()).get("test_time_settings")
+            return stored == config_to_dict(self.config)["test_time"]
+        return True
+
     # --- running --------------------------------------------------------------------------------------
     def run(self) -> list[dict]:
         """Run every missing (method, seed), write the tables and the chart; returns the per-seed rows."""
@@ -202,7 +216,7 @@ class DABenchmark:
                 self.skipped[method] = reason
                 print(f"[benchmark] skipping {method}: {reason}", flush=True)
         for seed in self.seeds:
-            todo = [m for m in self.methods if m not in self.skipped and not self.result_path(m, seed).is_file()]
+            todo = [m for m in self.methods if m not in self.skipped and not self.finished(m, seed)]
             if not todo:
                 print(f"[benchmark] seed {seed}: every result already in {self.results_dir}", flush=True)
                 continue
@@ -239,10 +253,16 @@ class DABenchmark:
             torch.manual_seed(seed)
             t0 = time.time()
             extra: dict[str, Any] = {}
-            if method.kind == "rl4seg":
+            if method.kind in ("rl4seg", "rl4seg_tto"):
                 if source_scores is None:
                     source_scores = base.evaluate(source)
-                scores = self._run_rl4seg(method, seed, base, source_scores)
+                rl4seg = METHODS["rl4seg" if method.kind == "rl4seg_tto" else name]
+                scores = self._run_rl4seg(rl4seg, seed, base, source_scores)
+                if method.kind == "rl4seg_tto":
+                    if not self.result_path("rl4seg", seed).is_file():  # trained just now: keep its row too
+                        self._save("rl4seg", seed, scores, (time.time() - t0) / 60)
+                    t0 = time.time()
+                    scores = self._test_time(seed, base)
                 self._save(name, seed, scores, (time.time() - t0) / 60)
                 continue
             if method.kind == "source_only":
@@ -297,6 +317,19 @@ class DABenchmark:
             raise RuntimeError(f"{run_dir}: the RL4Seg run finished without an iteration row (ppo.iterations=0?)")
         last = rl_rows[-1]
         return {k: v for k, v in last.items() if k not in ("iteration", "model", "minutes")}
+
+    def _test_time(self, seed: int, base) -> dict[str, Any]:
+        """Test-time optimisation of the finished ``rl4seg`` run's final actor, with its reward network."""
+        from agents.networks import load_unet
+        from reward.network import LearnedReward, load_reward_net
+
+        run_dir = self.results_dir / f"seed_{seed}" / "rl4seg"
+        done = json.loads((run_dir / "state.json").read_text())["completed_iterations"]
+        ckpt = run_dir / "checkpoints" / f"iter_{done:03d}"
+        actor, _ = load_unet(str(ckpt / "actor.pt"), map_location=base.device)
+        net, _ = load_reward_net(ckpt / "reward_net.pt", map_location=base.device)
+        scores = base.evaluate_tto(actor, LearnedReward(net, device=base.device), self.config.test_time)
+        return {**scores, "test_time_settings": config_to_dict(self.config)["test_time"]}
 
     def _save(self, method: str, seed: int, scores: dict[str, Any], minutes: float) -> None:
         row = {"method": method, "seed": seed, "minutes": minutes, **scores}

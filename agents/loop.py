@@ -194,13 +194,16 @@ class RL4SegRun:
             plot_predictions(images[:k], preds[:k], maps, self.run_dir / f"{figure}.png", labels=labels, title=figure)
         return result.summary
 
-    def evaluate_tto(self, actor: torch.nn.Module, reward_model) -> dict[str, float]:
+    def evaluate_tto(self, actor: torch.nn.Module, reward_model, settings=None) -> dict[str, float]:
         """Scores on the target test split after test-time optimisation (:mod:`agents.test_time`) of the
-        images whose prediction is anatomically invalid, plus the optimisation's own counts and wall time."""
+        images whose prediction is anatomically invalid, plus the optimisation's own counts and wall time.
+
+        :param settings: a :class:`~agents.config.TTOSection` (default: this run's ``test_time``).
+        """
         from agents.test_time import TTOConfig, tto_predict
 
         ds, images = self.test_set
-        t = self.config.test_time
+        t = self.config.test_time if settings is None else settings
         cfg = TTOConfig(steps=t.steps, n_samples=t.n_samples, n_epochs=t.n_epochs, lr=t.lr, kl_coef=t.kl_coef,
                         ent_coef=t.ent_coef, criteria=self.config.reward_dataset.criteria, seed=self.config.seed,
                         progress=self.config.progress)

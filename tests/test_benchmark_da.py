@@ -16,7 +16,8 @@ ROOT = Path(__file__).resolve().parents[1]
 # configs/quick.yaml made smaller still: the test checks the plumbing, not the numbers
 TINY = ["num_threads=1", "pretrain.epochs=10", "data.source.n_train=128", "data.target.n_train=16",
         "reward_dataset.images_per_iteration=16"]
-METHODS_RUN = ["source_only", "oracle", "adabn", "tent", "self_training", "rl4seg", "rl4seg_no_shape_ae"]
+METHODS_RUN = ["source_only", "oracle", "adabn", "tent", "self_training", "rl4seg", "rl4seg_tto",
+               "rl4seg_no_shape_ae"]
 
 
 def _script():
@@ -67,6 +68,11 @@ def test_quick_benchmark_writes_table_csv_and_chart(quick_results):
     adabn = json.loads((d / "seed_0" / "adabn.json").read_text())
     assert adabn["dice_mean"] != source["dice_mean"]
     assert len(json.loads((d / "seed_0" / "self_training.json").read_text())["pseudo_labels_per_round"]) == 1
+    # RL4Seg + TTO: the rl4seg run's final actor, its invalid test predictions optimised
+    rl4seg = json.loads((d / "seed_0" / "rl4seg.json").read_text())
+    tto = json.loads((d / "seed_0" / "rl4seg_tto.json").read_text())
+    assert tto["tto_optimised"] == pytest.approx(8 * (1 - rl4seg["validity_pct"] / 100))
+    assert tto["validity_pct"] >= rl4seg["validity_pct"] and tto["test_time_settings"]["steps"] == 2
 
 
 def test_benchmark_resumes_skipping_finished_results(quick_results, capsys):
@@ -76,6 +82,13 @@ def test_benchmark_resumes_skipping_finished_results(quick_results, capsys):
     assert rc == 0
     assert {p: p.stat().st_mtime_ns for p in (d / "seed_0").glob("*.json")} == mtimes  # nothing recomputed
     assert "every result already in" in capsys.readouterr().out
+    # other test-time settings: only the RL4Seg + TTO result is recomputed (from the same RL4Seg run)
+    rc = _script().main([*TINY, "test_time.steps=1", "--quick", "--results", str(d), "--st-epochs", "1",
+                         "--methods", *METHODS_RUN])
+    assert rc == 0
+    changed = {p.name for p in (d / "seed_0").glob("*.json") if p.stat().st_mtime_ns != mtimes[p]}
+    assert changed == {"rl4seg_tto.json"}
+    assert json.loads((d / "seed_0" / "rl4seg_tto.json").read_text())["test_time_settings"]["steps"] == 1
 
 
 def test_results_folder_of_another_config_is_refused(quick_results):
