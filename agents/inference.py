@@ -26,10 +26,13 @@ class Segmenter:
     :param reward_path: optional ``reward_net.pt``; enables uncertainty maps.
     :param device: torch device (default ``"cpu"``).
     :param batch_size: images per forward pass.
+    :param test_time: a :class:`agents.test_time.TTOConfig`: optimise each image whose prediction fails the
+        anatomical criteria against the reward network (needs ``reward_path``); None (default) predicts the
+        plain argmax.
     """
 
     def __init__(self, actor_path: str | Path, reward_path: str | Path | None = None,
-                 device: str | torch.device = "cpu", batch_size: int = 32) -> None:
+                 device: str | torch.device = "cpu", batch_size: int = 32, test_time=None) -> None:
         actor_path = Path(actor_path)
         if not actor_path.is_file():
             raise FileNotFoundError(f"actor checkpoint not found: {actor_path}")
@@ -50,14 +53,26 @@ class Segmenter:
 
             net, _ = load_reward_net(reward_path, map_location=self.device)
             self.reward_model = LearnedReward(net, device=self.device)
+        if test_time is not None and self.reward_model is None:
+            raise ValueError("test-time optimisation needs a reward network (reward_path)")
+        self.test_time = test_time
 
     @property
     def n_classes(self) -> int:
         return int(self.actor.out_channels)
 
-    def __call__(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-        """Images (N, H, W) float32 [0, 1] -> (label maps (N, H, W) uint8, uncertainty (N, H, W) float32 or None)."""
-        preds = predict(self.actor, images, self.batch_size, self.device)
+    def __call__(self, images: np.ndarray, spacings=None) -> tuple[np.ndarray, np.ndarray | None]:
+        """Images (N, H, W) float32 [0, 1] -> (label maps (N, H, W) uint8, uncertainty (N, H, W) float32 or None).
+
+        ``spacings`` (per-image pixel sizes in mm) are used by the anatomical criteria of test-time optimisation.
+        """
+        if self.test_time is not None:
+            from agents.test_time import tto_predict
+
+            preds = tto_predict(self.actor, images, self.reward_model, self.test_time, spacings=spacings,
+                                device=self.device, batch_size=self.batch_size).preds
+        else:
+            preds = predict(self.actor, images, self.batch_size, self.device)
         if self.reward_model is None:
             return preds, None
         return preds, 1.0 - self.reward_model(images, preds)
@@ -97,7 +112,7 @@ def export_predictions(segmenter: Segmenter, dataset: SegDataset, out_dir: str |
     written = []
     for i in indices:
         sample = dataset[i]
-        pred, unc = segmenter(sample.image[None])
+        pred, unc = segmenter(sample.image[None], spacings=[sample.spacing])
         pred, unc = pred[0], None if unc is None else unc[0]
         shape = tuple(dataset.original_shape(i)) if hasattr(dataset, "original_shape") else pred.shape
         spacing = tuple(dataset.original_spacing(i)) if hasattr(dataset, "original_spacing") else sample.spacing

@@ -81,9 +81,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
     p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--tto", action="store_true", help="with --actor and --reward: test-time optimisation of the "
+                   "predictions that fail the anatomical criteria before scoring them")
+    p.add_argument("--tto-steps", type=int, default=10, help="PPO steps per invalid image at most (default 10)")
     args = p.parse_args(argv)
     if args.n is not None and args.n < 1:
         p.error(f"--n must be >= 1, got {args.n}")
+    if args.tto and not (args.actor and args.reward):
+        p.error("--tto needs --actor and --reward (it optimises the actor's predictions against the reward network)")
 
     try:
         ds = build_dataset(args, working_size(args))
@@ -92,11 +97,17 @@ def main(argv: list[str] | None = None) -> int:
         if args.actor:
             from agents.inference import Segmenter
 
-            seg = Segmenter(args.actor, args.reward, device=args.device, batch_size=args.batch_size)
+            test_time = None
+            if args.tto:
+                from agents.test_time import TTOConfig
+
+                test_time = TTOConfig(steps=args.tto_steps, criteria=args.criteria)
+            seg = Segmenter(args.actor, args.reward, device=args.device, batch_size=args.batch_size,
+                            test_time=test_time)
             if seg.n_classes != ds.n_classes:
                 raise ValueError(f"{args.actor} predicts {seg.n_classes} classes but the dataset has {ds.n_classes} "
                                  f"({', '.join(ds.class_names)}); --keep-atrium switches 3 <-> 4 classes")
-            preds, _ = seg(images)
+            preds, _ = seg(images, spacings=[ds[i].spacing for i in range(len(ds))])
             reward_model = seg.reward_model
         else:
             preds = load_prediction_folder(args.predictions, ds)

@@ -33,10 +33,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--device", default="cpu")
     p.add_argument("--no-png", action="store_true")
+    p.add_argument("--tto", action="store_true",
+                   help="test-time optimisation of predictions that fail the anatomical criteria (needs --reward)")
+    p.add_argument("--tto-steps", type=int, default=10, help="PPO steps per invalid image at most (default 10)")
+    p.add_argument("--criteria", default="echo", help="anatomical criteria set for --tto: echo or generic")
     args = p.parse_args(argv)
 
     try:
-        seg = Segmenter(args.actor, args.reward, device=args.device)
+        test_time = None
+        if args.tto:
+            from agents.test_time import TTOConfig
+
+            test_time = TTOConfig(steps=args.tto_steps, criteria=args.criteria)
+        seg = Segmenter(args.actor, args.reward, device=args.device, test_time=test_time)
     except (FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -121,6 +121,12 @@ def test_checkpoint_with_reward_network(tmp_path, dataset):
         assert s[key] is not None and 0.0 <= s[key] <= 1.0
     assert all(0.0 <= float(r["mean_reward"]) <= 1.0 for r in rows)
     assert (out / "reliability.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # test-time optimisation: only invalid predictions are optimised (a random actor's are all invalid)
+    assert evaluate.main(["--actor", str(tmp_path / "actor.pt"), "--reward", str(tmp_path / "reward_net.pt"), *args,
+                          "--tto", "--tto-steps", "1", "--out", str(tmp_path / "tto")]) == 0
+    assert read_outputs(tmp_path / "tto")[0]["summary"]["validity_pct"] >= s["validity_pct"]
+    with pytest.raises(SystemExit):  # --tto without a reward network: argparse error
+        evaluate.main(["--actor", str(tmp_path / "actor.pt"), *args, "--tto", "--out", str(tmp_path / "x")])
 
 
 def test_class_count_mismatch_is_a_clear_error(tmp_path, capsys):

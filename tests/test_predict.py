@@ -43,3 +43,18 @@ def test_predict_missing_input_is_a_clear_error(tmp_path, actor, capsys):
     assert "input not found" in capsys.readouterr().err
     assert predict.main(["--actor", str(tmp_path / "missing.pt"), "--synthetic", "source", "--out", str(tmp_path)]) == 2
     assert "actor checkpoint not found" in capsys.readouterr().err
+
+
+def test_predict_with_test_time_optimisation(tmp_path, actor, capsys):
+    import predict
+    from reward.network import RewardNet, save_reward_net
+
+    args = ["--actor", str(actor), "--synthetic", "default_target", "--n", "2", "--size", "32", "--no-png", "--tto",
+            "--tto-steps", "1"]
+    assert predict.main([*args, "--out", str(tmp_path / "a")]) == 2
+    assert "needs a reward network" in capsys.readouterr().err
+    save_reward_net(RewardNet(3, channels=(4, 8)), tmp_path / "reward_net.pt")
+    assert predict.main([*args, "--reward", str(tmp_path / "reward_net.pt"), "--out", str(tmp_path / "b")]) == 0
+    segs = sorted((tmp_path / "b").glob("*_seg.nii.gz"))
+    assert len(segs) == 2 and len(list((tmp_path / "b").glob("*_uncertainty.nii.gz"))) == 2
+    assert all(set(np.unique(read_nifti_2d(p)[0])) <= {0, 1, 2} for p in segs)
