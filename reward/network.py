@@ -209,6 +209,47 @@ def fit_temperature(logits: torch.Tensor | np.ndarray, targets: torch.Tensor | n
     return t
 
 
+def fit_temperature_on_labelled(net: RewardNet, actor: nn.Module, images: np.ndarray, labels: np.ndarray,
+                                batch_size: int = 32, device: str | torch.device = "cpu") -> float:
+    """Temperature of ``net`` fitted on *labelled* images against the true errors of ``actor``'s predictions.
+
+    The loop fits the temperature on the reward set's validation split, whose references are the loop's own
+    pseudo-labels and corrected maps: errors that a prediction shares with its reference are invisible
+    there, so the network stays over-confident on the actor's test predictions. With labelled images of a
+    domain the user has labels for (e.g. the *source* validation split), the actor's argmax predictions and
+    their true error maps ``pred != label`` give a calibration set with real errors. Fitted over foreground
+    pixels (prediction or label not background), like the ECE. ``net`` is not modified: call
+    ``net.set_temperature(t)`` to use the result.
+
+    :param images: (N, H, W) float32 in [0, 1]; ``labels``: (N, H, W) integer label maps.
+    :return: the temperature (see :func:`fit_temperature`).
+    """
+    from agents.evaluation import predict
+
+    images, labels = np.asarray(images, dtype=np.float32), np.asarray(labels)
+    if images.ndim != 3 or labels.shape != images.shape:
+        raise ValueError(f"fit_temperature_on_labelled: images {images.shape} and labels {labels.shape} must both "
+                         "be (N, H, W)")
+    device = torch.device(device)
+    preds = predict(actor, images, batch_size, device)
+    was_training = net.training
+    net.eval()
+    logits, targets = [], []
+    try:
+        with torch.no_grad():
+            for start in range(0, len(images), batch_size):
+                sl = slice(start, start + batch_size)
+                x = torch.as_tensor(images[sl], device=device)
+                a = torch.as_tensor(preds[sl].astype(np.int64), device=device)
+                z = net(x, a)[:, 0].cpu().numpy()
+                fg = (preds[sl] > 0) | (labels[sl] > 0)
+                logits.append(z[fg])
+                targets.append((preds[sl] == labels[sl])[fg])
+    finally:
+        net.train(was_training)
+    return fit_temperature(np.concatenate(logits), np.concatenate(targets))
+
+
 # --------------------------------------------------------------------------------------------------
 # training
 # --------------------------------------------------------------------------------------------------

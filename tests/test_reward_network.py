@@ -13,6 +13,7 @@ from reward.network import (
     RewardNet,
     RewardTrainConfig,
     fit_temperature,
+    fit_temperature_on_labelled,
     load_reward_net,
     save_reward_net,
     train_reward_network,
@@ -107,6 +108,37 @@ def test_fit_temperature_recovers_the_scale_of_overconfident_logits() -> None:
     # already calibrated: T stays ~1; underconfident logits get T < 1
     assert fit_temperature(z, y) == pytest.approx(1.0, abs=0.05)
     assert fit_temperature(0.5 * z, y) == pytest.approx(0.5, rel=0.05)
+
+
+class _FixedActor(torch.nn.Module):
+    """Predicts the same label map for every image."""
+
+    def __init__(self, pred: np.ndarray) -> None:
+        super().__init__()
+        self.register_buffer("onehot", torch.nn.functional.one_hot(torch.as_tensor(pred, dtype=torch.long), 3)
+                             .permute(2, 0, 1).float())
+
+    def forward(self, x):
+        return 10.0 * self.onehot.expand(len(x), -1, -1, -1)
+
+
+class _SureNet(torch.nn.Module):
+    """A reward network that calls every pixel correct with logit 8 (probability 0.9997)."""
+
+    def forward(self, images, segs):
+        return torch.full((len(images), 1, *images.shape[1:]), 8.0)
+
+
+def test_temperature_on_labelled_images_uses_the_true_errors() -> None:
+    pred = np.zeros((10, 10), np.uint8)
+    pred[2:8, 2:8] = 1  # 36 foreground pixels
+    labels = np.repeat(pred[None], 4, axis=0)
+    labels[:, 2:3, 2:8] = 0  # 6 of 36 pixels wrong per image -> true accuracy 5/6 over the foreground
+    images = np.zeros((4, 10, 10), np.float32)
+    t = fit_temperature_on_labelled(_SureNet(), _FixedActor(pred), images, labels, batch_size=3)
+    assert torch.sigmoid(torch.tensor(8.0 / t)).item() == pytest.approx(5 / 6, abs=1e-3)
+    with pytest.raises(ValueError, match=r"\(N, H, W\)"):
+        fit_temperature_on_labelled(_SureNet(), _FixedActor(pred), images, labels[:, :5])
 
 
 def test_fit_temperature_degenerate_input() -> None:

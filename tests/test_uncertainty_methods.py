@@ -211,8 +211,10 @@ def test_benchmark_script_on_a_run_directory(tmp_path, capsys):
     out = run / "uncertainty_iter_001"
     with open(out / "uncertainty.csv") as f:
         rows = list(csv.DictReader(f))
-    assert [r["method"] for r in rows] == ["reward network", "softmax entropy", "MC dropout", "TTA"]
+    assert [r["method"] for r in rows][:4] == ["reward network", "softmax entropy", "MC dropout", "TTA"]
+    # the reward network again, its temperature refitted on the labelled source validation split
+    assert len(rows) == 5 and rows[4]["method"].startswith("reward network, T=") and "source val" in rows[4]["method"]
     assert all(r["n_images"] == "3" for r in rows)
-    for slug in ("reward_network", "softmax_entropy", "mc_dropout", "tta"):
+    for slug in ("reward_network", "softmax_entropy", "mc_dropout", "tta", "reward_network_source_calibrated"):
         assert (out / f"reliability_{slug}.png").read_bytes()[:4] == b"\x89PNG"
     assert "| MC dropout |" in (out / "uncertainty.md").read_text()
