@@ -128,7 +128,7 @@ def plot_metrics(rows: Sequence[dict], path: str | Path) -> Path:
         axes[1].legend(fontsize=8)
     axes[1].set(title="anatomical validity (%)", xlabel="iteration", ylim=(0, 101))
     for key, label in (("ece_before", "val ECE before T"), ("ece_after", "val ECE after T"),
-                       ("reward_correlation", "reward-Dice r")):
+                       ("reward_ece", "target test ECE"), ("reward_correlation", "reward-Dice r")):
         axes[2].plot(it, [r.get(key, np.nan) for r in loop_rows], marker="o", label=label)
     axes[2].set(title="reward network", xlabel="iteration")
     axes[2].legend(fontsize=8)

@@ -1,7 +1,8 @@
 """The README's main job, end to end, on the default config (~13 min on 2 CPU cores): `pytest -m slow`.
 
-Asserts the acceptance targets the default run meets (docs/benchmarks.md has the measured figures);
-the anatomical-validity target of 95% is not met yet and is asserted only against source-only.
+Asserts the acceptance targets the default run meets (docs/benchmarks.md has the measured figures):
+validity >= 95% is reached with test-time optimisation (the plain argmax is asserted only against
+source-only); ECE <= 0.05 holds on the reward network's validation split, not on target test predictions.
 """
 import pytest
 
@@ -14,9 +15,11 @@ def test_default_run_adapts_to_the_target(tmp_path):
     rows = RL4SegRun(load_config("configs/default.yaml", [f"run_dir={tmp_path}", "progress=false"])).run()
     source = next(r for r in rows if r["model"] == "source-only")
     oracle = next(r for r in rows if str(r["model"]).startswith("oracle"))
-    final = rows[-1]
+    final = [r for r in rows if str(r["model"]) == "RL4Seg"][-1]
+    final_tto = [r for r in rows if str(r["model"]) == "RL4Seg + TTO"][-1]
     assert oracle["dice_mean"] - source["dice_mean"] >= 0.08  # the target is hard enough
     assert gap_closed(rows) >= 0.40  # RL4Seg closes at least 40% of the gap
     assert final["validity_pct"] > source["validity_pct"]
+    assert final_tto["validity_pct"] >= 95.0 and gap_closed(rows, test_time=True) >= 0.40
     assert final["ece_after"] <= 0.05  # temperature-scaled reward net, on its validation split
     assert final["reward_correlation"] >= 0.6
