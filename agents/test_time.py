@@ -108,7 +108,7 @@ class TTOResult:
 def _valid(pred: np.ndarray, spacing, criteria: str) -> bool:
     from reward.anatomy import is_valid
 
-    return bool(is_valid(keep_largest_foreground(pred), spacing, criteria=criteria))
+    return bool(is_valid(keep_largest_foreground(pred), (1.0, 1.0) if spacing is None else spacing, criteria=criteria))
 
 
 def _score(reward_map: np.ndarray, q: float) -> tuple[float, float]:
