@@ -170,7 +170,7 @@ class DABenchmark:
         self.self_training_config = self_training_config or SelfTrainingConfig(
             iterations=config.ppo.iterations, criteria=config.reward_dataset.criteria,
             valid_dice_threshold=config.reward_dataset.valid_dice_threshold)
-        self.skipped: dict[str, str] = {}
+        self.skipped: dict[str, str] = {m: r for m in methods if (r := skip_reason(config, METHODS[m]))}
         self.command = command
         self._check_results_dir()
 
@@ -210,11 +210,8 @@ class DABenchmark:
     # --- running --------------------------------------------------------------------------------------
     def run(self) -> list[dict]:
         """Run every missing (method, seed), write the tables and the chart; returns the per-seed rows."""
-        for method in self.methods:
-            reason = skip_reason(self.config, METHODS[method])
-            if reason:
-                self.skipped[method] = reason
-                print(f"[benchmark] skipping {method}: {reason}", flush=True)
+        for method, reason in self.skipped.items():
+            print(f"[benchmark] skipping {method}: {reason}", flush=True)
         for seed in self.seeds:
             todo = [m for m in self.methods if m not in self.skipped and not self.finished(m, seed)]
             if not todo:

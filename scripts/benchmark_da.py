@@ -46,6 +46,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tent-lr", type=float, default=1e-3, help="TENT Adam learning rate (default 1e-3)")
     parser.add_argument("--st-epochs", type=int, default=None,
                         help="self-training epochs per round (default 5; --quick: 2); rounds = ppo.iterations")
+    parser.add_argument("--table-only", action="store_true",
+                        help="run nothing: write results.md / .csv / .png from the results already in --results "
+                        "(the selected methods and seeds that have finished)")
     parser.add_argument("overrides", nargs="*", help="key=value loop-config overrides, e.g. ppo.iterations=2")
     args = parser.parse_args(argv)
 
@@ -74,7 +77,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     t0 = time.time()
-    bench.run()
+    if args.table_only:
+        rows = bench.write()
+        missing = [f"{m} (seed {s})" for m in methods for s in seeds
+                   if m not in bench.skipped and not bench.finished(m, s)]
+        if missing:
+            print(f"[benchmark] not in the table (not run yet): {', '.join(missing)}")
+        if not rows:
+            print(f"error: {results} holds no finished result of the selected methods and seeds", file=sys.stderr)
+            return 2
+    else:
+        bench.run()
     print((Path(results) / "results.md").read_text())
     print(f"[benchmark] {command.strip()}: {(time.time() - t0) / 60:.1f} min; results in {results}")
     return 0

@@ -89,6 +89,15 @@ def test_benchmark_resumes_skipping_finished_results(quick_results, capsys):
     changed = {p.name for p in (d / "seed_0").glob("*.json") if p.stat().st_mtime_ns != mtimes[p]}
     assert changed == {"rl4seg_tto.json"}
     assert json.loads((d / "seed_0" / "rl4seg_tto.json").read_text())["test_time_settings"]["steps"] == 1
+    # --table-only runs nothing, lists what is missing and rewrites the tables from what has finished
+    mtimes = {p: p.stat().st_mtime_ns for p in (d / "seed_0").glob("*.json")}
+    rc = _script().main([*TINY, "test_time.steps=1", "--quick", "--results", str(d), "--seeds", "0", "1",
+                         "--methods", "source_only", "adabn", "--table-only"])
+    assert rc == 0
+    assert {p: p.stat().st_mtime_ns for p in (d / "seed_0").glob("*.json")} == mtimes
+    assert not (d / "seed_1").exists() and "source_only (seed 1), adabn (seed 1)" in capsys.readouterr().out
+    with open(d / "results.csv") as f:
+        assert [r["method"] for r in csv.DictReader(f)] == ["source_only", "adabn"]
 
 
 def test_results_folder_of_another_config_is_refused(quick_results):
