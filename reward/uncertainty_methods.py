@@ -301,7 +301,9 @@ def uncertainty_methods_benchmark(actor: nn.Module, images: np.ndarray, gts: np.
                                   reward_model: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None,
                                   n_classes: int | None = None, mc_samples: int = 10, mc_p: float = 0.1,
                                   tta_augmentations: int = 8, seed: int = 0, batch_size: int = 32,
-                                  device: str | torch.device | None = None, n_bins: int = DEFAULT_N_BINS
+                                  device: str | torch.device | None = None, n_bins: int = DEFAULT_N_BINS,
+                                  calibration_images: np.ndarray | None = None,
+                                  calibration_labels: np.ndarray | None = None,
                                   ) -> tuple[list[dict], dict[str, UncertaintyAccumulator]]:
     """Compare the reward network with softmax entropy, MC dropout and TTA on the actor's predictions.
 
@@ -317,6 +319,10 @@ def uncertainty_methods_benchmark(actor: nn.Module, images: np.ndarray, gts: np.
     :param batch_size: images per forward pass.
     :param device: where the actor runs (default: its parameters' device).
     :param n_bins: calibration bins (default 15).
+    :param calibration_images: optional labelled images (N', H, W) of a domain with labels (e.g. the source
+        validation split) with their ``calibration_labels``: adds a row for the reward network with its
+        temperature refitted on them (:func:`reward.network.fit_temperature_on_labelled`); needs a
+        :class:`reward.network.LearnedReward`.
     :return: ``(rows, accumulators)``: one row per method as in :func:`compare_uncertainty` plus
         ``"seconds"`` (wall time to compute that method's maps), and the accumulators (for reliability
         diagrams), keyed by method name.
@@ -334,6 +340,13 @@ def uncertainty_methods_benchmark(actor: nn.Module, images: np.ndarray, gts: np.
                                                           batch_size=batch_size, device=device)
     makers["TTA"] = lambda: tta_uncertainty(actor, images, tta_augmentations, seed=seed, batch_size=batch_size,
                                             device=device)
+    if calibration_images is not None:
+        if reward_model is None or not hasattr(reward_model, "net"):
+            raise ValueError("calibration_images need a reward_model that is a reward.network.LearnedReward")
+        if calibration_labels is None:
+            raise ValueError("calibration_images given without calibration_labels")
+        makers.update(_source_calibrated(reward_model, actor, images, preds, calibration_images,
+                                         calibration_labels, batch_size, device))
     maps, seconds = {}, {}
     for name, make in makers.items():
         t0 = time.perf_counter()
@@ -347,6 +360,22 @@ def uncertainty_methods_benchmark(actor: nn.Module, images: np.ndarray, gts: np.
 # --------------------------------------------------------------------------------------------------
 # helpers
 # --------------------------------------------------------------------------------------------------
+def _source_calibrated(reward_model, actor: nn.Module, images: np.ndarray, preds: np.ndarray,
+                       calibration_images: np.ndarray, calibration_labels: np.ndarray, batch_size: int,
+                       device: torch.device) -> dict[str, Callable[[], np.ndarray]]:
+    """One maker: the reward network with its temperature refitted on labelled images (name holds T)."""
+    import copy
+
+    from reward.network import LearnedReward, fit_temperature_on_labelled
+
+    net = copy.deepcopy(reward_model.net)
+    t = fit_temperature_on_labelled(net, actor, calibration_images, calibration_labels, batch_size, device)
+    net.set_temperature(t)
+    recalibrated = LearnedReward(net, device=device)
+    return {f"reward network, T={t:.2f} from labelled source images":
+            lambda: 1.0 - np.asarray(recalibrated(images, preds), dtype=np.float32)}
+
+
 def _device(actor: nn.Module, device: str | torch.device | None) -> torch.device:
     if device is not None:
         return torch.device(device)

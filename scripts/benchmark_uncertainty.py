@@ -94,31 +94,16 @@ def main(argv: list[str] | None = None) -> int:
 
     images, _ = load_images(ds)
     labels = np.stack([ds[i].label for i in range(len(ds))])
-    rows, accumulators = uncertainty_methods_benchmark(
-        actor, images, labels, reward_model, ds.n_classes, mc_samples=mc_samples, mc_p=args.mc_p,
-        tta_augmentations=tta, seed=args.seed, batch_size=args.batch_size, device=args.device)
+    calibration_images = calibration_labels = None
     if not args.no_source_calibration:
-        import copy
-        import time
-
-        from agents.evaluation import predict
-        from reward.network import fit_temperature_on_labelled
-        from reward.uncertainty_methods import accumulate_uncertainty, uncertainty_rows
-
-        t0 = time.perf_counter()
         n_val = min(c.source.n_val or 100, 16 if args.quick else 10**9)
         src = domain_dataset(c.source, "val", n_val, c.image_size, c.keep_atrium, with_labels=True, role="source")
-        src_images, _ = load_images(src)
-        src_labels = np.stack([src[i].label for i in range(len(src))])
-        net = copy.deepcopy(reward_model.net)
-        t_src = fit_temperature_on_labelled(net, actor, src_images, src_labels, args.batch_size, args.device)
-        net.set_temperature(t_src)
-        preds = predict(actor, images, args.batch_size, args.device)
-        name = f"reward network, T={t_src:.2f} from source val"
-        extra = accumulate_uncertainty({name: 1.0 - LearnedReward(net, device=args.device)(images, preds)}, preds,
-                                       labels, ds.n_classes)
-        rows += [{**r, "seconds": time.perf_counter() - t0} for r in uncertainty_rows(extra)]
-        accumulators.update(extra)
+        calibration_images, _ = load_images(src)
+        calibration_labels = np.stack([src[i].label for i in range(len(src))])
+    rows, accumulators = uncertainty_methods_benchmark(
+        actor, images, labels, reward_model, ds.n_classes, mc_samples=mc_samples, mc_p=args.mc_p,
+        tta_augmentations=tta, seed=args.seed, batch_size=args.batch_size, device=args.device,
+        calibration_images=calibration_images, calibration_labels=calibration_labels)
 
     out = Path(args.out) if args.out else run_dir / f"uncertainty_iter_{iteration:03d}"
     out.mkdir(parents=True, exist_ok=True)
@@ -133,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     atomic_write_text(out / "uncertainty.csv", buf.getvalue())
     for name, acc in accumulators.items():
         slug = "".join(ch if ch.isalnum() else "_" for ch in name.lower().split(",")[0]) + (
-            "_source_calibrated" if "source val" in name else "")
+            "_source_calibrated" if "source images" in name else "")
         plot_reliability_diagram(acc, out / f"reliability_{slug}.png", title=f"{name} (iteration {iteration})")
     print(md)
     print(f"wrote {out}/uncertainty.md, uncertainty.csv and {len(accumulators)} reliability diagrams")

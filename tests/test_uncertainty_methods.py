@@ -189,6 +189,13 @@ def test_benchmark_has_one_row_per_method(actor, images):
     assert all(r["seconds"] >= 0 for r in rows)
 
 
+def test_source_recalibration_needs_a_learned_reward(actor, images):
+    gts = np.zeros(images.shape, np.uint8)
+    with pytest.raises(ValueError, match="LearnedReward"):
+        uncertainty_methods_benchmark(actor, images, gts, lambda im, pr: np.ones(pr.shape, np.float32),
+                                      calibration_images=images, calibration_labels=gts)
+
+
 @pytest.mark.filterwarnings("ignore:reward_dice_correlation")
 def test_benchmark_script_on_a_run_directory(tmp_path, capsys):
     import benchmark_uncertainty
@@ -213,7 +220,7 @@ def test_benchmark_script_on_a_run_directory(tmp_path, capsys):
         rows = list(csv.DictReader(f))
     assert [r["method"] for r in rows][:4] == ["reward network", "softmax entropy", "MC dropout", "TTA"]
     # the reward network again, its temperature refitted on the labelled source validation split
-    assert len(rows) == 5 and rows[4]["method"].startswith("reward network, T=") and "source val" in rows[4]["method"]
+    assert len(rows) == 5 and rows[4]["method"].startswith("reward network, T=") and "source images" in rows[4]["method"]
     assert all(r["n_images"] == "3" for r in rows)
     for slug in ("reward_network", "softmax_entropy", "mc_dropout", "tta", "reward_network_source_calibrated"):
         assert (out / f"reliability_{slug}.png").read_bytes()[:4] == b"\x89PNG"
