@@ -17,12 +17,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from rl4seg_env.data.synthetic import PRESETS, SyntheticEcho  # noqa: E402
+from rl4seg_env.data.synthetic import SyntheticEcho, available_presets  # noqa: E402
 
 
 def time_generation(preset: str, size: int, n: int) -> float:
     """Mean seconds to generate one (image, label) pair of ``preset`` at ``size`` x ``size``."""
-    ds = SyntheticEcho(PRESETS[preset], n_images=n, image_size=size, cache_size=0)
+    ds = SyntheticEcho(preset, n_images=n, image_size=size, cache_size=0)
     start = time.perf_counter()
     for i in range(n):
         ds[i]
@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[64, 128, 256])
     parser.add_argument("--n", type=int, default=50, help="images per (preset, size) (default 50)")
-    parser.add_argument("--presets", nargs="+", default=["source", "default_target"], choices=sorted(PRESETS))
+    parser.add_argument("--presets", nargs="+", default=["source", "default_target"], choices=available_presets())
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     print("| preset | size | ms / image | images / s |")
