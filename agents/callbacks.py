@@ -1,9 +1,10 @@
 """The reward-retraining callback: turns ``PixelPPO.learn()`` into the RL4Seg loop.
 
-At every iteration boundary (METHOD.md, "The iterative loop") the callback
+At every iteration boundary (docs/method.md, "The iterative loop") the callback
 
 1. predicts with the current actor on the next slice of unlabelled target images and builds reward
-   samples (:class:`reward.builder.RewardDatasetBuilder`; the sample store accumulates);
+   samples (a :class:`RewardSetBuilder`, e.g. :class:`reward.builder.RewardDatasetBuilder`; the sample
+   store accumulates);
 2. retrains the reward network from scratch on all samples so far and temperature-scales it;
 3. pushes it into the envs (``VecEnv.env_method("set_reward_model", ...)``), together with the
    accepted pseudo-labels (anchors) and the grown RL training set (``set_active_indices``);
@@ -18,7 +19,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -26,12 +27,37 @@ from stable_baselines3.common.callbacks import BaseCallback
 
 from agents.networks import reestimate_norm_statistics
 from agents.policies import shrink_perturb
-from reward.builder import RewardDatasetBuilder, RewardSampleStore
+
+
+class RewardSampleStore(Protocol):
+    """Where reward samples accumulate across iterations (e.g. :class:`reward.builder.RewardSampleStore`)."""
+
+    def __len__(self) -> int: ...
+
+    def is_complete(self, iteration: int) -> bool: ...
+
+    def discard(self, iteration: int) -> None: ...
+
+
+class BuildReport(Protocol):
+    images_seen: int
+    accepted: int
+    n_samples: int
+
+    def as_dict(self) -> dict[str, Any]: ...
+
+
+class RewardSetBuilder(Protocol):
+    """Turns the actor's predictions on unlabelled images into reward samples written to a store and returns
+    ``(report, accepted pseudo-labels by image id)`` (e.g. :class:`reward.builder.RewardDatasetBuilder`)."""
+
+    def build(self, actor: torch.nn.Module, images: np.ndarray, ids: list[str], store: RewardSampleStore,
+              iteration: int, progress: bool = False) -> tuple[BuildReport, dict[str, np.ndarray]]: ...
 
 
 @dataclasses.dataclass
 class IterationSchedule:
-    """Per-iteration settings (METHOD.md step 3; iteration ``i`` counts from 1).
+    """Per-iteration settings (docs/method.md, step 3; iteration ``i`` counts from 1).
 
     :param ent_coef_base: entropy coefficient = ``ent_coef_base / (2 i)`` (authors: 0.3).
     :param kl_coef_base: KL coefficient = ``kl_coef_base / (2 i)`` (authors: 0.1).
@@ -45,6 +71,15 @@ class IterationSchedule:
     batch_size_base: int = 8
     shrink: float = 0.5
     perturb_sigma: float = 0.01
+
+    def __post_init__(self) -> None:
+        for name in ("ent_coef_base", "kl_coef_base", "perturb_sigma"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"IterationSchedule.{name} must be >= 0, got {getattr(self, name)}")
+        if self.batch_size_base < 1:
+            raise ValueError(f"IterationSchedule.batch_size_base must be >= 1, got {self.batch_size_base}")
+        if not 0 < self.shrink <= 1:
+            raise ValueError(f"IterationSchedule.shrink must be in (0, 1], got {self.shrink}")
 
     def ent_coef(self, i: int) -> float:
         return self.ent_coef_base / (2 * i)
@@ -92,7 +127,7 @@ class RewardRetrainingCallback(BaseCallback):
     :param verbose: 1 prints one line per phase.
     """
 
-    def __init__(self, target_dataset, builder: RewardDatasetBuilder, store: RewardSampleStore,
+    def __init__(self, target_dataset, builder: RewardSetBuilder, store: RewardSampleStore,
                  train_reward: Callable[[RewardSampleStore, int], tuple[Any, dict]], iterations: int,
                  updates_per_iteration: int, images_per_iteration: int,
                  schedule: IterationSchedule | None = None, use_anchors: bool = True, start_iteration: int = 1,

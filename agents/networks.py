@@ -5,10 +5,45 @@ Sizes are arguments; nothing depends on the image size except that H and W must 
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
 
+import numpy as np
 import torch
 from torch import nn
+from tqdm.auto import tqdm
+
+from rl4seg_env.io import atomic_torch_save, read_checkpoint
+
+
+#: normalisation layers a :class:`UNet` can use (None: no normalisation)
+NORMS = ("batch", "instance", "group", None)
+
+
+@dataclass
+class UNetConfig:
+    """Size of the U-Nets of a run (actor, critic and reward network share it).
+
+    Images must have H and W divisible by :attr:`divisor` (``2 ** (len(channels) - 1)``).
+    """
+
+    #: feature widths per level, shallow to deep (depth = number of levels, at least 2)
+    channels: tuple[int, ...] = (16, 32, 64, 128)
+    #: "batch", "instance", "group" or null
+    norm: str | None = "batch"
+
+    def __post_init__(self) -> None:
+        self.channels = tuple(int(c) for c in self.channels)
+        if len(self.channels) < 2 or min(self.channels) < 1:
+            raise ValueError(f"UNetConfig.channels must list at least 2 positive widths, got {list(self.channels)}")
+        if self.norm not in NORMS:
+            raise ValueError(f"UNetConfig.norm must be one of batch, instance, group or null, got {self.norm!r}")
+
+    @property
+    def divisor(self) -> int:
+        """Image sides must be multiples of this (one halving per level below the first)."""
+        return 2 ** (len(self.channels) - 1)
 
 
 def _norm(kind: str | None, channels: int) -> nn.Module:
@@ -107,8 +142,6 @@ def save_unet(model: UNet, path: str, **metadata: object) -> None:
     ``metadata`` (e.g. ``class_names``, ``image_size``) must be plain Python values so that the file
     loads with ``torch.load(..., weights_only=True)``.
     """
-    from rl4seg_env.io import atomic_torch_save
-
     atomic_torch_save({"state_dict": model.state_dict(), "unet_kwargs": unet_kwargs(model),
                        "metadata": dict(metadata)}, path)
 
@@ -132,16 +165,7 @@ def unet_kwargs(model: UNet) -> dict:
 
 def load_unet(path: str, map_location: str | torch.device = "cpu") -> tuple[UNet, dict]:
     """Inverse of :func:`save_unet`: returns ``(model, metadata)``. Clear error for a missing/corrupt file."""
-    import os
-
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"U-Net checkpoint not found: {path}")
-    try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:  # corrupt or truncated file
-        raise ValueError(f"{path}: cannot read U-Net checkpoint ({type(exc).__name__}: {exc})") from exc
-    if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "unet_kwargs" not in ckpt:
-        raise ValueError(f"{path}: not a U-Net checkpoint written by save_unet (keys: {list(ckpt)[:5]})")
+    ckpt = read_checkpoint(path, "U-Net (save_unet)", ("state_dict", "unet_kwargs"), map_location)
     model = UNet(**ckpt["unet_kwargs"])
     model.load_state_dict(ckpt["state_dict"])
     return model.to(map_location), dict(ckpt.get("metadata", {}))
@@ -173,8 +197,6 @@ def reestimate_norm_statistics(model: nn.Module, images: torch.Tensor, batch_siz
         m.train()
     starts = range(0, len(images), batch_size)
     if progress:
-        from tqdm.auto import tqdm
-
         starts = tqdm(starts, desc="batch-norm statistics", unit="batch", leave=False)
     try:
         for start in starts:
@@ -185,3 +207,56 @@ def reestimate_norm_statistics(model: nn.Module, images: torch.Tensor, batch_siz
         for m, training in modes:
             m.training = training
     return len(norms)
+
+
+# --------------------------------------------------------------------------------------------------
+# batched eval-mode inference: the one implementation every predictor, evaluator and baseline uses
+# --------------------------------------------------------------------------------------------------
+@contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Run ``model`` in eval mode inside the block; its previous train/eval mode is restored after it."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
+
+
+def image_batches(images: np.ndarray | torch.Tensor, batch_size: int, device: str | torch.device,
+                  generator: torch.Generator | None = None) -> Iterator[torch.Tensor]:
+    """(B, 1, H, W) float32 tensors on ``device`` from images (N, H, W); shuffled when a generator is given.
+
+    :raises ValueError: ``batch_size < 1`` or images that are not (N, H, W).
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if images.ndim != 3:
+        raise ValueError(f"images must be (N, H, W), got shape {tuple(images.shape)}")
+    order = (torch.randperm(len(images), generator=generator).numpy() if generator is not None
+             else np.arange(len(images)))
+    for start in range(0, len(images), batch_size):
+        index = order[start:start + batch_size]
+        yield torch.as_tensor(images[index], dtype=torch.float32).to(device)[:, None]
+
+
+@torch.no_grad()
+def predict(actor: nn.Module, images: np.ndarray, batch_size: int = 32, device: str | torch.device = "cpu",
+            return_probs: bool = False) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+    """Argmax label maps (N, H, W) uint8 of ``actor`` (eval mode, restored after) on images (N, H, W) in [0, 1].
+
+    With ``return_probs`` also returns the softmax probabilities (N, C, H, W) float32.
+    """
+    preds, probs = [], []
+    with eval_mode(actor):
+        for x in image_batches(images, batch_size, device):
+            logits = actor(x)
+            preds.append(logits.argmax(1).to(torch.uint8).cpu().numpy())
+            if return_probs:
+                probs.append(torch.softmax(logits, 1).cpu().numpy())
+    if not preds:
+        size = tuple(images.shape[1:])
+        preds = [np.zeros((0, *size), np.uint8)]
+        probs = [np.zeros((0, int(getattr(actor, "out_channels", 1)), *size), np.float32)]
+    out = np.concatenate(preds)
+    return (out, np.concatenate(probs)) if return_probs else out

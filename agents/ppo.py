@@ -178,7 +178,7 @@ class PixelPPO(OnPolicyAlgorithm):
         """Per env: the credited action, the env's reward map, the credited reward map and the anchor flag.
 
         An accepted pseudo-label (``info["pseudo_label"]``) replaces the sampled action and earns a
-        reward of 1 at every pixel (METHOD.md, PPO step 3). The loop runs over envs, not pixels.
+        reward of 1 at every pixel (docs/method.md, PPO step 3). The loop runs over envs, not pixels.
         """
         shape = actions.shape[1:]
         credited = actions.copy()
@@ -264,7 +264,7 @@ class PixelPPO(OnPolicyAlgorithm):
 
     # --- update ------------------------------------------------------------------------------------
     def train(self) -> None:
-        """k epochs of the RL4Seg PPO update on the last rollout (METHOD.md, "PPO update")."""
+        """k epochs of the RL4Seg PPO update on the last rollout (docs/method.md, "PPO update")."""
         self.policy.set_training_mode(True)
         if not self.update_actor_norm_stats:
             self.policy.actor.eval()  # same function as during the rollout: the ratio starts at exactly 1

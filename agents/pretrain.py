@@ -1,6 +1,6 @@
-"""Supervised pretraining of the actor on a labelled domain (METHOD.md, loop step 0).
+"""Supervised pretraining of the actor on a labelled domain (docs/method.md, loop step 0).
 
-The source-pretrained actor is where RL4Seg starts: :class:`~agents.policies.PixelPolicy` loads it as
+The source-pretrained actor is where RL4Seg starts: :class:`~agents.policies.PixelActorCriticPolicy` loads it (``pretrained_actor``) as
 the initial actor *and* as the frozen reference policy of the KL term. Training is plain supervised
 segmentation: cross-entropy (optionally plus soft Dice), Adam (lr 1e-3 as the authors), validation Dice
 after every epoch, the best checkpoint kept, early stopping, a progress bar and TensorBoard scalars.
@@ -44,10 +44,12 @@ from stable_baselines3.common.utils import get_device
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
+from torch.utils.tensorboard import SummaryWriter
+from tqdm.auto import tqdm
 
 from agents.networks import UNet, save_unet, unet_kwargs
 from rl4seg_env.data.base import SegDataset
-from rl4seg_env.io import atomic_torch_save
+from rl4seg_env.io import atomic_torch_save, read_checkpoint
 from rl4seg_env.metrics import dice_per_class
 
 LOSSES = ("ce", "ce+dice")
@@ -237,7 +239,7 @@ def evaluate_segmentation(model: nn.Module, dataset: SegDataset, batch_size: int
 
     Raw argmax (no post-processing), :func:`rl4seg_env.metrics.dice_per_class` per image (1 when a class
     is absent from both prediction and label), averaged over images. For the paper's evaluation (largest
-    component, Hausdorff, anatomical validity) use :mod:`agents.evaluation`.
+    component, Hausdorff, anatomical validity) use :mod:`pipeline.evaluation`.
 
     :param model: network mapping (B, 1, H, W) float32 images to (B, n_classes, H, W) logits; it is run in
         eval mode and its train/eval mode is restored afterwards. Must already be on ``device``.
@@ -312,7 +314,8 @@ def pretrain_segmentation(train: SegDataset, val: SegDataset, out_path: str | Pa
     out_path = Path(out_path)
     last_path = last_checkpoint_path(out_path)
     device = get_device(config.device)  # SB3's rule, as everywhere: "auto" -> CUDA if available
-    state = torch.load(last_path, map_location="cpu", weights_only=True) if resume and last_path.exists() else None
+    state = (read_checkpoint(last_path, "pretraining state", ("state_dict", "unet_kwargs", "optimizer", "history"))
+             if resume and last_path.exists() else None)
 
     if model is None:
         if state is not None:
@@ -339,8 +342,6 @@ def pretrain_segmentation(train: SegDataset, val: SegDataset, out_path: str | Pa
 
     writer = None
     if config.tensorboard_log is not None:
-        from torch.utils.tensorboard import SummaryWriter
-
         writer = SummaryWriter(log_dir=str(config.tensorboard_log))
     loader = DataLoader(SegTorchDataset(train), batch_size=config.batch_size, shuffle=True,
                         num_workers=config.num_workers, generator=torch.Generator())
@@ -390,7 +391,7 @@ def pretrain_segmentation(train: SegDataset, val: SegDataset, out_path: str | Pa
     if not out_path.exists():
         raise RuntimeError(f"no epoch was run and {out_path} does not exist (epochs={config.epochs}, "
                            f"{len(history)} epoch(s) already in {last_path})")
-    best = torch.load(out_path, map_location=device, weights_only=True)
+    best = read_checkpoint(out_path, "U-Net", ("state_dict",), map_location=device)
     model.load_state_dict(best["state_dict"])
     model.eval()
     return PretrainResult(best_val_dice=float(best_val_dice), best_epoch=best_epoch, history=history,
@@ -400,8 +401,6 @@ def pretrain_segmentation(train: SegDataset, val: SegDataset, out_path: str | Pa
 def _train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer,
                      config: PretrainConfig, device: torch.device, aug_gen: torch.Generator, desc: str) -> float:
     """One pass over ``loader``; returns the mean loss per image."""
-    from tqdm.auto import tqdm
-
     model.train()
     total, seen = 0.0, 0
     bar = tqdm(loader, desc=desc, unit="batch", leave=False, disable=not config.progress)

@@ -20,9 +20,11 @@ fine-tuned on that image alone with the clipped PPO surrogate against the learne
 Every image starts from the same adapted actor: nothing learnt on one test image carries over to the
 next, so results do not depend on the order of the test set. Target labels are never read here.
 
+    from functools import partial
     from agents.test_time import TTOConfig, tto_predict
+    from reward.anatomy import is_valid
 
-    result = tto_predict(actor, images, reward_model, TTOConfig(steps=10))
+    result = tto_predict(actor, images, reward_model, partial(is_valid, criteria="echo"), TTOConfig(steps=10))
     result.preds            # (N, H, W) uint8, the optimised predictions
     result.summary()        # images optimised, made valid, steps used, seconds
 """
@@ -37,13 +39,19 @@ import numpy as np
 import torch
 from torch import nn
 
-from agents.evaluation import predict
+from tqdm.auto import tqdm
+
+from agents.networks import predict
 from rl4seg_env.metrics import keep_largest_foreground
+
+#: ``(label map (H, W) uint8, spacing (mm, mm)) -> bool``: the anatomical check deciding which images are
+#: optimised and when to stop, e.g. ``functools.partial(reward.anatomy.is_valid, criteria="echo")``
+ValidityCheck = Callable[[np.ndarray, Sequence[float]], bool]
 
 
 @dataclasses.dataclass
 class TTOConfig:
-    """Settings of :func:`tto_predict` (the defaults are those of ``configs/default.yaml``)."""
+    """Hyper-parameters of :func:`tto_predict` (the defaults are those of ``configs/default.yaml``)."""
 
     #: PPO steps (rollout + ``n_epochs`` updates) per invalid image at most
     steps: int = 10
@@ -57,14 +65,10 @@ class TTOConfig:
     kl_coef: float = 0.1
     ent_coef: float = 0.0
     max_grad_norm: float = 0.5
-    #: anatomical criteria set deciding which images are optimised and when to stop
-    criteria: str = "echo"
     #: stop at the first valid argmax prediction
     stop_when_valid: bool = True
     #: quantile of the reward map used as the "worst-case reward" when no step gives a valid prediction
     worst_quantile: float = 0.01
-    seed: int = 0
-    progress: bool = False
 
     def __post_init__(self) -> None:
         for name in ("steps", "n_samples", "n_epochs"):
@@ -72,8 +76,12 @@ class TTOConfig:
                 raise ValueError(f"TTOConfig.{name} must be >= 1, got {getattr(self, name)}")
         if not 0.0 <= self.worst_quantile <= 1.0:
             raise ValueError(f"TTOConfig.worst_quantile must be in [0, 1], got {self.worst_quantile}")
-        if self.lr <= 0 or self.clip_range <= 0:
-            raise ValueError("TTOConfig.lr and clip_range must be > 0")
+        for name in ("lr", "clip_range"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"TTOConfig.{name} must be > 0, got {getattr(self, name)}")
+        for name in ("kl_coef", "ent_coef", "max_grad_norm"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"TTOConfig.{name} must be >= 0, got {getattr(self, name)}")
 
 
 @dataclasses.dataclass
@@ -105,10 +113,8 @@ class TTOResult:
                 "tto_seconds": float(self.seconds)}
 
 
-def _valid(pred: np.ndarray, spacing, criteria: str) -> bool:
-    from reward.anatomy import is_valid
-
-    return bool(is_valid(keep_largest_foreground(pred), (1.0, 1.0) if spacing is None else spacing, criteria=criteria))
+def _valid(pred: np.ndarray, spacing, is_valid: ValidityCheck) -> bool:
+    return bool(is_valid(keep_largest_foreground(pred), (1.0, 1.0) if spacing is None else spacing))
 
 
 def _score(reward_map: np.ndarray, q: float) -> tuple[float, float]:
@@ -117,7 +123,7 @@ def _score(reward_map: np.ndarray, q: float) -> tuple[float, float]:
 
 
 def optimise_image(actor: nn.Module, image: np.ndarray, reward_model: Callable[[np.ndarray, np.ndarray], np.ndarray],
-                   config: TTOConfig, spacing: Sequence[float] | None = None,
+                   is_valid: ValidityCheck, config: TTOConfig, spacing: Sequence[float] | None = None,
                    device: str | torch.device = "cpu", generator: torch.Generator | None = None
                    ) -> tuple[np.ndarray, bool, int, float, float]:
     """Test-time optimisation of one image (module docstring).
@@ -125,6 +131,7 @@ def optimise_image(actor: nn.Module, image: np.ndarray, reward_model: Callable[[
     :param actor: the adapted actor (left unchanged: a copy is optimised).
     :param image: (H, W) float32 in [0, 1].
     :param reward_model: ``(images (B, H, W), label maps (B, H, W)) -> reward maps (B, H, W)`` in [0, 1].
+    :param is_valid: the anatomical check (:data:`ValidityCheck`).
     :return: (prediction (H, W) uint8, valid, steps used, worst-case reward before, after).
     """
     device = torch.device(device)
@@ -161,7 +168,7 @@ def optimise_image(actor: nn.Module, image: np.ndarray, reward_model: Callable[[
             opt.step()
         with torch.no_grad():
             pred = model(x).argmax(1)[0].to(torch.uint8).cpu().numpy()
-        valid = _valid(pred, spacing, config.criteria)
+        valid = _valid(pred, spacing, is_valid)
         score = _score(reward_model(image[None], pred[None])[0], config.worst_quantile)
         if (valid, score) > best[:2]:
             best = (valid, score, pred)
@@ -171,17 +178,21 @@ def optimise_image(actor: nn.Module, image: np.ndarray, reward_model: Callable[[
 
 
 def tto_predict(actor: nn.Module, images: np.ndarray,
-                       reward_model: Callable[[np.ndarray, np.ndarray], np.ndarray],
-                       config: TTOConfig | None = None, spacings: Sequence[Sequence[float] | None] | None = None,
-                       device: str | torch.device = "cpu", batch_size: int = 32,
-                       preds: np.ndarray | None = None) -> TTOResult:
+                reward_model: Callable[[np.ndarray, np.ndarray], np.ndarray], is_valid: ValidityCheck,
+                config: TTOConfig | None = None, spacings: Sequence[Sequence[float] | None] | None = None,
+                device: str | torch.device = "cpu", batch_size: int = 32, preds: np.ndarray | None = None,
+                seed: int = 0, progress: bool = False) -> TTOResult:
     """Predict ``images`` with ``actor`` and optimise the images whose prediction is anatomically invalid.
 
     :param images: (N, H, W) float32 in [0, 1].
     :param reward_model: the learned reward (:class:`reward.network.LearnedReward` or any callable with its
         signature).
+    :param is_valid: the anatomical check (:data:`ValidityCheck`) deciding which images are optimised and
+        when to stop; it sees only predictions, never labels.
     :param spacings: per-image pixel spacing (mm) for the criteria that use it (default: none).
     :param preds: the actor's argmax predictions when already computed (skips one forward pass).
+    :param seed: seeds the label-map sampling.
+    :param progress: show a progress bar over the optimised images.
     """
     config = config or TTOConfig()
     images = np.asarray(images, dtype=np.float32)
@@ -194,19 +205,16 @@ def tto_predict(actor: nn.Module, images: np.ndarray,
     out = preds.copy()
     n = len(images)
     spacing = (lambda i: None) if spacings is None else (lambda i: spacings[i])
-    valid_before = np.array([_valid(preds[i], spacing(i), config.criteria) for i in range(n)], dtype=bool)
+    valid_before = np.array([_valid(preds[i], spacing(i), is_valid) for i in range(n)], dtype=bool)
     valid_after, steps = valid_before.copy(), np.zeros(n, dtype=int)
     worst_before, worst_after = np.full(n, np.nan), np.full(n, np.nan)
     todo = np.flatnonzero(~valid_before)
-    generator = torch.Generator(device=torch.device(device)).manual_seed(config.seed)
-    torch.manual_seed(config.seed)
+    generator = torch.Generator(device=torch.device(device)).manual_seed(seed)
+    torch.manual_seed(seed)
     it = todo
-    if config.progress and len(todo):
-        from tqdm.auto import tqdm
-
+    if progress and len(todo):
         it = tqdm(todo, desc="test-time optimisation", unit="img", leave=False)
     for i in it:
         out[i], valid_after[i], steps[i], worst_before[i], worst_after[i] = optimise_image(
-            actor, images[i], reward_model, config, spacing(i), device, generator)
-    return TTOResult(out, ~valid_before, valid_before, valid_after, steps, worst_before, worst_after,
-                          time.time() - t0)
+            actor, images[i], reward_model, is_valid, config, spacing(i), device, generator)
+    return TTOResult(out, ~valid_before, valid_before, valid_after, steps, worst_before, worst_after, time.time() - t0)

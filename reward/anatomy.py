@@ -1,7 +1,7 @@
 """Anatomical validity of a 2D label map: the nine echo criteria of RL4Seg, a generic set, and a registry.
 
 A prediction becomes a pseudo-label only if it passes every criterion of the chosen set
-(METHOD.md, step 1 of the loop). Each echo criterion is a plain function returning its *value*
+(docs/method.md, step 1 of the loop). Each echo criterion is a plain function returning its *value*
 (a pixel count or a ratio); the pass rule (bounds) lives in a :class:`Criterion` next to it, so a
 report can show value, threshold and pass/fail side by side::
 
@@ -11,7 +11,7 @@ report can show value, threshold and pass/fail side by side::
     >>> is_valid(label_map)                        # fast path: stops at the first failure
     >>> validity_batch(label_maps)                 # (B,) bool
 
-Conventions (METHOD.md, ANATOMY): label maps are integer arrays (H, W) whose rows run apex -> base;
+Conventions (docs/method.md, ANATOMY): label maps are integer arrays (H, W) whose rows run apex -> base;
 LV = 1, MYO = 2 (LA = 3 when present); "small" = H * W / 2**14 pixels. All echo criteria are measured in
 pixels (counts and scale-free ratios), so they do not depend on the pixel spacing; ``spacing``
 (row_mm, col_mm) is still passed to every criterion so that custom sets can use physical units.
@@ -39,14 +39,14 @@ MeasureFn = Callable[[np.ndarray, Spacing], "float | None"]
 _EIGHT = np.ones((3, 3), dtype=bool)  # 8-connectivity / 3x3 structuring element
 _FOUR = ndimage.generate_binary_structure(2, 1)  # 4-connectivity
 
-# thresholds of METHOD.md (ANATOMY)
+# thresholds of docs/method.md (ANATOMY)
 MYO_THICKNESS_MIN = 0.12
 WIDTH_RATIO_MAX = 4.15
 FRONTIER_RANGE = (0.05, 1.5)
 
 
 def small_area(shape: tuple[int, int]) -> float:
-    """The "small" area of METHOD.md for an image of ``shape`` (H, W): ``H * W / 2**14`` pixels (4 at 256 x 256)."""
+    """The "small" area of docs/method.md for an image of ``shape`` (H, W): ``H * W / 2**14`` pixels (4 at 256 x 256)."""
     return float(shape[0] * shape[1]) / 2**14
 
 
@@ -55,7 +55,7 @@ def holes(mask: np.ndarray, structure: np.ndarray = _EIGHT) -> np.ndarray:
     """Boolean (H, W) map of the holes of ``mask``: complement regions not connected to the image border.
 
     :param mask: (H, W) bool.
-    :param structure: connectivity of the complement (3x3 ones = 8-connectivity, the METHOD.md rule).
+    :param structure: connectivity of the complement (3x3 ones = 8-connectivity, the docs/method.md rule).
     """
     mask = np.asarray(mask, dtype=bool)
     comp, n = ndimage.label(~mask, structure=structure)
@@ -315,7 +315,7 @@ class AnatomyReport:
 
 
 def make_echo_criteria(lv: int = 1, myo: int = 2, la: int | None = 3) -> list[Criterion]:
-    """The nine echo criteria of METHOD.md (ANATOMY) for the given label values, cheapest first.
+    """The nine echo criteria of docs/method.md (ANATOMY) for the given label values, cheapest first.
 
     :param lv: label value of the LV cavity (default 1).
     :param myo: label value of the myocardium (default 2).
@@ -377,7 +377,7 @@ def make_generic_criteria(structures: Mapping[str, int]) -> list[Criterion]:
     return out
 
 
-#: criterion set name -> criteria; "echo" = METHOD.md ANATOMY, "generic" = labels 1 and 2 non-empty,
+#: criterion set name -> criteria; "echo" = docs/method.md ANATOMY, "generic" = labels 1 and 2 non-empty,
 #: one piece, no holes. Add sets with :func:`register_criteria`.
 CRITERIA_SETS: dict[str, list[Criterion]] = {
     "echo": make_echo_criteria(),

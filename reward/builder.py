@@ -1,4 +1,4 @@
-"""Reward-dataset builder (METHOD.md, iteration step 1).
+"""Reward-dataset builder (docs/method.md, iteration step 1).
 
 For each new target image the current actor predicts a label map; the prediction is corrected and
 checked, and gives reward-network training samples ``(image, pred, reference)`` whose per-pixel
@@ -40,7 +40,7 @@ SAMPLE_KINDS = ("pseudo_label", "weight_noise", "contrast", "image_noise", "swap
 
 @dataclasses.dataclass
 class PerturbationConfig:
-    """Strengths of the negatives made around accepted pseudo-labels (METHOD.md defaults).
+    """Strengths of the negatives made around accepted pseudo-labels (docs/method.md defaults).
 
     :param weight_noise: std of Gaussian noise added to every actor weight; one negative per value.
     :param contrast: contrast-reduction factors (``mean + f * (x - mean)``); one negative per value.
@@ -52,6 +52,14 @@ class PerturbationConfig:
     contrast: Sequence[float] = (0.7, 0.8)
     image_noise: Sequence[float] = (0.05, 0.1)
     swap: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("weight_noise", "contrast", "image_noise"):
+            values = list(getattr(self, name))
+            if any(v < 0 for v in values):
+                raise ValueError(f"PerturbationConfig.{name} must hold values >= 0, got {values}")
+        if any(not 0 <= f <= 1 for f in self.contrast):
+            raise ValueError(f"PerturbationConfig.contrast factors must be in [0, 1], got {list(self.contrast)}")
 
 
 @dataclasses.dataclass

@@ -1,4 +1,4 @@
-"""Correctors: turn a predicted label map into a nearby plausible one (METHOD.md, loop step 1).
+"""Correctors: turn a predicted label map into a nearby plausible one (docs/method.md, loop step 1).
 
 Two stages, as in RL4Seg:
 
@@ -15,6 +15,7 @@ anatomy checks, whether a prediction becomes a pseudo-label.
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -24,9 +25,10 @@ import torch
 import torch.nn.functional as F
 from scipy import ndimage
 from torch import nn
+from tqdm.auto import tqdm
 
 from reward.anatomy import holes, largest_component
-from rl4seg_env.io import atomic_torch_save
+from rl4seg_env.io import atomic_torch_save, read_checkpoint
 from rl4seg_env.metrics import dice_per_class
 
 _EIGHT = np.ones((3, 3), dtype=bool)
@@ -194,10 +196,7 @@ class ShapeAutoEncoder(nn.Module):
     @classmethod
     def load(cls, path: str | os.PathLike, map_location: str | torch.device = "cpu") -> ShapeAutoEncoder:
         """Rebuild a saved auto-encoder (``torch.load(weights_only=True)``), in eval mode."""
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
-        missing = {"kwargs", "state_dict"} - set(ckpt) if isinstance(ckpt, dict) else {"kwargs", "state_dict"}
-        if missing:
-            raise ValueError(f"{path}: not a ShapeAutoEncoder checkpoint (missing keys {sorted(missing)})")
+        ckpt = read_checkpoint(path, "ShapeAutoEncoder", ("kwargs", "state_dict"), map_location)
         model = cls(**ckpt["kwargs"])
         model.load_state_dict(ckpt["state_dict"])
         return model.to(map_location).eval()
@@ -295,6 +294,28 @@ def _source_labels(source: Any) -> np.ndarray:
     return arr
 
 
+@dataclass
+class ShapeAEConfig:
+    """Hyper-parameters of :func:`train_shape_autoencoder` (the shape auto-encoder corrector)."""
+
+    #: passes over the source label maps
+    epochs: int = 15
+    batch_size: int = 32
+    #: Adam learning rate
+    lr: float = 1e-3
+    #: probability that a training map is damaged by :func:`corrupt_label_maps` (denoising objective)
+    corruption_p: float = 0.5
+
+    def __post_init__(self) -> None:
+        for name in ("epochs", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"ShapeAEConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if self.lr <= 0:
+            raise ValueError(f"ShapeAEConfig.lr must be > 0, got {self.lr}")
+        if not 0 <= self.corruption_p <= 1:
+            raise ValueError(f"ShapeAEConfig.corruption_p must be in [0, 1], got {self.corruption_p}")
+
+
 def train_shape_autoencoder(source: Any, epochs: int = 15, batch_size: int = 32, lr: float = 1e-3,
                             device: str | torch.device = "cpu", progress: bool = True,
                             augment_with_corruption: bool = True, n_classes: int | None = None, seed: int = 0,
@@ -319,8 +340,6 @@ def train_shape_autoencoder(source: Any, epochs: int = 15, batch_size: int = 32,
     :param model_kwargs: forwarded to :class:`ShapeAutoEncoder` (``channels``, ``latent_channels``).
     :return: the trained model, in eval mode, on ``device``.
     """
-    from tqdm.auto import tqdm
-
     labels = _source_labels(source)
     if n_classes is None:
         n_classes = int(getattr(source, "n_classes", 0)) or int(labels.max()) + 1

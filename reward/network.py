@@ -22,8 +22,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from tqdm.auto import tqdm
 
-from agents.networks import UNet, unet_kwargs
+from agents.networks import UNet, eval_mode, predict, unet_kwargs
+from reward.uncertainty import expected_calibration_error
+from rl4seg_env.io import atomic_torch_save, read_checkpoint
 
 SEG_ENCODINGS = ("onehot", "label")
 
@@ -224,29 +227,22 @@ def fit_temperature_on_labelled(net: RewardNet, actor: nn.Module, images: np.nda
     :param images: (N, H, W) float32 in [0, 1]; ``labels``: (N, H, W) integer label maps.
     :return: the temperature (see :func:`fit_temperature`).
     """
-    from agents.evaluation import predict
-
     images, labels = np.asarray(images, dtype=np.float32), np.asarray(labels)
     if images.ndim != 3 or labels.shape != images.shape:
         raise ValueError(f"fit_temperature_on_labelled: images {images.shape} and labels {labels.shape} must both "
                          "be (N, H, W)")
     device = torch.device(device)
     preds = predict(actor, images, batch_size, device)
-    was_training = net.training
-    net.eval()
     logits, targets = [], []
-    try:
-        with torch.no_grad():
-            for start in range(0, len(images), batch_size):
-                sl = slice(start, start + batch_size)
-                x = torch.as_tensor(images[sl], device=device)
-                a = torch.as_tensor(preds[sl].astype(np.int64), device=device)
-                z = net(x, a)[:, 0].cpu().numpy()
-                fg = (preds[sl] > 0) | (labels[sl] > 0)
-                logits.append(z[fg])
-                targets.append((preds[sl] == labels[sl])[fg])
-    finally:
-        net.train(was_training)
+    with eval_mode(net), torch.no_grad():
+        for start in range(0, len(images), batch_size):
+            sl = slice(start, start + batch_size)
+            x = torch.as_tensor(images[sl], device=device)
+            a = torch.as_tensor(preds[sl].astype(np.int64), device=device)
+            z = net(x, a)[:, 0].cpu().numpy()
+            fg = (preds[sl] > 0) | (labels[sl] > 0)
+            logits.append(z[fg])
+            targets.append((preds[sl] == labels[sl])[fg])
     return fit_temperature(np.concatenate(logits), np.concatenate(targets))
 
 
@@ -296,6 +292,23 @@ class RewardTrainConfig:
     tensorboard_dir: str | None = None
     #: prefix of the TensorBoard tags
     tensorboard_prefix: str = "reward_net"
+
+    def __post_init__(self) -> None:
+        for name in ("epochs", "batch_size", "calibration_max_pixels", "temperature_max_iter", "n_bins"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"RewardTrainConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if self.lr <= 0:
+            raise ValueError(f"RewardTrainConfig.lr must be > 0, got {self.lr}")
+        if not 0 < self.val_fraction < 1:
+            raise ValueError(f"RewardTrainConfig.val_fraction must be in (0, 1), got {self.val_fraction}")
+        if self.patience is not None and self.patience < 1:
+            raise ValueError(f"RewardTrainConfig.patience must be >= 1 or null, got {self.patience}")
+        if self.seg_encoding not in ("onehot", "label"):
+            raise ValueError(f"RewardTrainConfig.seg_encoding must be 'onehot' or 'label', got {self.seg_encoding!r}")
+        if self.calibration_pixels not in ("foreground", "all"):
+            raise ValueError("RewardTrainConfig.calibration_pixels must be 'foreground' or 'all', "
+                             f"got {self.calibration_pixels!r}")
+        self.channels = tuple(int(c) for c in self.channels)
 
 
 @dataclass
@@ -416,10 +429,6 @@ def train_reward_network(samples: Any, n_classes: int, config: RewardTrainConfig
 
 def _train(samples: Any, n_classes: int, config: RewardTrainConfig, device: torch.device,
            out_path: str | os.PathLike | None, metadata: dict[str, Any]) -> RewardTrainResult:
-    from tqdm.auto import tqdm
-
-    from reward.uncertainty import expected_calibration_error
-
     n = len(samples)
     rng = np.random.default_rng(config.seed)
     order = rng.permutation(n)
@@ -555,8 +564,6 @@ def save_reward_net(net: RewardNet, path: str | os.PathLike, **metadata: Any) ->
     ``metadata`` must be plain Python values (numbers, strings, lists, dicts) so that the file loads
     with ``torch.load(..., weights_only=True)``.
     """
-    from rl4seg_env.io import atomic_torch_save
-
     state = {k: v.detach().cpu() for k, v in net.state_dict().items()}
     return atomic_torch_save({"kind": _CHECKPOINT_KIND, "state_dict": state, "kwargs": net.constructor_kwargs(),
                               "temperature": float(net.temperature), "metadata": dict(metadata)}, path)
@@ -564,17 +571,10 @@ def save_reward_net(net: RewardNet, path: str | os.PathLike, **metadata: Any) ->
 
 def load_reward_net(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> tuple[RewardNet, dict]:
     """Inverse of :func:`save_reward_net`: ``(net in eval mode on map_location, metadata)``."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"reward-network checkpoint not found: {path}")
-    try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:  # corrupt or truncated file
-        raise ValueError(f"{path}: cannot read reward-network checkpoint ({type(exc).__name__}: {exc})") from exc
-    if not isinstance(ckpt, dict) or ckpt.get("kind") != _CHECKPOINT_KIND:
-        found = ckpt.get("kind", list(ckpt)[:5]) if isinstance(ckpt, dict) else type(ckpt).__name__
+    ckpt = read_checkpoint(path, "reward-network", ("kind", "kwargs", "state_dict", "temperature"), map_location)
+    if ckpt["kind"] != _CHECKPOINT_KIND:
         raise ValueError(f"{path}: not a reward-network checkpoint written by save_reward_net "
-                         f"(expected kind {_CHECKPOINT_KIND!r}, found {found!r})")
+                         f"(expected kind {_CHECKPOINT_KIND!r}, found {ckpt['kind']!r})")
     net = RewardNet(**ckpt["kwargs"])
     net.load_state_dict(ckpt["state_dict"])
     net.set_temperature(float(ckpt["temperature"]))

@@ -29,6 +29,9 @@ from pathlib import Path
 
 import numpy as np
 
+from rl4seg_env.io import atomic_write_bytes
+from rl4seg_env.metrics import dice_per_class
+
 #: default number of equal-width bins of the calibration metrics and the reliability diagram
 DEFAULT_N_BINS = 15
 #: the accumulator's fine histogram has ``DEFAULT_N_BINS * _REFINE`` bins (ACE resolution)
@@ -265,8 +268,6 @@ class UncertaintyAccumulator:
         :param dices: optional (B,) per-image Dice to correlate with the mean reward; by default the mean
             Dice over foreground classes ``1..n_classes-1`` of ``preds`` against ``gts``.
         """
-        from rl4seg_env.metrics import dice_per_class
-
         reward_maps, preds, gts = np.asarray(reward_maps), np.asarray(preds), np.asarray(gts)
         if reward_maps.ndim == 2:
             reward_maps, preds, gts = reward_maps[None], preds[None], gts[None]
@@ -313,7 +314,6 @@ class UncertaintyAccumulator:
         # each fine bin joins the equal-mass bin that contains its middle pixel
         middle = np.cumsum(self._count) - self._count / 2.0
         group = np.minimum((middle / n * self.n_bins).astype(np.int64), self.n_bins - 1)
-        cnt = np.bincount(group, weights=self._count, minlength=self.n_bins)
         su = np.bincount(group, weights=self._sum_u, minlength=self.n_bins)
         se = np.bincount(group, weights=self._sum_e, minlength=self.n_bins)
         return float(np.abs(su - se).sum() / n)
@@ -350,8 +350,6 @@ def plot_reliability_diagram(curve: ReliabilityCurve | UncertaintyAccumulator, p
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
-
-    from rl4seg_env.io import atomic_write_bytes
 
     if isinstance(curve, UncertaintyAccumulator):
         curve = curve.reliability_curve()

@@ -24,6 +24,7 @@ The error map every method is scored against is the *deterministic* prediction o
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -33,7 +34,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from agents.networks import eval_mode, image_batches, predict
+from reward.network import LearnedReward, fit_temperature_on_labelled
 from reward.uncertainty import DEFAULT_N_BINS, UncertaintyAccumulator
+from rl4seg_env.metrics import dice_per_class
 
 #: uncertainty read from (averaged) softmax probabilities
 UNCERTAINTY_KINDS = ("entropy", "max_prob", "disagreement")
@@ -95,8 +99,8 @@ def softmax_uncertainty(actor: nn.Module, images: np.ndarray | torch.Tensor, kin
         raise ValueError(f"softmax_uncertainty: kind must be 'entropy' or 'max_prob', got {kind!r}")
     device = _device(actor, device)
     out = []
-    with _eval_mode(actor):
-        for x in _batches(images, batch_size, device):
+    with eval_mode(actor):
+        for x in image_batches(images, batch_size, device):
             out.append(probabilities_to_uncertainty(torch.softmax(actor(x), 1), kind).cpu())
     return _to_numpy(out, images)
 
@@ -149,8 +153,8 @@ def mc_dropout_uncertainty(actor: nn.Module, images: np.ndarray | torch.Tensor, 
     handles = [m.register_forward_hook(hook) for m in modules]
     out = []
     try:
-        with _eval_mode(actor), _seeded(seed, device):
-            for x in _batches(images, batch_size, device):
+        with eval_mode(actor), _seeded(seed, device):
+            for x in image_batches(images, batch_size, device):
                 mean, votes = None, None
                 for _ in range(n_samples):
                     probs = torch.softmax(actor(x), 1)
@@ -209,8 +213,8 @@ def tta_uncertainty(actor: nn.Module, images: np.ndarray | torch.Tensor, n_augme
         augmentations.append((float(rng.uniform(lo, hi)), *(int(s) for s in rng.integers(-max_shift, max_shift + 1, 2)),
                               float(rng.uniform(-max_rotation, max_rotation))))
     out = []
-    with _eval_mode(actor):
-        for x in _batches(images, batch_size, device):
+    with eval_mode(actor):
+        for x in image_batches(images, batch_size, device):
             total, weight, votes = None, None, None
             for c, dy, dx, angle in augmentations:
                 m = x.mean(dim=(1, 2, 3), keepdim=True)
@@ -256,8 +260,6 @@ def accumulate_uncertainty(methods: Mapping[str, np.ndarray], preds: np.ndarray,
         raise ValueError(f"preds and gts must be (N, H, W) of the same shape, got {preds.shape} and {gts.shape}")
     if not methods:
         raise ValueError("compare_uncertainty: no method given")
-    from rl4seg_env.metrics import dice_per_class
-
     dices = dice_per_class(preds, gts, n_classes).mean(axis=1)
     out = {}
     for name, maps in methods.items():
@@ -327,8 +329,6 @@ def uncertainty_methods_benchmark(actor: nn.Module, images: np.ndarray, gts: np.
         ``"seconds"`` (wall time to compute that method's maps), and the accumulators (for reliability
         diagrams), keyed by method name.
     """
-    from agents.evaluation import predict
-
     n_classes = int(n_classes if n_classes is not None else actor.out_channels)
     device = _device(actor, device)
     preds = predict(actor, images, batch_size, device)
@@ -364,10 +364,6 @@ def _source_calibrated(reward_model, actor: nn.Module, images: np.ndarray, preds
                        calibration_images: np.ndarray, calibration_labels: np.ndarray, batch_size: int,
                        device: torch.device) -> dict[str, Callable[[], np.ndarray]]:
     """One maker: the reward network with its temperature refitted on labelled images (name holds T)."""
-    import copy
-
-    from reward.network import LearnedReward, fit_temperature_on_labelled
-
     net = copy.deepcopy(reward_model.net)
     t = fit_temperature_on_labelled(net, actor, calibration_images, calibration_labels, batch_size, device)
     net.set_temperature(t)
@@ -384,31 +380,12 @@ def _device(actor: nn.Module, device: str | torch.device | None) -> torch.device
 
 
 @contextlib.contextmanager
-def _eval_mode(actor: nn.Module) -> Iterator[None]:
-    was_training = actor.training
-    actor.eval()
-    try:
-        yield
-    finally:
-        actor.train(was_training)
-
-
-@contextlib.contextmanager
 def _seeded(seed: int, device: torch.device) -> Iterator[None]:
     """Seed torch's RNG of ``device`` inside the block and restore the previous state after it."""
     devices = [device] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices, device_type=device.type if device.type != "cpu" else "cuda"):
         torch.manual_seed(seed)
         yield
-
-
-def _batches(images: np.ndarray | torch.Tensor, batch_size: int, device: torch.device) -> Iterator[torch.Tensor]:
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    if images.ndim != 3:
-        raise ValueError(f"images must be (N, H, W), got shape {tuple(images.shape)}")
-    for start in range(0, len(images), batch_size):
-        yield torch.as_tensor(images[start:start + batch_size], dtype=torch.float32, device=device)[:, None]
 
 
 def _to_numpy(chunks: list[torch.Tensor], images: np.ndarray | torch.Tensor) -> np.ndarray:

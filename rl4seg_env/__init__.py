@@ -14,11 +14,12 @@ from __future__ import annotations
 from gymnasium.envs.registration import register, registry
 
 from rl4seg_env.env import SegEnv
-from rl4seg_env.vector import SB3VecEnvAdapter, SegVectorEnv, make_sb3_vec_env
+from rl4seg_env.vector import SegVectorEnv
 from rl4seg_env.wrappers import DownsampledActionWrapper, LearnedRewardWrapper
 
-__all__ = ["DownsampledActionWrapper", "LearnedRewardWrapper", "SB3VecEnvAdapter", "SegEnv", "SegVectorEnv",
-           "make_sb3_vec_env"]
+__version__ = "0.2.0"
+
+__all__ = ["DownsampledActionWrapper", "LearnedRewardWrapper", "SegEnv", "SegVectorEnv", "__version__"]
 
 if "RL4Seg-v0" not in registry:
     register(

@@ -44,6 +44,31 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
     return atomic_write_bytes(path, buf.getvalue())
 
 
+def read_checkpoint(path: str | os.PathLike, what: str, required: tuple[str, ...] = (),
+                    map_location: Any = "cpu") -> dict[str, Any]:
+    """Load a checkpoint dict with ``torch.load(..., weights_only=True)`` and clear errors.
+
+    :param what: the kind of checkpoint, named in errors (e.g. ``"U-Net"``).
+    :param required: keys the dict must have.
+    :raises FileNotFoundError: no such file.
+    :raises ValueError: the file is corrupt or truncated, or not a dict with the ``required`` keys.
+    """
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} checkpoint not found: {path}")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # corrupt or truncated file
+        raise ValueError(f"{path}: cannot read {what} checkpoint ({type(exc).__name__}: {exc})") from exc
+    missing = sorted(set(required) - set(ckpt)) if isinstance(ckpt, dict) else sorted(required)
+    if missing or not isinstance(ckpt, dict):
+        found = list(ckpt)[:5] if isinstance(ckpt, dict) else type(ckpt).__name__
+        raise ValueError(f"{path}: not a {what} checkpoint (missing keys {missing}; found {found})")
+    return ckpt
+
+
 def atomic_save_npz(path: str | os.PathLike, **arrays: np.ndarray) -> Path:
     """Compressed ``.npz`` written atomically."""
     buf = io.BytesIO()

@@ -74,7 +74,7 @@ def segmentation_scores(pred: np.ndarray, target: np.ndarray, spacing: tuple[flo
                         largest_component: bool = True) -> dict[str, float]:
     """Dice and Hausdorff (mm) of one (H, W) prediction per structure, as ``{"dice_lv": ..., "hd_lv": ...}``.
 
-    Follows METHOD.md: keeps the largest foreground component of the prediction first.
+    Follows docs/method.md: keeps the largest foreground component of the prediction first.
     """
     structures = ECHO_STRUCTURES if structures is None else structures
     if largest_component:

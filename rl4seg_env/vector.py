@@ -1,4 +1,4 @@
-"""A natively batched :class:`SegVectorEnv` and an SB3 ``VecEnv`` view of it.
+"""A natively batched :class:`SegVectorEnv`.
 
 :class:`SegVectorEnv` runs ``num_envs`` copies of :class:`~rl4seg_env.env.SegEnv` as arrays: one
 reward-function (or learned reward model) call on (B, H, W) per step instead of B calls on (1, H, W).
@@ -7,12 +7,12 @@ the next episodes, with the stepped episodes' observations in ``info["final_obs"
 ``info["final_info"]`` - exactly what ``SyncVectorEnv(..., autoreset_mode=AutoresetMode.SAME_STEP)``
 returns over ``SegEnv`` copies for the same seeds (sub-env ``i`` is seeded ``seed + i``).
 
-:class:`SB3VecEnvAdapter` exposes it as a ``stable_baselines3.common.vec_env.VecEnv`` (list of per-env
-info dicts, ``terminal_observation``), for PixelPPO and other SB3-style algorithms.
+Stable-Baselines3 sees it through :class:`agents.vec_env.SB3VecEnvAdapter` (this package never imports
+Stable-Baselines3: the env works with any RL library).
 """
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import gymnasium as gym
@@ -20,8 +20,6 @@ import numpy as np
 from gymnasium.utils import seeding
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
-from stable_baselines3.common.vec_env import VecEnv
-from stable_baselines3.common.vec_env.base_vec_env import VecEnvIndices, VecEnvObs, VecEnvStepReturn
 
 from rl4seg_env.data import Sample, SegDataset
 from rl4seg_env.env import (
@@ -202,89 +200,4 @@ class SegVectorEnv(DatasetEpisodes, VectorEnv):
                 "index": self._indices.copy(), "_index": _all(b)}  # type: ignore[union-attr]
 
 
-def vector_info_to_list(info: Mapping[str, Any], num_envs: int) -> list[dict[str, Any]]:
-    """Gymnasium vector info (arrays + ``_key`` masks) -> one dict per env (only the keys it has)."""
-    out: list[dict[str, Any]] = [{} for _ in range(num_envs)]
-    for key, value in info.items():
-        if key.startswith("_"):
-            continue
-        mask = info.get(f"_{key}", _all(num_envs))
-        per_env = vector_info_to_list(value, num_envs) if isinstance(value, Mapping) else value
-        for i in np.flatnonzero(mask):
-            out[i][key] = per_env[i]
-    return out
-
-
-class SB3VecEnvAdapter(VecEnv):
-    """A Stable-Baselines3 ``VecEnv`` over a :class:`SegVectorEnv` (rewards stay batched).
-
-    ``step_wait`` returns the next episodes' observations (B, H, W, 1) uint8, float32 (B,) rewards, all
-    ``dones`` ``True`` and a list of B info dicts with the stepped episode's keys (``reward_map``,
-    ``sample_id``, ``index``, ``dice``, ``pseudo_label``, ``gt_reward_map`` when present) plus
-    ``terminal_observation`` and ``TimeLimit.truncated``. ``env_method(name, *args)`` calls the batched
-    env's method once and returns its result repeated for each requested index; ``get_attr`` /
-    ``set_attr`` likewise act on the batched env. ``seed(s)`` before ``reset()`` seeds sub-env ``i`` with
-    ``s + i``; reset options are taken from env 0 (``{"index": [i_0, ..., i_B-1]}`` selects all images).
-
-    :param vec_env: the batched env.
-    """
-
-    def __init__(self, vec_env: SegVectorEnv) -> None:
-        if not isinstance(vec_env.unwrapped, SegVectorEnv):
-            raise TypeError(f"SB3VecEnvAdapter needs a SegVectorEnv, found {type(vec_env).__name__}")
-        self.venv = vec_env
-        self._actions: np.ndarray | None = None
-        super().__init__(vec_env.num_envs, vec_env.single_observation_space, vec_env.single_action_space)
-
-    def reset(self) -> VecEnvObs:
-        seeds = None if all(s is None for s in self._seeds) else list(self._seeds)
-        options = self._options[0] if self._options[0] else None
-        obs, info = self.venv.reset(seed=seeds, options=options)
-        self.reset_infos = vector_info_to_list(info, self.num_envs)
-        self._reset_seeds()
-        self._reset_options()
-        return obs
-
-    def step_async(self, actions: np.ndarray) -> None:
-        self._actions = np.asarray(actions)
-
-    def step_wait(self) -> VecEnvStepReturn:
-        obs, rewards, terminated, truncated, info = self.venv.step(self._actions)
-        infos = vector_info_to_list(info.get("final_info", {}), self.num_envs)
-        for i, env_info in enumerate(infos):
-            env_info["terminal_observation"] = info["final_obs"][i]
-            env_info["TimeLimit.truncated"] = bool(truncated[i] and not terminated[i])
-        self.reset_infos = vector_info_to_list({k: v for k, v in info.items() if "final_" not in k}, self.num_envs)
-        return obs, rewards.astype(np.float32), terminated | truncated, infos
-
-    def close(self) -> None:
-        self.venv.close()
-
-    def _count(self, indices: VecEnvIndices) -> int:
-        return len(list(self._get_indices(indices)))
-
-    def get_attr(self, attr_name: str, indices: VecEnvIndices = None) -> list[Any]:
-        return [getattr(self.venv, attr_name)] * self._count(indices)
-
-    def set_attr(self, attr_name: str, value: Any, indices: VecEnvIndices = None) -> None:
-        setattr(self.venv, attr_name, value)
-
-    def env_method(self, method_name: str, *method_args: Any, indices: VecEnvIndices = None,
-                   **method_kwargs: Any) -> list[Any]:
-        result = getattr(self.venv, method_name)(*method_args, **method_kwargs)
-        return [result] * self._count(indices)
-
-    def env_is_wrapped(self, wrapper_class: type[gym.Wrapper], indices: VecEnvIndices = None) -> list[bool]:
-        return [False] * self._count(indices)  # the batched env has no per-env wrappers
-
-    def get_images(self) -> Sequence[np.ndarray | None]:
-        frames = self.venv.render()
-        return list(frames) if frames is not None else [None] * self.num_envs
-
-
-def make_sb3_vec_env(num_envs: int = 8, **kwargs: Any) -> SB3VecEnvAdapter:
-    """``SB3VecEnvAdapter(SegVectorEnv(num_envs, **kwargs))``; kwargs as for :class:`SegVectorEnv`."""
-    return SB3VecEnvAdapter(SegVectorEnv(num_envs, **kwargs))
-
-
-__all__ = ["SB3VecEnvAdapter", "SegVectorEnv", "make_sb3_vec_env", "vector_info_to_list"]
+__all__ = ["SegVectorEnv"]

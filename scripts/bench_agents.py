@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import sys
 import time
 
 import numpy as np
@@ -24,12 +23,11 @@ from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.vec_env import VecEnv
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import rl4seg_env  # noqa: E402,F401  (registers RL4Seg-v0 / RL4SegSmall-v0)
-from agents import PixelPPO  # noqa: E402
-from rl4seg_env.io import atomic_write_text  # noqa: E402
-from rl4seg_env.vector import make_sb3_vec_env  # noqa: E402
+import rl4seg_env  # noqa: F401  (registers RL4Seg-v0 / RL4SegSmall-v0)
+from agents import PixelPPO
+from rl4seg_env.io import atomic_write_text
+from agents.vec_env import make_sb3_vec_env
 
 
 class StopAfterSeconds(BaseCallback):

@@ -11,17 +11,14 @@ available, else ellipse toys); invalid masks are the same maps damaged by
 from __future__ import annotations
 
 import argparse
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from reward.anatomy import check_anatomy, is_valid  # noqa: E402
-from reward.correctors import corrupt_label_maps, morphological_correction  # noqa: E402
+from reward.anatomy import check_anatomy, is_valid
+from reward.correctors import corrupt_label_maps, morphological_correction
 
 
 def ellipse_masks(n: int, size: int, seed: int = 0) -> np.ndarray:

@@ -9,15 +9,12 @@ Images are generated from scratch (``cache_size=0``), one process, one torch/BLA
 from __future__ import annotations
 
 import argparse
-import sys
 import time
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from rl4seg_env.data.synthetic import SyntheticEcho, available_presets  # noqa: E402
+from rl4seg_env.data.synthetic import SyntheticEcho, available_presets
 
 
 def time_generation(preset: str, size: int, n: int) -> float:

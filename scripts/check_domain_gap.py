@@ -9,18 +9,15 @@ the target itself (the gap RL4Seg closes), while still far from chance (the targ
 from __future__ import annotations
 
 import argparse
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from agents.networks import UNet  # noqa: E402
-from rl4seg_env.data.synthetic import DEFAULT_TARGET, SyntheticEcho, available_presets  # noqa: E402
-from rl4seg_env.metrics import dice_per_class  # noqa: E402
+from agents.networks import UNet
+from rl4seg_env.data.synthetic import DEFAULT_TARGET, SyntheticEcho, available_presets
+from rl4seg_env.metrics import dice_per_class
 
 
 def load_arrays(dataset: SyntheticEcho) -> tuple[torch.Tensor, torch.Tensor]:

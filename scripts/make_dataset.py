@@ -9,13 +9,11 @@ A split with 0 images is left out.
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from rl4seg_env.data.nifti import export_to_nifti_folder  # noqa: E402
-from rl4seg_env.data.synthetic import SyntheticEcho, available_presets  # noqa: E402
+from rl4seg_env.data.nifti import export_to_nifti_folder
+from rl4seg_env.data.synthetic import SyntheticEcho, available_presets
 
 
 def main(argv: list[str] | None = None) -> Path:

@@ -8,16 +8,14 @@ the label contours (red LV, yellow myocardium, cyan left atrium).
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 import matplotlib
 
 matplotlib.use("Agg")
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
-from rl4seg_env.data.synthetic import PRESETS, SyntheticEcho, available_presets  # noqa: E402
+from rl4seg_env.data.synthetic import PRESETS, SyntheticEcho, available_presets
 
 CONTOUR_COLOURS = ("red", "yellow", "cyan")  # LV, MYO, LA
 

@@ -1,11 +1,11 @@
-"""Domain-adaptation baselines: AdaBN, TENT, pseudo-label self-training (agents/baselines.py)."""
+"""Domain-adaptation baselines: AdaBN, TENT, pseudo-label self-training (pipeline/baselines.py)."""
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
-from agents.baselines import (AdaBNConfig, SelfTrainingConfig, SelfTrainingResult, TentConfig, adabn,
+from pipeline.baselines import (AdaBNConfig, SelfTrainingConfig, SelfTrainingResult, TentConfig, adabn,
                               mean_prediction_entropy, norm_layers, select_pseudo_labels, self_training, tent)
 from agents.networks import UNet
 from rl4seg_env.data import make_dataset
@@ -17,7 +17,7 @@ torch.set_num_threads(1)
 def target_images():
     ds = make_dataset("synthetic", preset="default_target", split="train", n_images=16, image_size=32,
                       with_labels=False)
-    from agents.evaluation import load_images
+    from rl4seg_env.data.base import load_images
 
     images, _ = load_images(ds)
     return images
@@ -100,7 +100,7 @@ def test_self_training_with_a_filter_that_rejects_everything_changes_nothing(tar
 
 
 def test_self_training_trains_only_on_accepted_pseudo_labels(target_images, monkeypatch):
-    from agents.evaluation import predict
+    from agents.networks import predict
 
     actor = _actor()
     preds0 = predict(actor, target_images, 8)

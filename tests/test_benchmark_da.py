@@ -1,15 +1,16 @@
-"""Domain-adaptation benchmark (agents/benchmark_da.py, scripts/benchmark_da.py) on a tiny quick run."""
+"""Domain-adaptation benchmark (pipeline/benchmark_da.py, scripts/benchmark_da.py) on a tiny quick run."""
 import csv
-import importlib.util
 import json
 import math
 from pathlib import Path
 
 import pytest
+
+from pipeline.commands import benchmark_da as benchmark_da_command
 import torch
 
-from agents.benchmark_da import METHODS, DABenchmark, skip_reason, summarize, write_tables
-from agents.config import load_config
+from pipeline.benchmark_da import METHODS, DABenchmark, skip_reason, summarize, write_tables
+from pipeline.config import load_config
 
 torch.set_num_threads(1)
 ROOT = Path(__file__).resolve().parents[1]
@@ -21,10 +22,7 @@ METHODS_RUN = ["source_only", "oracle", "adabn", "tent", "self_training", "rl4se
 
 
 def _script():
-    spec = importlib.util.spec_from_file_location("benchmark_da_script", ROOT / "scripts" / "benchmark_da.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return benchmark_da_command
 
 
 @pytest.fixture(scope="module")

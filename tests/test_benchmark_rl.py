@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import csv
-import importlib.util
 import time
 from pathlib import Path
 
@@ -11,16 +10,16 @@ import pytest
 import torch
 from stable_baselines3 import A2C
 
-from agents.benchmark import (
+from pipeline.benchmark_rl import (
     BenchmarkSettings,
     HeldOutEvalCallback,
     HeldOutSet,
-    ZooConfigError,
     block_majority,
-    load_zoo_config,
     make_predictor,
     make_train_env,
 )
+from pipeline.commands import benchmark_rl as benchmark_rl_command
+from pipeline.zoo import ZooConfigError, load_zoo_config
 from rl4seg_env.wrappers import coarse_to_full
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -30,10 +29,7 @@ ZOO = ROOT / "configs" / "zoo" / "rl4seg.yml"
 
 
 def load_script():
-    spec = importlib.util.spec_from_file_location("benchmark_rl", ROOT / "scripts" / "benchmark_rl.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return benchmark_rl_command
 
 
 def read_csv(path: Path) -> tuple[list[str], list[dict[str, str]]]:

@@ -6,8 +6,8 @@ source-only); ECE <= 0.05 holds on the reward network's validation split, not on
 """
 import pytest
 
-from agents.config import load_config
-from agents.loop import RL4SegRun, gap_closed
+from pipeline.config import load_config
+from pipeline.loop import RL4SegRun, gap_closed
 
 
 @pytest.mark.slow

@@ -182,7 +182,8 @@ def test_render_rgb_panel(env: SegEnv) -> None:
 # ----------------------------------------------------------------------------------------------
 from gymnasium.vector import AutoresetMode, SyncVectorEnv  # noqa: E402
 
-from rl4seg_env.vector import SB3VecEnvAdapter, SegVectorEnv  # noqa: E402
+from agents.vec_env import SB3VecEnvAdapter
+from rl4seg_env.vector import SegVectorEnv  # noqa: E402
 
 
 class CountingReward(rl4seg_env.rewards.PixelAccuracyReward):

@@ -1,20 +1,19 @@
 """scripts/evaluate.py and the evaluation helpers it calls (prediction folders, summary files)."""
 import csv
 import json
-import sys
 
 import numpy as np
 import pytest
 import torch
 
-sys.path.insert(0, "scripts")
 
-from agents.evaluation import evaluate_predictions, load_prediction_folder, predict  # noqa: E402
-from agents.networks import UNet, save_unet  # noqa: E402
-from reward.network import RewardNet, save_reward_net  # noqa: E402
-from rl4seg_env.data.base import resize_label  # noqa: E402
-from rl4seg_env.data.nifti import write_nifti_2d  # noqa: E402
-from rl4seg_env.data.synthetic import SyntheticEcho  # noqa: E402
+from agents.networks import predict
+from pipeline.evaluation import evaluate_predictions, load_prediction_folder
+from agents.networks import UNet, save_unet
+from reward.network import RewardNet, save_reward_net
+from rl4seg_env.data.base import resize_label
+from rl4seg_env.data.nifti import write_nifti_2d
+from rl4seg_env.data.synthetic import SyntheticEcho
 
 SIZE, N = 32, 3
 DATA_ARGS = ["--dataset", "synthetic", "--preset", "default_target", "--split", "test", "--n", str(N),
@@ -47,7 +46,7 @@ def read_outputs(out):
 
 
 def test_perfect_prediction_folder_scores_dice_one_and_full_validity(tmp_path, dataset, capsys):
-    import evaluate
+    from pipeline.commands import evaluate
 
     write_ground_truth_predictions(tmp_path / "preds", dataset)
     out = tmp_path / "eval"
@@ -76,7 +75,7 @@ def test_prediction_folder_is_resized_with_nearest_neighbour(tmp_path, dataset):
 
 
 def test_missing_prediction_ids_are_listed(tmp_path, dataset, capsys):
-    import evaluate
+    from pipeline.commands import evaluate
 
     write_ground_truth_predictions(tmp_path / "preds", dataset)
     missing = dataset[1].id
@@ -98,7 +97,7 @@ def test_prediction_with_unknown_labels_is_refused(tmp_path, dataset):
 
 @pytest.mark.filterwarnings("ignore:reward_dice_correlation")  # an untrained actor: every Dice is 0
 def test_checkpoint_with_reward_network(tmp_path, dataset):
-    import evaluate
+    from pipeline.commands import evaluate
 
     torch.manual_seed(0)
     actor = UNet(1, 3, (4, 8)).eval()
@@ -130,7 +129,7 @@ def test_checkpoint_with_reward_network(tmp_path, dataset):
 
 
 def test_class_count_mismatch_is_a_clear_error(tmp_path, capsys):
-    import evaluate
+    from pipeline.commands import evaluate
 
     save_unet(UNet(1, 4, (4, 8)).eval(), str(tmp_path / "actor.pt"))
     assert evaluate.main(["--actor", str(tmp_path / "actor.pt"), *DATA_ARGS, "--out", str(tmp_path / "e")]) == 2
@@ -138,7 +137,7 @@ def test_class_count_mismatch_is_a_clear_error(tmp_path, capsys):
 
 
 def test_nifti_dataset_needs_a_manifest(tmp_path, capsys):
-    import evaluate
+    from pipeline.commands import evaluate
 
     assert evaluate.main(["--predictions", str(tmp_path), "--dataset", "nifti", "--out", str(tmp_path / "e")]) == 2
     assert "--dataset nifti needs --manifest" in capsys.readouterr().err

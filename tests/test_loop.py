@@ -5,8 +5,8 @@ import shutil
 
 import pytest
 
-from agents.config import load_config
-from agents.loop import RL4SegRun
+from pipeline.config import load_config
+from pipeline.loop import RL4SegRun
 
 QUICK = ["progress=false", "evaluation.oracle=false"]
 
@@ -35,7 +35,7 @@ def _seed_run_dir(pretrained, run_dir):
 def _new_run(pretrained, run_dir, *extra):
     _seed_run_dir(pretrained, run_dir)
     cfg = _config(run_dir, *extra)
-    from agents.config import save_config
+    from pipeline.config import save_config
 
     save_config(cfg, run_dir / "config.yaml")
     return RL4SegRun(resume=True, run_dir=run_dir)
@@ -64,7 +64,7 @@ def test_full_loop_writes_run_directory_and_report(pretrained, tmp_path):
     for col in ("iteration", "dice_lv", "dice_myo", "dice_epi", "hd_lv", "validity_pct", "accepted",
                 "n_samples", "ece_before", "ece_after", "reward_correlation"):
         assert col in header, col
-    # the schedule of METHOD.md: entropy 0.3/(2i), KL 0.1/(2i), batch 8i (quick config: base 4)
+    # the schedule of docs/method.md: entropy 0.3/(2i), KL 0.1/(2i), batch 8i (quick config: base 4)
     assert rows[1]["ent_coef"] == pytest.approx(0.15) and rows[2]["ent_coef"] == pytest.approx(0.075)
     assert rows[2]["kl_coef"] == pytest.approx(0.025) and rows[2]["batch_size"] == 2 * rows[1]["batch_size"]
     # the reward dataset accumulates and every iteration is recorded once

@@ -345,7 +345,7 @@ def test_policy_outputs_have_pixel_shapes(dataset):
 
 def test_batched_env_adapter(dataset):
     """The natively batched env (one reward call per step for all images) works like DummyVecEnv."""
-    from rl4seg_env.vector import make_sb3_vec_env
+    from agents.vec_env import make_sb3_vec_env
 
     env = make_sb3_vec_env(4, dataset=dataset, reward="accuracy")
     model = PixelPPO("PixelUNetPolicy", env, n_steps=2, policy_kwargs=SMALL, seed=0, device="cpu")

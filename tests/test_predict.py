@@ -1,14 +1,12 @@
-import sys
 
 import nibabel as nib
 import numpy as np
 import pytest
 
-sys.path.insert(0, "scripts")
 
-from agents.networks import UNet, save_unet  # noqa: E402
-from rl4seg_env.data.nifti import export_to_nifti_folder, read_nifti_2d  # noqa: E402
-from rl4seg_env.data.synthetic import SyntheticEcho  # noqa: E402
+from agents.networks import UNet, save_unet
+from rl4seg_env.data.nifti import export_to_nifti_folder, read_nifti_2d
+from rl4seg_env.data.synthetic import SyntheticEcho
 
 
 @pytest.fixture()
@@ -19,7 +17,7 @@ def actor(tmp_path):
 
 
 def test_predict_folder_keeps_original_shape_and_spacing(tmp_path, actor):
-    import predict
+    from pipeline.commands import predict
 
     export_to_nifti_folder({"test": SyntheticEcho("default_target", "test", n_images=2, image_size=(48, 80))},
                            tmp_path / "data", progress=False)
@@ -37,7 +35,7 @@ def test_predict_folder_keeps_original_shape_and_spacing(tmp_path, actor):
 
 
 def test_predict_missing_input_is_a_clear_error(tmp_path, actor, capsys):
-    import predict
+    from pipeline.commands import predict
 
     assert predict.main(["--actor", str(actor), "--input", str(tmp_path / "nope"), "--out", str(tmp_path)]) == 2
     assert "input not found" in capsys.readouterr().err
@@ -46,7 +44,7 @@ def test_predict_missing_input_is_a_clear_error(tmp_path, actor, capsys):
 
 
 def test_predict_with_test_time_optimisation(tmp_path, actor, capsys):
-    import predict
+    from pipeline.commands import predict
     from reward.network import RewardNet, save_reward_net
 
     args = ["--actor", str(actor), "--synthetic", "default_target", "--n", "2", "--size", "32", "--no-png", "--tto",

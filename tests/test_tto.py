@@ -5,8 +5,13 @@ import torch
 
 from agents.networks import UNet
 from agents.test_time import TTOConfig, tto_predict
+from functools import partial
+
 from reward.anatomy import is_valid
 from rl4seg_env.data.synthetic import SyntheticEcho
+
+ECHO = partial(is_valid, criteria="echo")
+GENERIC = partial(is_valid, criteria="generic")
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +64,7 @@ def test_tto_raises_the_reward_of_an_invalid_prediction(data):
     torch.manual_seed(0)
     actor = UNet(1, 3, channels=(8, 16), norm="batch").eval()  # random: noise predictions, invalid
     before = {k: v.clone() for k, v in actor.state_dict().items()}
-    result = tto_predict(actor, images[:1], reward, TTOConfig(steps=10, lr=2e-3, kl_coef=0.0, criteria="generic"))
+    result = tto_predict(actor, images[:1], reward, GENERIC, TTOConfig(steps=10, lr=2e-3, kl_coef=0.0))
     acc_before = (np.asarray(actor(torch.as_tensor(images[:1])[:, None]).argmax(1)) == labels[:1]).mean()
     acc_after = (result.preds == labels[:1]).mean()
     assert result.optimised.tolist() == [True] and result.steps.tolist() == [10]
@@ -80,7 +85,7 @@ def test_valid_predictions_are_kept_and_invalid_ones_replaced_by_the_first_valid
     broken[labels[1] == 2] = np.where(np.arange((labels[1] == 2).sum()) % 7 == 0, 0, 2)  # and holes in it
     assert not is_valid(broken)
     preds = np.stack([labels[0], broken])
-    result = tto_predict(actor, images, reward, TTOConfig(steps=5, lr=1e-4), preds=preds)
+    result = tto_predict(actor, images, reward, ECHO, TTOConfig(steps=5, lr=1e-4), preds=preds)
     assert result.optimised.tolist() == [False, True]
     assert result.valid_before.tolist() == [True, False] and result.valid_after.tolist() == [True, True]
     np.testing.assert_array_equal(result.preds[0], labels[0])  # valid: untouched
@@ -96,7 +101,7 @@ def test_tto_is_deterministic_for_a_seed(data):
     reward.images_ref.extend(images)
     torch.manual_seed(1)
     actor = UNet(1, 3, channels=(8, 16), norm="batch").eval()
-    runs = [tto_predict(actor, images, reward, TTOConfig(steps=3, lr=2e-3, criteria="generic", seed=3))
+    runs = [tto_predict(actor, images, reward, GENERIC, TTOConfig(steps=3, lr=2e-3), seed=3)
             for _ in range(2)]
     np.testing.assert_array_equal(runs[0].preds, runs[1].preds)
 
@@ -105,6 +110,6 @@ def test_tto_checks_its_inputs(data):
     images, labels = data
     actor = UNet(1, 3, channels=(4, 8), norm="batch").eval()
     with pytest.raises(ValueError, match=r"\(N, H, W\)"):
-        tto_predict(actor, images[0], lambda i, a: np.ones(a.shape, np.float32))
+        tto_predict(actor, images[0], lambda i, a: np.ones(a.shape, np.float32), ECHO)
     with pytest.raises(ValueError, match="spacings"):
-        tto_predict(actor, images, lambda i, a: np.ones(a.shape, np.float32), spacings=[(1.0, 1.0)])
+        tto_predict(actor, images, lambda i, a: np.ones(a.shape, np.float32), ECHO, spacings=[(1.0, 1.0)])

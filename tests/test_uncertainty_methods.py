@@ -1,17 +1,15 @@
 """Softmax, MC-dropout and TTA uncertainty maps, their comparison, and scripts/benchmark_uncertainty.py."""
 import csv
 import json
-import sys
 
 import numpy as np
 import pytest
 import torch
 from torch import nn
 
-sys.path.insert(0, "scripts")
 
-from agents.networks import UNet  # noqa: E402
-from reward.uncertainty_methods import (compare_uncertainty, mc_dropout_uncertainty,  # noqa: E402
+from agents.networks import UNet
+from reward.uncertainty_methods import (compare_uncertainty, mc_dropout_uncertainty,
                                         probabilities_to_uncertainty, softmax_uncertainty, tta_uncertainty,
                                         uncertainty_methods_benchmark)
 
@@ -177,7 +175,7 @@ def test_compare_uncertainty_refuses_mismatched_maps():
 
 @pytest.mark.filterwarnings("ignore:reward_dice_correlation")
 def test_benchmark_has_one_row_per_method(actor, images):
-    from agents.evaluation import predict
+    from agents.networks import predict
 
     gts = predict(actor, images)
     gts[:, 4:12, 6:18] = (gts[:, 4:12, 6:18] + 1) % 3  # errors in a box, correct elsewhere
@@ -198,9 +196,9 @@ def test_source_recalibration_needs_a_learned_reward(actor, images):
 
 @pytest.mark.filterwarnings("ignore:reward_dice_correlation")
 def test_benchmark_script_on_a_run_directory(tmp_path, capsys):
-    import benchmark_uncertainty
+    from pipeline.commands import benchmark_uncertainty
 
-    from agents.config import load_config, save_config
+    from pipeline.config import load_config, save_config
     from agents.networks import save_unet
     from reward.network import RewardNet, save_reward_net
 

@@ -16,6 +16,7 @@ import dataclasses
 from collections.abc import Sequence
 
 import numpy as np
+from tqdm.auto import tqdm
 
 #: CAMUS label convention. Index = label value.
 CAMUS_CLASS_NAMES: tuple[str, ...] = ("background", "lv", "myo", "la")
@@ -175,3 +176,14 @@ class SubsetDataset(SegDataset):
     @property
     def skipped(self) -> list[tuple[str, str]]:
         return self.base.skipped
+
+
+def load_images(dataset: SegDataset, n: int | None = None, progress: bool = False, desc: str = "loading"
+                ) -> tuple[np.ndarray, list[str]]:
+    """First ``n`` images of ``dataset`` stacked as (N, H, W) float32, with their ids (labels untouched)."""
+    n = len(dataset) if n is None else min(n, len(dataset))
+    idx = range(n)
+    if progress:
+        idx = tqdm(idx, desc=desc, unit="img", leave=False)
+    samples = [dataset[i] for i in idx]
+    return np.stack([s.image for s in samples]).astype(np.float32), [s.id for s in samples]

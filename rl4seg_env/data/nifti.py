@@ -478,11 +478,16 @@ def export_to_nifti_folder(
                     write_nifti_2d(out_dir / label_rel, sample.label.astype(np.uint8), sample.spacing)
                 rows.append({"id": sample.id, "image": image_rel, "label": label_rel, "split": split})
                 bar.update(1)
+    return write_manifest(out_dir / "manifest.csv", rows)
+
+
+def write_manifest(path: str | Path, rows: Sequence[dict[str, str]]) -> Path:
+    """Write a manifest CSV (columns :data:`MANIFEST_COLUMNS`; paths relative to its folder or absolute)."""
     text = io.StringIO()
     writer = csv.DictWriter(text, fieldnames=list(MANIFEST_COLUMNS), lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
-    return atomic_write_text(out_dir / "manifest.csv", text.getvalue())
+    return atomic_write_text(path, text.getvalue())
 
 
 __all__ = [
@@ -491,5 +496,6 @@ __all__ = [
     "NiftiFolderDataset",
     "export_to_nifti_folder",
     "read_nifti_2d",
+    "write_manifest",
     "write_nifti_2d",
 ]

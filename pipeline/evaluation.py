@@ -1,4 +1,4 @@
-"""Evaluation of a segmentation actor on a labelled dataset (METHOD.md, "Evaluation").
+"""Evaluation of a segmentation actor on a labelled dataset (docs/method.md, "Evaluation").
 
 Argmax prediction, keep the largest foreground component, then per-structure Dice and Hausdorff
 distance (mm, with each image's spacing) for LV, MYO and epicardium, anatomical validity with the
@@ -8,16 +8,20 @@ Labels are read here only: training code never calls this module on target data.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-import torch
-from torch import nn
 
-from rl4seg_env.data.base import SegDataset
+from pipeline.tables import rows_to_csv
+from reward.anatomy import check_anatomy
+from reward.uncertainty import UncertaintyAccumulator
+from rl4seg_env.data.base import SegDataset, resize_label
+from rl4seg_env.data.nifti import read_nifti_2d
+from rl4seg_env.io import atomic_write_text
 from rl4seg_env.metrics import ECHO_STRUCTURES, keep_largest_foreground, segmentation_scores
 
 
@@ -27,42 +31,6 @@ class EvaluationResult:
 
     per_image: list[dict]
     summary: dict[str, float]
-
-
-def load_images(dataset: SegDataset, n: int | None = None, progress: bool = False, desc: str = "loading"
-                ) -> tuple[np.ndarray, list[str]]:
-    """First ``n`` images of ``dataset`` stacked as (N, H, W) float32, with their ids (labels untouched)."""
-    n = len(dataset) if n is None else min(n, len(dataset))
-    idx = range(n)
-    if progress:
-        from tqdm.auto import tqdm
-
-        idx = tqdm(idx, desc=desc, unit="img", leave=False)
-    samples = [dataset[i] for i in idx]
-    return np.stack([s.image for s in samples]).astype(np.float32), [s.id for s in samples]
-
-
-@torch.no_grad()
-def predict(actor: nn.Module, images: np.ndarray, batch_size: int = 32, device: str | torch.device = "cpu",
-            return_probs: bool = False) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
-    """Argmax label maps (N, H, W) uint8 of ``actor`` on images (N, H, W) float32 in [0, 1].
-
-    With ``return_probs`` also returns the softmax probabilities (N, C, H, W) float32.
-    """
-    was_training = actor.training
-    actor.eval()
-    preds, probs = [], []
-    try:
-        for start in range(0, len(images), batch_size):
-            x = torch.as_tensor(images[start:start + batch_size], dtype=torch.float32, device=device)[:, None]
-            logits = actor(x)
-            preds.append(logits.argmax(1).to(torch.uint8).cpu().numpy())
-            if return_probs:
-                probs.append(torch.softmax(logits, 1).cpu().numpy())
-    finally:
-        actor.train(was_training)
-    out = np.concatenate(preds)
-    return (out, np.concatenate(probs)) if return_probs else out
 
 
 def evaluate_predictions(preds: np.ndarray, dataset: SegDataset, images: np.ndarray | None = None,
@@ -79,8 +47,6 @@ def evaluate_predictions(preds: np.ndarray, dataset: SegDataset, images: np.ndar
     """
     if not dataset.with_labels:
         raise ValueError("evaluation needs a labelled dataset (built with with_labels=True)")
-    from reward.anatomy import check_anatomy
-
     structures = ECHO_STRUCTURES if structures is None else structures
     rows: list[dict] = []
     labels = []
@@ -123,8 +89,6 @@ def summarize(rows: list[dict], structures: dict[str, tuple[int, ...]] | None = 
 
 
 def _uncertainty_summary(reward_model, images, preds, labels, rows, n_classes: int) -> dict[str, float]:
-    from reward.uncertainty import UncertaintyAccumulator
-
     acc = UncertaintyAccumulator(n_classes)
     mean_rewards = []
     for start in range(0, len(images), 64):
@@ -143,7 +107,7 @@ def _uncertainty_summary(reward_model, images, preds, labels, rows, n_classes: i
 def prediction_file_names(sample_id: str) -> list[str]:
     """File names accepted for the prediction of ``sample_id``, in order of preference.
 
-    ``<id>_seg.nii.gz`` (what :func:`agents.inference.export_predictions` writes), then ``<id>.nii.gz``, and
+    ``<id>_seg.nii.gz`` (what :func:`pipeline.inference.export_predictions` writes), then ``<id>.nii.gz``, and
     the same with ``.nii``; ``<id>`` is also tried with the characters other than letters, digits, ``-_.``
     replaced by ``_`` (the file-name-safe form export_predictions uses).
     """
@@ -165,9 +129,6 @@ def load_prediction_folder(folder: str | os.PathLike, dataset: SegDataset) -> np
         message lists them, with the names that were looked for).
     :raises ValueError: a file holds non-integer values or labels outside ``0..n_classes-1``.
     """
-    from rl4seg_env.data.base import resize_label
-    from rl4seg_env.data.nifti import read_nifti_2d
-
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"prediction folder not found: {folder}")
@@ -237,42 +198,10 @@ def write_evaluation(result: EvaluationResult, out_dir: str | os.PathLike, metad
     :return: ``{"csv": ..., "json": ..., "markdown": ...}`` paths. NaN (undefined Hausdorff, correlation)
         is written as an empty CSV cell and as JSON ``null``.
     """
-    import csv
-    import io
-    import json
-
-    from rl4seg_env.io import atomic_write_text
-
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    fields = list(dict.fromkeys(k for row in result.per_image for k in row))
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=fields)
-    writer.writeheader()
-    for row in result.per_image:
-        writer.writerow({k: ("" if isinstance(v, float) and not np.isfinite(v) else v) for k, v in row.items()})
     finite = {k: (float(v) if np.isfinite(v) else None) for k, v in result.summary.items()}
     doc = {"metadata": dict(metadata or {}), "summary": finite}
-    return {"csv": atomic_write_text(out_dir / "per_image.csv", buf.getvalue()),
+    return {"csv": atomic_write_text(out_dir / "per_image.csv", rows_to_csv(result.per_image)),
             "json": atomic_write_text(out_dir / "summary.json", json.dumps(doc, indent=1) + "\n"),
             "markdown": atomic_write_text(out_dir / "summary.md", evaluation_markdown(result.summary, title))}
-
-
-def last_completed_iteration(run_dir: str | os.PathLike) -> int:
-    """The last RL4Seg iteration ``state.json`` of a ``scripts/train_loop.py`` run marks as completed.
-
-    :raises FileNotFoundError: ``run_dir`` has no ``state.json``.
-    :raises ValueError: the state is corrupt or no iteration is completed yet.
-    """
-    import json
-
-    path = Path(run_dir) / "state.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"{run_dir}: not a run directory of scripts/train_loop.py (no state.json)")
-    try:
-        done = int(json.loads(path.read_text())["completed_iterations"])
-    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
-        raise ValueError(f"{path}: cannot read completed_iterations ({type(exc).__name__}: {exc})") from exc
-    if done < 1:
-        raise ValueError(f"{run_dir}: no RL4Seg iteration completed yet (state.json: completed_iterations={done})")
-    return done

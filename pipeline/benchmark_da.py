@@ -1,7 +1,7 @@
 """Domain-adaptation benchmark: RL4Seg, its ablations and the baselines on one source -> target setting.
 
 Every method starts from the same source-pretrained actor (one pretraining per seed, shared), uses the
-same network and is scored by the same evaluation (:meth:`agents.loop.RL4SegRun.evaluate`: target test
+same network and is scored by the same evaluation (:meth:`pipeline.loop.RL4SegRun.evaluate`: target test
 split, largest component, Dice / Hausdorff for LV, MYO and epicardium, anatomical validity).
 
 Results folder layout::
@@ -18,7 +18,6 @@ and an interrupted RL4Seg run resumes after its last completed iteration.
 """
 from __future__ import annotations
 
-import copy
 import dataclasses
 import json
 import math
@@ -32,9 +31,16 @@ import numpy as np
 import torch
 import yaml
 
-from agents.baselines import (AdaBNConfig, SelfTrainingConfig, SelfTrainingResult, TentConfig, adabn,
-                              self_training, tent)
-from agents.config import LoopConfig, config_to_dict, save_config
+from agents.networks import load_unet
+from pipeline.baselines import (AdaBNConfig, SelfTrainingConfig, SelfTrainingResult, TentConfig, adabn,
+                                self_training, tent)
+from pipeline.config import LoopConfig, apply_overrides, config_to_dict, config_to_yaml
+from pipeline.loop import RL4SegRun
+from pipeline.run_dir import RunDirectory
+from pipeline.tables import markdown_table, rows_to_csv
+from reward.correctors import Corrector
+from reward.network import LearnedReward, load_reward_net
+from rl4seg_env.data.base import load_images
 from rl4seg_env.io import atomic_write_bytes, atomic_write_text
 
 
@@ -88,27 +94,6 @@ METRICS: dict[str, str] = {
 LOWER_IS_BETTER = ("hd_lv", "hd_myo", "hd_epi")
 
 
-def apply_overrides(config: LoopConfig, overrides: tuple[str, ...] | list[str]) -> LoopConfig:
-    """A copy of ``config`` with dotted ``key=value`` overrides applied (values parsed as YAML, ints accepted
-    for floats); an unknown key raises :class:`~agents.config.ConfigError` naming it."""
-    from agents.config import ConfigError
-
-    config = copy.deepcopy(config)
-    for item in overrides:
-        key, raw = item.split("=", 1)
-        *sections, leaf = key.strip().split(".")
-        node: Any = config
-        for part in sections:
-            node = getattr(node, part, None)
-        if node is None or not dataclasses.is_dataclass(node) or leaf not in {f.name for f in dataclasses.fields(node)}:
-            raise ConfigError(f"override {item!r}: unknown config key '{key}'")
-        value, current = yaml.safe_load(raw), getattr(node, leaf)
-        if isinstance(current, float) and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)
-        setattr(node, leaf, value)
-    return config
-
-
 def method_config(base: LoopConfig, method: Method, seed: int, run_dir: Path) -> LoopConfig:
     """The loop config of one (method, seed): ``base`` with the method's overrides, the seed and run dir
     (and no oracle inside the run: the benchmark trains it once per seed)."""
@@ -123,7 +108,7 @@ def skip_reason(base: LoopConfig, method: Method) -> str | None:
     for item in method.overrides:
         key, raw = item.split("=", 1)
         if key.split(".")[0] not in fields:
-            return f"this version of agents.loop has no config key '{key}'"
+            return f"this version of pipeline.loop has no config key '{key}'"
     tree = config_to_dict(base)
     same = True
     for item in method.overrides:
@@ -146,9 +131,9 @@ class DABenchmark:
         configuration is refused, so that skipped results stay comparable.
     :param seeds: training seeds (default ``(0, 1, 2)``); the data realisation does not change with them.
     :param methods: names from :data:`METHODS` (default: all, in that order).
-    :param adabn_config: :class:`~agents.baselines.AdaBNConfig` (default ``AdaBNConfig()``).
-    :param tent_config: :class:`~agents.baselines.TentConfig` (default ``TentConfig()``); its seed is set per seed.
-    :param self_training_config: :class:`~agents.baselines.SelfTrainingConfig` (default: RL4Seg's number of
+    :param adabn_config: :class:`~pipeline.baselines.AdaBNConfig` (default ``AdaBNConfig()``).
+    :param tent_config: :class:`~pipeline.baselines.TentConfig` (default ``TentConfig()``); its seed is set per seed.
+    :param self_training_config: :class:`~pipeline.baselines.SelfTrainingConfig` (default: RL4Seg's number of
         iterations, anatomical criteria set and Dice threshold); its seed is set per seed.
     :param command: the command line that produced the results, quoted in results.md (optional).
     """
@@ -222,11 +207,8 @@ class DABenchmark:
         return self.write()
 
     def _run_seed(self, seed: int, todo: list[str]) -> None:
-        from agents.loop import RL4SegRun
-        from agents.networks import load_unet
-
         base_dir = self.results_dir / f"seed_{seed}" / "base"
-        if (base_dir / "state.json").is_file():
+        if RunDirectory(base_dir).state_path.is_file():
             base = RL4SegRun(resume=True, run_dir=base_dir)
         else:
             base = RL4SegRun(method_config(self.config, METHODS["rl4seg"], seed, base_dir))
@@ -238,8 +220,6 @@ class DABenchmark:
         source, _ = load_unet(str(source_path), map_location=base.device)
         target_images = None
         if {"adabn", "tent", "self_training"} & {METHODS[m].kind for m in todo}:
-            from agents.evaluation import load_images
-
             # unlabelled: RL4SegRun builds target_train with with_labels=False
             target_images, _ = load_images(base.datasets["target_train"], progress=self.config.progress,
                                            desc="target train images")
@@ -277,8 +257,6 @@ class DABenchmark:
                 model = tent(source, target_images, cfg, base.device)
             elif method.kind == "self_training":
                 cfg = dataclasses.replace(self.self_training_config, seed=seed, progress=self.config.progress)
-                from reward.correctors import Corrector
-
                 # RL4Seg's pseudo-label filter: validity + Dice with the corrected map (shape AE when enabled)
                 record = SelfTrainingResult()
                 corrector = Corrector(base.train_shape_ae(), n_classes=base.n_classes)
@@ -294,22 +272,18 @@ class DABenchmark:
 
     def _run_rl4seg(self, method: Method, seed: int, base, source_scores: dict[str, float]) -> dict[str, float]:
         """One RL4Seg run seeded with the shared source pretraining (and shape auto-encoder)."""
-        from agents.loop import RL4SegRun
-
         run_dir = self.results_dir / f"seed_{seed}" / method.name
-        if not (run_dir / "state.json").is_file():
+        dirs = RunDirectory(run_dir)
+        if not dirs.state_path.is_file():
             cfg = method_config(self.config, method, seed, run_dir)
-            ckpt = run_dir / "checkpoints"
-            ckpt.mkdir(parents=True, exist_ok=True)
-            shutil.copy(base.ckpt_dir / "actor_source.pt", ckpt / "actor_source.pt")
+            dirs.create(config_to_yaml(cfg))
+            shutil.copy(base.dirs.source_actor, dirs.source_actor)
             if cfg.shape_ae.enabled:
                 base.train_shape_ae()  # once per seed, shared by the RL4Seg methods that use it
-                shutil.copy(base.ckpt_dir / "shape_ae.pt", ckpt / "shape_ae.pt")
-            save_config(cfg, run_dir / "config.yaml")
+                shutil.copy(base.dirs.shape_ae, dirs.shape_ae)
             # the source phase is done (shared) and its evaluation is the one already made on the same test set
-            state = {"completed_iterations": 0, "source_done": True, "baselines_done": True,
-                     "rows": [{"iteration": 0, "model": "source-only", **source_scores}]}
-            atomic_write_text(run_dir / "state.json", json.dumps(state, indent=1, default=float))
+            dirs.save_state({"completed_iterations": 0, "source_done": True, "baselines_done": True,
+                             "rows": [{"iteration": 0, "model": "source-only", **source_scores}]})
         rows = RL4SegRun(resume=True, run_dir=run_dir).run()
         # iteration rows (the baselines' rows have iteration 0 or "oracle")
         rl_rows = [r for r in rows if isinstance(r.get("iteration"), int) and r["iteration"] >= 1
@@ -321,14 +295,10 @@ class DABenchmark:
 
     def _test_time(self, seed: int, base) -> dict[str, Any]:
         """Test-time optimisation of the finished ``rl4seg`` run's final actor, with its reward network."""
-        from agents.networks import load_unet
-        from reward.network import LearnedReward, load_reward_net
-
-        run_dir = self.results_dir / f"seed_{seed}" / "rl4seg"
-        done = json.loads((run_dir / "state.json").read_text())["completed_iterations"]
-        ckpt = run_dir / "checkpoints" / f"iter_{done:03d}"
-        actor, _ = load_unet(str(ckpt / "actor.pt"), map_location=base.device)
-        net, _ = load_reward_net(ckpt / "reward_net.pt", map_location=base.device)
+        dirs = RunDirectory(self.results_dir / f"seed_{seed}" / "rl4seg")
+        done = dirs.last_completed_iteration()
+        actor, _ = load_unet(str(dirs.actor(done)), map_location=base.device)
+        net, _ = load_reward_net(dirs.reward_net(done), map_location=base.device)
         scores = base.evaluate_tto(actor, LearnedReward(net, device=base.device), self.config.test_time)
         return {**scores, "test_time_settings": config_to_dict(self.config)["test_time"]}
 
@@ -397,19 +367,8 @@ def write_tables(rows: list[dict], summary: list[dict], results_dir: Path, skipp
                  seeds: list[int] | None = None, command: str | None = None,
                  pretrain_minutes: list[float] | None = None) -> None:
     """results.csv (summary), per_seed.csv and results.md (mean ± std; best adaptation method in bold)."""
-    import csv
-    import io
-
-    def to_csv(table: list[dict]) -> bytes:
-        columns = list(dict.fromkeys(k for r in table for k in r if not isinstance(r[k], (list, dict))))
-        buf = io.StringIO()
-        writer = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(table)
-        return buf.getvalue().encode()
-
-    atomic_write_bytes(results_dir / "results.csv", to_csv(summary) if summary else b"")
-    atomic_write_bytes(results_dir / "per_seed.csv", to_csv(rows) if rows else b"")
+    atomic_write_text(results_dir / "results.csv", rows_to_csv(summary) if summary else "")
+    atomic_write_text(results_dir / "per_seed.csv", rows_to_csv(rows) if rows else "")
 
     # bold the best unsupervised method per column (not the references that train on target labels)
     contenders = [e for e in summary if not (e["method"] in METHODS and METHODS[e["method"]].reads_target_labels)]
@@ -421,7 +380,7 @@ def write_tables(rows: list[dict], summary: list[dict], results_dir: Path, skipp
             best[key] = pick(scored, key=lambda e: e[f"{key}_mean"])["method"]
     has_gap = any("gap_closed" in e for e in summary)
     header = ["method", *METRICS.values(), *(["gap closed"] if has_gap else []), "seeds", "min / seed"]
-    lines = ["| " + " | ".join(header) + " |", "|---|" + "---:|" * (len(header) - 1)]
+    table = []
     for e in summary:
         cells = [e["label"]]
         for key in METRICS:
@@ -431,7 +390,7 @@ def write_tables(rows: list[dict], summary: list[dict], results_dir: Path, skipp
             gap = e.get("gap_closed", math.nan)
             cells.append(f"{100 * gap:.0f}%" if math.isfinite(gap) else "-")
         cells += [str(e["n_seeds"]), _cell(e["minutes_mean"], math.nan, "minutes")]
-        lines.append("| " + " | ".join(cells) + " |")
+        table.append(cells)
     seeds = list(seeds or sorted({r["seed"] for r in rows}))
     spread = f"Mean ± sample std over seeds {', '.join(map(str, seeds))}" if len(seeds) > 1 else \
         f"Single seed ({seeds[0] if seeds else '-'}), no std"
@@ -447,7 +406,8 @@ def write_tables(rows: list[dict], summary: list[dict], results_dir: Path, skipp
         notes.append(f"Produced by `{command}`.")
     for method, reason in (skipped or {}).items():
         notes.append(f"- `{method}` not run: {reason}.")
-    atomic_write_text(results_dir / "results.md", "\n".join(lines + notes) + "\n")
+    text = markdown_table(header, table, "l" + "r" * (len(header) - 1)) + "\n".join(notes) + "\n"
+    atomic_write_text(results_dir / "results.md", text)
 
 
 def plot_results(summary: list[dict], path: Path) -> None:

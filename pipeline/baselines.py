@@ -19,7 +19,7 @@ None of them modifies the model it is given: each returns an adapted copy, in ev
 Typical use::
 
     from agents.networks import load_unet
-    from agents.baselines import adabn, tent, TentConfig
+    from pipeline.baselines import adabn, tent, TentConfig
 
     actor, _ = load_unet("runs/default/checkpoints/actor_source.pt")
     target = make_dataset("synthetic", preset="default_target", split="train", n_images=1000, with_labels=False)
@@ -40,8 +40,12 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.instancenorm import _InstanceNorm
 
-from agents.networks import reestimate_norm_statistics
-from rl4seg_env.data.base import SegDataset
+from tqdm.auto import tqdm
+
+from agents.networks import eval_mode, image_batches, predict, reestimate_norm_statistics
+from agents.pretrain import augment_batch
+from reward.anatomy import validity_batch
+from rl4seg_env.data.base import SegDataset, load_images
 
 #: unlabelled target images: an (N, H, W) float32 array in [0, 1] or an (unlabelled) dataset
 TargetImages = np.ndarray | SegDataset
@@ -50,23 +54,12 @@ TargetImages = np.ndarray | SegDataset
 def target_image_array(target_images: TargetImages) -> np.ndarray:
     """(N, H, W) float32 array of the target images; a dataset's images are loaded, its labels never read."""
     if isinstance(target_images, SegDataset):
-        from agents.evaluation import load_images
-
         images, _ = load_images(target_images)
     else:
         images = np.asarray(target_images, dtype=np.float32)
     if images.ndim != 3 or len(images) == 0:
         raise ValueError(f"target images must be a non-empty (N, H, W) array, found shape {images.shape}")
     return images
-
-
-def _batches(images: np.ndarray, batch_size: int, device: torch.device | str,
-             generator: torch.Generator | None = None):
-    """Yield (B, 1, H, W) float32 tensors on ``device``; shuffled when a generator is given."""
-    order = (torch.randperm(len(images), generator=generator).numpy() if generator is not None
-             else np.arange(len(images)))
-    for start in range(0, len(images), batch_size):
-        yield torch.from_numpy(images[order[start:start + batch_size]]).to(device)[:, None]
 
 
 def batch_norm_layers(model: nn.Module) -> list[_BatchNorm]:
@@ -91,18 +84,12 @@ def mean_prediction_entropy(actor: nn.Module, target_images: TargetImages, batch
                             device: torch.device | str = "cpu") -> float:
     """Mean per-pixel prediction entropy (nats) of ``actor`` in eval mode over the target images."""
     images = target_image_array(target_images)
-    was_training = actor.training
-    actor.eval()
-    try:
-        total = sum(float(prediction_entropy(actor(x)).sum()) for x in _batches(images, batch_size, device))
-    finally:
-        actor.train(was_training)
+    with eval_mode(actor):
+        total = sum(float(prediction_entropy(actor(x)).sum()) for x in image_batches(images, batch_size, device))
     return total / images.size
 
 
 def _progress(iterable, desc: str, enabled: bool, total: int | None = None):
-    from tqdm.auto import tqdm
-
     return tqdm(iterable, desc=desc, total=total, unit="batch", leave=False, disable=not enabled)
 
 
@@ -229,7 +216,7 @@ def tent(actor: nn.Module, target_images: TargetImages, config: TentConfig | Non
     generator = torch.Generator().manual_seed(config.seed)
     n_batches = -(-len(images) // config.batch_size)
     for epoch in range(config.epochs):
-        bar = _progress(_batches(images, config.batch_size, device, generator), f"TENT {epoch + 1}/{config.epochs}",
+        bar = _progress(image_batches(images, config.batch_size, device, generator), f"TENT {epoch + 1}/{config.epochs}",
                         config.progress, n_batches)
         for x in bar:
             if len(x) < 2 and batch_norm_layers(model):
@@ -332,13 +319,8 @@ def self_training(actor: nn.Module, target_images: TargetImages, config: SelfTra
     :param result: optional :class:`SelfTrainingResult` filled with per-round counts and losses.
     :return: the fine-tuned copy, in eval mode.
     """
-    from agents.evaluation import predict
-    from agents.pretrain import augment_batch
-
     config = SelfTrainingConfig() if config is None else config
     if validity_fn is None:
-        from reward.anatomy import validity_batch
-
         validity_fn = partial(validity_batch, criteria=config.criteria)
     images = target_image_array(target_images)
     result = SelfTrainingResult() if result is None else result

@@ -7,14 +7,16 @@ iteration's actor after test-time optimisation (images optimised and made valid)
 """
 from __future__ import annotations
 
-import csv
 import io
 import math
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+from rich.console import Console
+from rich.table import Table
 
+from pipeline.tables import markdown_table, rows_to_csv
 from rl4seg_env.io import atomic_write_bytes, atomic_write_text
 
 #: report columns, in display order, with their headers
@@ -62,10 +64,7 @@ def present_columns(rows: Sequence[dict]) -> list[str]:
 
 def to_markdown(rows: Sequence[dict]) -> str:
     cols = present_columns(rows)
-    lines = ["| " + " | ".join(COLUMNS[c] for c in cols) + " |", "|" + "---|" * len(cols)]
-    for r in rows:
-        lines.append("| " + " | ".join(_fmt(r.get(c)) for c in cols) + " |")
-    return "\n".join(lines) + "\n"
+    return markdown_table([COLUMNS[c] for c in cols], [[_fmt(r.get(c)) for c in cols] for r in rows])
 
 
 def write_report(rows: Sequence[dict], run_dir: str | Path) -> tuple[Path, Path]:
@@ -73,21 +72,13 @@ def write_report(rows: Sequence[dict], run_dir: str | Path) -> tuple[Path, Path]
     run_dir = Path(run_dir)
     cols = present_columns(rows)
     extra = sorted({k for r in rows for k in r} - set(cols))
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=cols + extra, extrasaction="ignore")
-    writer.writeheader()
-    for r in rows:
-        writer.writerow({k: r.get(k, "") for k in cols + extra})
-    csv_path = atomic_write_text(run_dir / "report.csv", buf.getvalue())
+    csv_path = atomic_write_text(run_dir / "report.csv", rows_to_csv(rows, cols + extra))
     md_path = atomic_write_text(run_dir / "report.md", "# RL4Seg run report\n\n" + to_markdown(rows))
     return csv_path, md_path
 
 
 def print_report(rows: Sequence[dict]) -> None:
     """Pretty table on the terminal (rich)."""
-    from rich.console import Console
-    from rich.table import Table
-
     cols = [c for c in present_columns(rows) if c in TERMINAL_COLUMNS]
     table = Table(title="RL4Seg report (target test split; all columns in report.md / report.csv)")
     for c in cols:

@@ -7,16 +7,41 @@ map (``1 - reward``) as NIfTI at the input's original size and spacing, plus a P
 """
 from __future__ import annotations
 
-import csv
-import io
+import functools
 from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
-from agents.evaluation import predict
-from rl4seg_env.data.base import SegDataset
-from rl4seg_env.io import atomic_write_text
+from agents.networks import load_unet, predict
+from agents.ppo import PixelPPO
+from agents.test_time import TTOConfig, tto_predict
+from pipeline.report import plot_predictions
+from reward.anatomy import is_valid
+from reward.network import LearnedReward, load_reward_net
+from rl4seg_env.data.base import SegDataset, resize_image, resize_label
+from rl4seg_env.data.nifti import write_manifest, write_nifti_2d
+
+
+def load_actor(path: str | Path, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, int | None]:
+    """The actor of an ``actor.pt`` (U-Net checkpoint) or a ``ppo.zip`` (PixelPPO model), and its training
+    image size in pixels when the file records it (None otherwise)."""
+    path = Path(path)
+    if path.suffix == ".zip":
+        policy = PixelPPO.load(str(path), device=device).policy
+        return policy.actor, int(policy.observation_space.shape[0])
+    actor, metadata = load_unet(str(path), map_location=device)
+    size = metadata.get("image_size")
+    return actor, (int(size[0] if isinstance(size, (list, tuple)) else size) if size else None)
+
+
+def actor_image_size(path: str | Path) -> int | None:
+    """The training image size an actor checkpoint records (None when it does not, or cannot be read)."""
+    try:
+        return load_actor(path)[1]
+    except (FileNotFoundError, ValueError):
+        return None
 
 
 class Segmenter:
@@ -29,33 +54,28 @@ class Segmenter:
     :param test_time: a :class:`agents.test_time.TTOConfig`: optimise each image whose prediction fails the
         anatomical criteria against the reward network (needs ``reward_path``); None (default) predicts the
         plain argmax.
+    :ivar image_size: the actor's training image size when its checkpoint records it, else None.
+    :param criteria: the anatomical criteria set (:mod:`reward.anatomy`) test-time optimisation checks.
     """
 
     def __init__(self, actor_path: str | Path, reward_path: str | Path | None = None,
-                 device: str | torch.device = "cpu", batch_size: int = 32, test_time=None) -> None:
+                 device: str | torch.device = "cpu", batch_size: int = 32,
+                 test_time: TTOConfig | None = None, criteria: str = "echo") -> None:
         actor_path = Path(actor_path)
         if not actor_path.is_file():
             raise FileNotFoundError(f"actor checkpoint not found: {actor_path}")
         self.device = torch.device(device)
         self.batch_size = batch_size
-        if actor_path.suffix == ".zip":
-            from agents.ppo import PixelPPO
-
-            self.actor = PixelPPO.load(str(actor_path), device=self.device).policy.actor
-        else:
-            from agents.networks import load_unet
-
-            self.actor, _ = load_unet(str(actor_path), map_location=self.device)
+        self.actor, self.image_size = load_actor(actor_path, self.device)
         self.actor.eval()
         self.reward_model = None
         if reward_path is not None:
-            from reward.network import LearnedReward, load_reward_net
-
             net, _ = load_reward_net(reward_path, map_location=self.device)
             self.reward_model = LearnedReward(net, device=self.device)
         if test_time is not None and self.reward_model is None:
             raise ValueError("test-time optimisation needs a reward network (reward_path)")
         self.test_time = test_time
+        self.is_valid = functools.partial(is_valid, criteria=criteria)
 
     @property
     def n_classes(self) -> int:
@@ -67,9 +87,7 @@ class Segmenter:
         ``spacings`` (per-image pixel sizes in mm) are used by the anatomical criteria of test-time optimisation.
         """
         if self.test_time is not None:
-            from agents.test_time import tto_predict
-
-            preds = tto_predict(self.actor, images, self.reward_model, self.test_time, spacings=spacings,
+            preds = tto_predict(self.actor, images, self.reward_model, self.is_valid, self.test_time, spacings=spacings,
                                 device=self.device, batch_size=self.batch_size).preds
         else:
             preds = predict(self.actor, images, self.batch_size, self.device)
@@ -80,16 +98,14 @@ class Segmenter:
 
 def manifest_for_files(paths: list[Path], out_dir: Path) -> Path:
     """Write an unlabelled manifest listing NIfTI ``paths`` (so they load through the validated loader)."""
-    buf = io.StringIO()
-    writer = csv.writer(buf)
-    writer.writerow(["id", "image", "label", "split"])
+    rows = []
     for p in paths:
         name = p.name
         for suffix in (".nii.gz", ".nii"):
             if name.endswith(suffix):
                 name = name[: -len(suffix)]
-        writer.writerow([name, str(p.resolve()), "", "test"])
-    return atomic_write_text(out_dir / "inputs_manifest.csv", buf.getvalue())
+        rows.append({"id": name, "image": str(p.resolve()), "label": "", "split": "test"})
+    return write_manifest(out_dir / "inputs_manifest.csv", rows)
 
 
 def export_predictions(segmenter: Segmenter, dataset: SegDataset, out_dir: str | Path, png: bool = True,
@@ -99,15 +115,10 @@ def export_predictions(segmenter: Segmenter, dataset: SegDataset, out_dir: str |
     Outputs are resized back to each input's original shape (labels nearest-neighbour) and carry its
     original spacing when the dataset knows them (NIfTI / CAMUS); otherwise the working size and spacing.
     """
-    from rl4seg_env.data.base import resize_image, resize_label
-    from rl4seg_env.data.nifti import write_nifti_2d
-
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     indices = range(len(dataset))
     if progress:
-        from tqdm.auto import tqdm
-
         indices = tqdm(indices, desc="predicting", unit="img")
     written = []
     for i in indices:
@@ -122,8 +133,6 @@ def export_predictions(segmenter: Segmenter, dataset: SegDataset, out_dir: str |
             written.append(write_nifti_2d(out_dir / f"{safe}_uncertainty.nii.gz",
                                           resize_image(unc, shape).astype(np.float32), spacing))
         if png:
-            from agents.report import plot_predictions
-
             written.append(plot_predictions(sample.image[None], pred[None], None if unc is None else 1 - unc[None],
                                             out_dir / f"{safe}.png", title=sample.id))
     return written

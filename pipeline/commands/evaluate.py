@@ -1,0 +1,124 @@
+"""Evaluate a segmentation checkpoint, or a folder of predicted label maps, on a labelled dataset.
+
+    rl4seg-evaluate --actor runs/default/checkpoints/iter_003/actor.pt \
+        --reward runs/default/checkpoints/iter_003/reward_net.pt \
+        --dataset synthetic --preset default_target --n 200 --out eval/iter_003
+    rl4seg-evaluate --actor ppo.zip --dataset camus --root data/camus --out eval/camus
+    rl4seg-evaluate --predictions predictions/ --dataset nifti --manifest data/manifest.csv \
+        --split test --out eval/preds
+
+Writes into --out: per_image.csv (id, Dice and Hausdorff per structure, validity, failed criteria,
+mean reward), summary.json, summary.md (printed) and, with --reward, reliability.png.
+Scores follow docs/method.md: keep the largest foreground component, then Dice and Hausdorff (mm, from
+each image's spacing) for LV, MYO and epicardium (LV u MYO), and the anatomical criteria.
+Predictions in a folder are matched by id (<id>_seg.nii.gz or <id>.nii.gz, as rl4seg-predict
+writes them) and resized to the working size (--size) with nearest neighbour.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from agents.test_time import TTOConfig
+from pipeline.evaluation import evaluate_predictions, load_prediction_folder, write_evaluation
+from pipeline.inference import Segmenter, actor_image_size
+from reward.network import LearnedReward, load_reward_net
+from reward.uncertainty import plot_reliability_diagram
+from reward.uncertainty_methods import accumulate_uncertainty
+from rl4seg_env.data import DataError, DatasetConfig, SegDataset, dataset_from_config
+from rl4seg_env.data.base import load_images
+
+
+def build_dataset(args: argparse.Namespace, size: int) -> SegDataset:
+    """The labelled evaluation dataset described by the command line."""
+    if args.dataset == "camus" and not args.root:
+        raise ValueError("--dataset camus needs --root (the CAMUS folder)")
+    if args.dataset == "nifti" and not args.manifest:
+        raise ValueError("--dataset nifti needs --manifest (a CSV with columns id,image,label,split)")
+    domain = DatasetConfig(dataset=args.dataset, preset=args.preset if args.dataset == "synthetic" else "source",
+                           root=args.root, manifest=args.manifest, seed=args.seed)
+    return dataset_from_config(domain, args.split, size, with_labels=True, keep_atrium=args.keep_atrium,
+                               n_images=args.n)
+
+
+def working_size(args: argparse.Namespace) -> int:
+    """--size, else the image size the actor's checkpoint records, else 64."""
+    if args.size:
+        return args.size
+    return (actor_image_size(args.actor) if args.actor else None) or 64
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="rl4seg-evaluate", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--actor", help="actor checkpoint: actor.pt or ppo.zip")
+    src.add_argument("--predictions", help="folder of predicted label maps (<id>_seg.nii.gz or <id>.nii.gz)")
+    p.add_argument("--reward", default=None, help="reward_net.pt: adds uncertainty metrics and reliability.png")
+    p.add_argument("--dataset", choices=("synthetic", "camus", "nifti"), default="synthetic")
+    p.add_argument("--preset", default="default_target", help="synthetic preset (default: default_target)")
+    p.add_argument("--seed", type=int, default=0, help="synthetic domain seed (default 0, as the loop)")
+    p.add_argument("--root", help="CAMUS folder (--dataset camus)")
+    p.add_argument("--manifest", help="manifest CSV (--dataset nifti)")
+    p.add_argument("--split", default="test", help="split to evaluate (default: test)")
+    p.add_argument("--n", type=int, default=None, help="first N images of the split (default: all)")
+    p.add_argument("--size", type=int, default=None,
+                   help="working size in pixels (default: the actor.pt's training size, else 64)")
+    p.add_argument("--keep-atrium", action="store_true", help="keep the left atrium as class 3")
+    p.add_argument("--criteria", choices=("echo", "generic"), default="echo", help="anatomical criteria set")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--tto", action="store_true", help="with --actor and --reward: test-time optimisation of the "
+                   "predictions that fail the anatomical criteria before scoring them")
+    p.add_argument("--tto-steps", type=int, default=10, help="PPO steps per invalid image at most (default 10)")
+    args = p.parse_args(argv)
+    if args.n is not None and args.n < 1:
+        p.error(f"--n must be >= 1, got {args.n}")
+    if args.tto and not (args.actor and args.reward):
+        p.error("--tto needs --actor and --reward (it optimises the actor's predictions against the reward network)")
+
+    try:
+        ds = build_dataset(args, working_size(args))
+        images, _ = load_images(ds)
+        reward_model = None
+        if args.actor:
+            test_time = None
+            if args.tto:
+                test_time = TTOConfig(steps=args.tto_steps)
+            seg = Segmenter(args.actor, args.reward, device=args.device, batch_size=args.batch_size,
+                            test_time=test_time, criteria=args.criteria)
+            if seg.n_classes != ds.n_classes:
+                raise ValueError(f"{args.actor} predicts {seg.n_classes} classes but the dataset has {ds.n_classes} "
+                                 f"({', '.join(ds.class_names)}); --keep-atrium switches 3 <-> 4 classes")
+            preds, _ = seg(images, spacings=[ds[i].spacing for i in range(len(ds))])
+            reward_model = seg.reward_model
+        else:
+            preds = load_prediction_folder(args.predictions, ds)
+            if args.reward:
+                reward_model = LearnedReward(load_reward_net(args.reward, map_location=args.device)[0],
+                                             device=args.device)
+    except (FileNotFoundError, ValueError, DataError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+    result = evaluate_predictions(preds, ds, images=images, criteria=args.criteria, reward_model=reward_model)
+    metadata = {"actor": args.actor, "predictions": args.predictions, "reward": args.reward, "dataset": args.dataset,
+                "preset": args.preset if args.dataset == "synthetic" else None, "root": args.root,
+                "manifest": args.manifest, "split": args.split, "n_images": len(ds),
+                "image_size": list(ds.image_size), "criteria": args.criteria}
+    paths = write_evaluation(result, args.out, metadata, title=f"Evaluation on {args.dataset} {args.split}")
+    if reward_model is not None:
+        labels = np.stack([ds[i].label for i in range(len(ds))])
+        acc = accumulate_uncertainty({"reward": 1.0 - reward_model(images, preds)}, preds, labels, ds.n_classes)
+        paths["reliability"] = plot_reliability_diagram(acc["reward"], Path(args.out) / "reliability.png",
+                                                        title=f"reward network on {args.dataset} {args.split}")
+    print(paths["markdown"].read_text())
+    print("wrote " + ", ".join(str(v) for v in paths.values()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

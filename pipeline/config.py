@@ -1,0 +1,448 @@
+"""The configuration of a run: one schema composed of the library's own dataclasses, YAML and overrides.
+
+Every option is declared once, where the code that uses it lives: :class:`~agents.networks.UNetConfig`,
+:class:`~agents.pretrain.PretrainConfig`, :class:`~reward.correctors.ShapeAEConfig`,
+:class:`~reward.builder.PerturbationConfig`, :class:`~reward.network.RewardTrainConfig`,
+:class:`~agents.callbacks.IterationSchedule`, :class:`~agents.test_time.TTOConfig` and
+:class:`~rl4seg_env.data.DatasetConfig`. The sections below only add what the run itself needs
+(``iterations``, ``enabled`` switches, ...) by subclassing them.
+
+:func:`load_config` merges defaults <- a YAML file (``yaml.safe_load``) <- ``key=value`` overrides and
+checks everything before any work starts: unknown keys (with the nearest valid key), types (lists and
+optionals included), ranges and names (each library dataclass checks its own in ``__post_init__``) and
+the image size against the U-Net depth. Every :class:`ConfigError` names the key and where its value came
+from (the file, or "command line").
+
+Why not OmegaConf: its structured configs do not type ``tuple[int, ...]`` fields, which the library
+dataclasses use, and its errors would still need rewriting to name the source and the nearest key; the
+merge + type check below is ~150 lines.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import re
+import types
+import typing
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from agents.callbacks import IterationSchedule
+from agents.networks import UNetConfig
+from agents.pretrain import PretrainConfig
+from agents.test_time import TTOConfig
+from reward.anatomy import CRITERIA_SETS
+from reward.builder import PerturbationConfig
+from reward.correctors import ShapeAEConfig
+from reward.network import RewardTrainConfig
+from rl4seg_env.data import DatasetConfig
+from rl4seg_env.io import atomic_write_text
+
+#: the configs shipped with the package (``configs/*.yaml`` of a checkout)
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+COMMAND_LINE = "command line"
+
+
+class ConfigError(ValueError):
+    """A configuration key or value is invalid; the message names the key and where its value came from."""
+
+
+# --------------------------------------------------------------------------------------------------
+# the sections the run adds to the library's dataclasses
+# --------------------------------------------------------------------------------------------------
+@dataclass
+class DataConfig:
+    source: DatasetConfig = field(default_factory=lambda: DatasetConfig(preset="source", n_train=800, n_val=100))
+    target: DatasetConfig = field(default_factory=lambda: DatasetConfig(preset="default_target", n_train=1000,
+                                                                        n_val=100, n_test=200))
+    #: working image size in pixels (H = W); a multiple of the U-Net's 2 ** (levels - 1)
+    image_size: int = 64
+    #: keep the left atrium as class 3 (the paper segments LV and MYO only)
+    keep_atrium: bool = False
+
+    def __post_init__(self) -> None:
+        if self.image_size < 8:
+            raise ValueError(f"DataConfig.image_size must be >= 8, got {self.image_size}")
+
+
+@dataclass
+class ShapeAESection(ShapeAEConfig):
+    #: train the shape auto-encoder corrector on source labels (false = morphological correction only)
+    enabled: bool = True
+
+
+@dataclass
+class RewardDatasetSection(PerturbationConfig):
+    """The reward-set builder (:class:`reward.builder.RewardDatasetBuilder`) and its negatives."""
+
+    #: new target images predicted per iteration (authors: 2,500)
+    images_per_iteration: int = 250
+    #: anatomical criteria set of :mod:`reward.anatomy` ("echo", "generic" or a registered name)
+    criteria: str = "echo"
+    #: Dice(prediction, corrected) above which a valid prediction becomes a pseudo-label
+    valid_dice_threshold: float = 0.95
+    #: images per forward pass of the builder
+    batch_size: int = 32
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.images_per_iteration < 1 or self.batch_size < 1:
+            raise ValueError("RewardDatasetSection.images_per_iteration and batch_size must be >= 1, got "
+                             f"{self.images_per_iteration} and {self.batch_size}")
+        if self.criteria not in CRITERIA_SETS:
+            raise ValueError(f"RewardDatasetSection.criteria must be one of {', '.join(CRITERIA_SETS)}, "
+                             f"got {self.criteria!r}")
+        if not 0 <= self.valid_dice_threshold <= 1:
+            raise ValueError(f"RewardDatasetSection.valid_dice_threshold must be in [0, 1], "
+                             f"got {self.valid_dice_threshold}")
+
+
+@dataclass
+class PPOSection(IterationSchedule):
+    """PixelPPO's settings and the iteration schedule (inherited from :class:`IterationSchedule`)."""
+
+    #: RL4Seg iterations (authors: 4)
+    iterations: int = 3
+    #: PPO rollouts per iteration: each rollout has ``batch_size_base * i`` images
+    updates_per_iteration: int = 20
+    n_epochs: int = 5
+    clip_range: float = 0.2
+    actor_lr: float = 5e-4
+    critic_lr: float = 5e-4
+    max_grad_norm: float = 0.5
+    #: use accepted pseudo-labels as supervised anchors inside the RL batch
+    anchors: bool = True
+    #: re-estimate the actor's batch-norm statistics on the unlabelled target images of the iteration: before
+    #: iteration 1 (actor and reference policy) and after each iteration's updates (false: source statistics)
+    adapt_norm_stats: bool = False
+    #: let batch-norm statistics drift with each PPO minibatch (train mode, SB3's behaviour)
+    update_norm_stats_in_ppo: bool = True
+    #: log an image panel to TensorBoard every N updates
+    image_log_interval: int = 10
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for name in ("iterations", "updates_per_iteration", "n_epochs", "image_log_interval"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"PPOSection.{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("clip_range", "actor_lr", "critic_lr", "max_grad_norm"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"PPOSection.{name} must be > 0, got {getattr(self, name)}")
+
+
+@dataclass
+class EvalSection:
+    #: test images of the target domain used for the per-iteration report
+    n_test: int = 200
+    batch_size: int = 32
+    #: target images shown in the prediction PNG
+    n_figures: int = 4
+    #: also train a target-supervised oracle (same network and budget as the source pretraining) for the
+    #: report's upper bound. It reads target *training* labels, so it lives in the evaluation, never in the loop.
+    oracle: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("n_test", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"EvalSection.{name} must be >= 1, got {getattr(self, name)}")
+        if self.n_figures < 0:
+            raise ValueError(f"EvalSection.n_figures must be >= 0, got {self.n_figures}")
+
+
+@dataclass
+class TestTimeSection(TTOConfig):
+    """Test-time optimisation (RL4Seg3D; :mod:`agents.test_time`) of the target test images whose prediction
+    fails the anatomical criteria, reported as extra "RL4Seg + TTO" rows; training is unchanged."""
+
+    enabled: bool = False
+
+
+@dataclass
+class LoopConfig:
+    """Everything ``rl4seg-train`` runs: source pretraining, N RL4Seg iterations, evaluation."""
+
+    seed: int = 0
+    #: "auto", "cpu", "cuda", "cuda:1", "mps"
+    device: str = "auto"
+    #: torch threads on the CPU (0 = torch's default)
+    num_threads: int = 0
+    run_dir: str = "runs/default"
+    progress: bool = True
+    data: DataConfig = field(default_factory=DataConfig)
+    network: UNetConfig = field(default_factory=UNetConfig)
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+    shape_ae: ShapeAESection = field(default_factory=ShapeAESection)
+    reward_dataset: RewardDatasetSection = field(default_factory=RewardDatasetSection)
+    reward_net: RewardTrainConfig = field(default_factory=RewardTrainConfig)
+    ppo: PPOSection = field(default_factory=PPOSection)
+    evaluation: EvalSection = field(default_factory=EvalSection)
+    test_time: TestTimeSection = field(default_factory=TestTimeSection)
+    #: train the reward net on ground-truth target rewards instead (ablation; reads target labels!)
+    oracle_reward: bool = False
+
+    def __post_init__(self) -> None:
+        if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", self.device):
+            raise ValueError(f"LoopConfig.device must be auto, cpu, cuda, cuda:N or mps, got {self.device!r}")
+        if self.num_threads < 0:
+            raise ValueError(f"LoopConfig.num_threads must be >= 0, got {self.num_threads}")
+
+
+#: fields of library dataclasses that the run fills from one top-level key (declared once, set once):
+#: ``{section: {field: the key that sets it}}``. Setting them inside the section is an error.
+RUN_FILLED: dict[str, dict[str, str]] = {
+    "pretrain": {"channels": "network.channels", "norm": "network.norm", "device": "device", "seed": "seed",
+                 "tensorboard_log": "run_dir", "progress": "progress"},
+    "reward_net": {"channels": "network.channels", "norm": "network.norm", "device": "device", "seed": "seed",
+                   "tensorboard_dir": "run_dir", "progress": "progress"},
+}
+
+
+# --------------------------------------------------------------------------------------------------
+# loading and checking
+# --------------------------------------------------------------------------------------------------
+def _fields(cls: type) -> dict[str, Any]:
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+def _describe(hint: Any, plural: bool = False) -> str:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join("null" if a is type(None) else _describe(a) for a in args)
+    if origin in (list, tuple, Sequence) or hint in (list, tuple):
+        inner = [a for a in args if a is not Ellipsis]
+        return f"a list of {_describe(inner[0], plural=True)}" if inner else "a list"
+    names = {bool: ("true/false", "true/false values"), int: ("an integer", "integers"),
+             float: ("a number", "numbers"), str: ("a string", "strings")}
+    return names[hint][plural] if hint in names else str(hint)
+
+
+def _coerce(value: Any, hint: Any) -> Any:
+    """``value`` converted to ``hint`` (int -> float, list -> tuple); raises TypeError when it does not fit."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return _coerce(value, arg)
+            except TypeError:
+                continue
+        raise TypeError
+    if origin in (list, tuple, Sequence) or hint in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise TypeError
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            if len(value) != len(args):
+                raise TypeError
+            return tuple(_coerce(v, a) for v, a in zip(value, args))
+        item = args[0] if args else Any
+        items = [_coerce(v, item) for v in value]
+        return items if origin is list else tuple(items)
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+    elif hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif hint is str:
+        if isinstance(value, str):
+            return value
+    raise TypeError
+
+
+class _Builder:
+    """Builds a :class:`LoopConfig` from a tree of plain values, remembering where each value came from."""
+
+    def __init__(self, sources: dict[str, str]) -> None:
+        self.sources = sources
+
+    def where(self, key: str) -> str:
+        source = self.sources.get(key)
+        if source is None:  # a section given as a whole, or a default checked against a given value
+            source = next((s for k, s in self.sources.items() if k.startswith(key + ".") or key.startswith(k + ".")),
+                          "defaults")
+        return source if source == COMMAND_LINE or source == "defaults" else f"file {source}"
+
+    def fail(self, key: str, message: str) -> ConfigError:
+        return ConfigError(f"config key '{key}' ({self.where(key)}): {message}")
+
+    def build(self, cls: type, values: Any, prefix: str) -> Any:
+        if not isinstance(values, dict):
+            raise self.fail(prefix, f"is a section; expected a mapping of keys, found {values!r}")
+        hints = _fields(cls)
+        section = prefix.split(".")[-1]
+        kwargs: dict[str, Any] = {}
+        for key, value in values.items():
+            full = f"{prefix}.{key}" if prefix else str(key)
+            if key not in hints:
+                near = difflib.get_close_matches(str(key), list(hints), n=1)
+                hint = f"; did you mean '{prefix + '.' if prefix else ''}{near[0]}'?" if near else ""
+                raise ConfigError(f"unknown config key '{full}' ({self.where(full)}){hint} "
+                                  f"(valid keys here: {', '.join(hints)})")
+            filled_by = RUN_FILLED.get(section, {}).get(key) if prefix == section else None
+            if filled_by is not None:
+                raise self.fail(full, f"is set by the run from '{filled_by}'; set that key instead")
+            hint = hints[key]
+            if dataclasses.is_dataclass(hint):
+                if not isinstance(value, dict):
+                    raise self.fail(full, f"is a section; expected a mapping of keys, found {value!r}")
+                defaults = _plain_fields(getattr(cls(), key))
+                for filled in RUN_FILLED.get(key, {}) if not prefix else ():
+                    defaults.pop(filled)
+                kwargs[key] = self.build(hint, {**defaults, **value}, full)
+                continue
+            try:
+                kwargs[key] = _coerce(value, hint)
+            except TypeError:
+                raise self.fail(full, f"expects {_describe(hint)}, found {value!r}") from None
+        try:
+            return cls(**kwargs)
+        except ValueError as exc:
+            if isinstance(exc, ConfigError):
+                raise
+            message = str(exc)
+            names = re.findall(r"\b[A-Za-z]+\.(\w+)", message) + re.findall(r"\w+", message)
+            key = next((n for n in names if n in hints and not dataclasses.is_dataclass(hints[n])), None)
+            raise self.fail(f"{prefix}.{key}" if prefix and key else (key or prefix or "<root>"), message) from None
+
+
+def _plain_fields(obj: Any) -> dict[str, Any]:
+    """A dataclass's own fields as a tree of plain values (nested sections as dicts)."""
+    return {f.name: (_plain_fields(v) if dataclasses.is_dataclass(v := getattr(obj, f.name)) else v)
+            for f in dataclasses.fields(obj)}
+
+
+def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    node = tree
+    for i, p in enumerate(parts[:-1]):
+        node = node.setdefault(p, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"config key '{dotted}' ({COMMAND_LINE}): '{'.'.join(parts[:i + 1])}' is not a section")
+    node[parts[-1]] = value
+
+
+def _record_sources(tree: Any, source: str, sources: dict[str, str], prefix: str = "") -> None:
+    if isinstance(tree, dict):
+        for key, value in tree.items():
+            full = f"{prefix}.{key}" if prefix else str(key)
+            sources[full] = source
+            _record_sources(value, source, sources, full)
+
+
+def parse_overrides(overrides: Sequence[str]) -> list[tuple[str, Any]]:
+    """``["ppo.iterations=2", ...]`` -> ``[("ppo.iterations", 2), ...]`` (values parsed as YAML)."""
+    out = []
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} ({COMMAND_LINE}) must look like key=value (e.g. ppo.iterations=2)")
+        key, raw = item.split("=", 1)
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config key '{key.strip()}' ({COMMAND_LINE}): value {raw!r} is not valid YAML "
+                              f"({exc})") from None
+        out.append((key.strip(), value))
+    return out
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        tree = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: invalid YAML ({exc})") from None
+    tree = tree or {}
+    if not isinstance(tree, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of config keys")
+    return tree
+
+
+def _build_config(layers: Sequence[tuple[dict[str, Any], str]]) -> LoopConfig:
+    """Merge trees (later wins; each with its source name) and build the checked :class:`LoopConfig`."""
+    tree: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+    for layer, source in layers:
+        _record_sources(layer, source, sources)
+        _merge(tree, layer)
+    builder = _Builder(sources)
+    config = builder.build(LoopConfig, tree, "")
+    divisor = config.network.divisor
+    if config.data.image_size % divisor:
+        raise builder.fail("data.image_size", f"must be a multiple of {divisor} for a U-Net of "
+                                              f"{len(config.network.channels)} levels (network.channels), "
+                                              f"got {config.data.image_size}")
+    return config
+
+
+def _merge(tree: dict, layer: dict) -> None:
+    for key, value in layer.items():
+        if isinstance(value, dict) and isinstance(tree.get(key), dict):
+            _merge(tree[key], value)
+        else:
+            tree[key] = value
+
+
+def load_config(path: str | os.PathLike | None = None, overrides: Sequence[str] | None = None) -> LoopConfig:
+    """Defaults <- YAML file <- ``key=value`` overrides, checked (module docstring).
+
+    >>> cfg = load_config(None, ["ppo.iterations=2", "data.image_size=32"])
+    """
+    layers = []
+    if path is not None:
+        layers.append((_read_yaml(Path(path)), str(path)))
+    overridden: dict[str, Any] = {}
+    for key, value in parse_overrides(overrides or []):
+        _set_dotted(overridden, key, value)
+    layers.append((overridden, COMMAND_LINE))
+    return _build_config(layers)
+
+
+def apply_overrides(config: LoopConfig, overrides: Sequence[str]) -> LoopConfig:
+    """A copy of ``config`` with ``key=value`` overrides applied and checked (errors name the command line)."""
+    overridden: dict[str, Any] = {}
+    for key, value in parse_overrides(overrides):
+        _set_dotted(overridden, key, value)
+    return _build_config([(config_to_dict(config), "defaults"), (overridden, COMMAND_LINE)])
+
+
+def default_config_path() -> Path:
+    """``configs/default.yaml`` shipped with the package."""
+    return CONFIG_DIR / "default.yaml"
+
+
+def config_to_dict(config: LoopConfig) -> dict[str, Any]:
+    """The config as plain values (tuples as lists), without the fields the run fills (:data:`RUN_FILLED`)."""
+    tree = _plain_fields(config)
+    for section, filled in RUN_FILLED.items():
+        for key in filled:
+            tree[section].pop(key, None)
+    return _listify(tree)
+
+
+def _listify(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _listify(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_listify(v) for v in value]
+    return value
+
+
+def config_to_yaml(config: LoopConfig) -> str:
+    return yaml.safe_dump(config_to_dict(config), sort_keys=False)
+
+
+def save_config(config: LoopConfig, path: str | os.PathLike) -> None:
+    atomic_write_text(path, config_to_yaml(config))

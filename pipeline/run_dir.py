@@ -1,0 +1,159 @@
+"""The run-directory format, owned by one class: :class:`RunDirectory`.
+
+Layout::
+
+    config.yaml                    resolved configuration
+    state.json                     completed phases and report rows (written last at each boundary)
+    checkpoints/actor_source.pt    source-pretrained actor (iteration 0; also the reference policy)
+    checkpoints/oracle_target.pt   target-supervised oracle (evaluation baseline, optional)
+    checkpoints/shape_ae.pt        shape auto-encoder trained on source label maps
+    checkpoints/iter_XXX/          ppo.zip, actor.pt, critic.pt, reward_net.pt (with temperature), pseudo_labels.npz
+    reward_dataset/iter_XXX/       reward samples (accumulate across iterations)
+    tb/                            TensorBoard logs (pretraining, PPO, reward networks)
+    report.csv, report.md, metrics.png, predictions_iter_XXX.png, reliability_iter_XXX.png
+
+Every writer and reader of a run (the loop, the evaluation, the benchmarks, the uncertainty comparison)
+goes through this class; every file is written atomically, and an iteration counts as done only once
+``state.json`` says so.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from rl4seg_env.io import atomic_save_npz, atomic_write_text
+
+
+class RunDirectory:
+    """Paths and state of one run directory (module docstring).
+
+    :param root: the run directory (not created until :meth:`create` or a write).
+    """
+
+    STATE = "state.json"
+    CONFIG = "config.yaml"
+
+    def __init__(self, root: str | os.PathLike) -> None:
+        self.root = Path(root)
+
+    def __repr__(self) -> str:
+        return f"RunDirectory({str(self.root)!r})"
+
+    # --- paths ----------------------------------------------------------------------------------------
+    @property
+    def config_path(self) -> Path:
+        return self.root / self.CONFIG
+
+    @property
+    def state_path(self) -> Path:
+        return self.root / self.STATE
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.root / "checkpoints"
+
+    @property
+    def reward_dataset(self) -> Path:
+        return self.root / "reward_dataset"
+
+    @property
+    def source_actor(self) -> Path:
+        return self.checkpoints / "actor_source.pt"
+
+    @property
+    def oracle_actor(self) -> Path:
+        return self.checkpoints / "oracle_target.pt"
+
+    @property
+    def shape_ae(self) -> Path:
+        return self.checkpoints / "shape_ae.pt"
+
+    def tensorboard(self, tag: str = "") -> Path:
+        return self.root / "tb" / tag if tag else self.root / "tb"
+
+    def iteration_dir(self, iteration: int, create: bool = False) -> Path:
+        d = self.checkpoints / f"iter_{iteration:03d}"
+        if create:
+            d.mkdir(parents=True, exist_ok=True)
+        return d
+
+    def actor(self, iteration: int) -> Path:
+        """The actor of ``iteration`` (0: the source-pretrained one)."""
+        return self.source_actor if iteration == 0 else self.iteration_dir(iteration) / "actor.pt"
+
+    def reward_net(self, iteration: int) -> Path:
+        return self.iteration_dir(iteration) / "reward_net.pt"
+
+    def ppo_model(self, iteration: int) -> Path:
+        return self.iteration_dir(iteration) / "ppo.zip"
+
+    def figure(self, name: str) -> Path:
+        return self.root / f"{name}.png"
+
+    # --- creation -------------------------------------------------------------------------------------
+    def is_run(self) -> bool:
+        return self.config_path.is_file()
+
+    def create(self, config_yaml: str) -> None:
+        """Start a new run here: refuse a folder that holds one, write ``config.yaml``."""
+        if self.state_path.exists():
+            raise FileExistsError(f"{self.root} already holds a run; pass --resume {self.root} to continue "
+                                  "it, or choose another run_dir")
+        self.root.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(self.config_path, config_yaml)
+        self.checkpoints.mkdir(parents=True, exist_ok=True)
+
+    def require_run(self) -> None:
+        """:raises FileNotFoundError: this folder holds no run (no ``config.yaml``)."""
+        if not self.is_run():
+            raise FileNotFoundError(f"{self.root}: not a run directory (no {self.CONFIG}) - cannot resume")
+
+    # --- state ----------------------------------------------------------------------------------------
+    def load_state(self) -> dict[str, Any]:
+        """The run's state (a fresh one when there is no ``state.json`` yet).
+
+        :raises ValueError: ``state.json`` is corrupt (the message names it).
+        """
+        if not self.state_path.is_file():
+            return {"completed_iterations": 0, "rows": [], "baselines_done": False}
+        try:
+            state = json.loads(self.state_path.read_text())
+            int(state["completed_iterations"])
+        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"{self.state_path}: corrupt run state ({type(exc).__name__}: {exc})") from exc
+        return state
+
+    def save_state(self, state: dict[str, Any]) -> None:
+        atomic_write_text(self.state_path, json.dumps(state, indent=1, default=float))
+
+    def last_completed_iteration(self) -> int:
+        """The last RL4Seg iteration ``state.json`` marks as completed.
+
+        :raises FileNotFoundError: no ``state.json``.
+        :raises ValueError: the state is corrupt or no iteration is completed yet.
+        """
+        if not self.state_path.is_file():
+            raise FileNotFoundError(f"{self.root}: not a run directory of rl4seg-train (no {self.STATE})")
+        done = int(self.load_state()["completed_iterations"])
+        if done < 1:
+            raise ValueError(f"{self.root}: no RL4Seg iteration completed yet "
+                             f"({self.STATE}: completed_iterations={done})")
+        return done
+
+    # --- pseudo-labels ------------------------------------------------------------------------------------
+    def save_pseudo_labels(self, iteration: int, pseudo_labels: dict[str, np.ndarray]) -> Path:
+        ids = sorted(pseudo_labels)
+        labels = np.stack([pseudo_labels[k] for k in ids]) if ids else np.zeros((0, 1, 1), np.uint8)
+        return atomic_save_npz(self.iteration_dir(iteration, create=True) / "pseudo_labels.npz",
+                               ids=np.asarray(ids, dtype=str), labels=labels)
+
+    def load_pseudo_labels(self, iteration: int) -> dict[str, np.ndarray]:
+        """Pseudo-labels accepted up to ``iteration`` (empty for iteration 0)."""
+        if iteration == 0:
+            return {}
+        with np.load(self.iteration_dir(iteration) / "pseudo_labels.npz", allow_pickle=False) as z:
+            return {str(k): v for k, v in zip(z["ids"], z["labels"])}
