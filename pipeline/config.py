@@ -2,7 +2,7 @@
 
 Every option is declared once, where the code that uses it lives: :class:`~agents.networks.UNetConfig`,
 :class:`~agents.pretrain.PretrainConfig`, :class:`~reward.correctors.ShapeAEConfig`,
-:class:`~reward.builder.PerturbationConfig`, :class:`~reward.network.RewardTrainConfig`,
+:class:`~reward.builder.PerturbationConfig`, :class:`~reward.training.RewardTrainConfig`,
 :class:`~agents.callbacks.IterationSchedule`, :class:`~agents.test_time.TTOConfig` and
 :class:`~rl4seg_env.data.DatasetConfig`. The sections below only add what the run itself needs
 (``iterations``, ``enabled`` switches, ...) by subclassing them.
@@ -39,7 +39,7 @@ from agents.test_time import TTOConfig
 from reward.anatomy import CRITERIA_SETS
 from reward.builder import PerturbationConfig
 from reward.correctors import ShapeAEConfig
-from reward.network import RewardTrainConfig
+from reward.training import RewardTrainConfig
 from rl4seg_env.data import DatasetConfig
 from rl4seg_env.io import atomic_write_text
 

@@ -31,7 +31,8 @@ from pipeline.run_dir import RunDirectory
 from reward.anatomy import is_valid, validity_batch
 from reward.builder import RewardDatasetBuilder, RewardSampleDataset, RewardSampleStore
 from reward.correctors import Corrector, ShapeAutoEncoder, train_shape_autoencoder
-from reward.network import LearnedReward, train_reward_network
+from reward.network import LearnedReward
+from reward.training import train_reward_network
 from reward.uncertainty import UncertaintyAccumulator, plot_reliability_diagram
 from rl4seg_env.data import SegDataset, dataset_from_config
 from rl4seg_env.data.base import load_images

@@ -11,13 +11,12 @@ import torch
 from reward.network import (
     LearnedReward,
     RewardNet,
-    RewardTrainConfig,
     fit_temperature,
     fit_temperature_on_labelled,
     load_reward_net,
     save_reward_net,
-    train_reward_network,
 )
+from reward.training import RewardTrainConfig, train_reward_network
 from reward.uncertainty import expected_calibration_error
 from rl4seg_env.data.base import Sample, SegDataset
 from rl4seg_env.rewards import RewardModel

@@ -1,0 +1,327 @@
+"""Training the reward network (docs/method.md, iteration step 2).
+
+:func:`train_reward_network` - BCE on the per-pixel target ``pred == reference``, from scratch every
+iteration, a seeded 90/10 split, the best-on-validation checkpoint, then :func:`reward.network.fit_temperature`
+on the validation logits (calibration pixels: foreground by default) with ECE before and after.
+"""
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from reward.network import RewardNet, fit_temperature, save_reward_net
+from reward.uncertainty import expected_calibration_error
+
+
+# --------------------------------------------------------------------------------------------------
+# training
+# --------------------------------------------------------------------------------------------------
+@dataclass
+class RewardTrainConfig:
+    """Settings of :func:`train_reward_network` (defaults: the authors' optimiser, CPU-sized network)."""
+
+    #: maximum number of passes over the training split
+    epochs: int = 10
+    #: samples per optimisation step
+    batch_size: int = 32
+    #: Adam learning rate (authors: 1e-3)
+    lr: float = 1e-3
+    #: fraction of the samples held out for validation, early stopping and temperature scaling (authors: 0.1)
+    val_fraction: float = 0.1
+    #: stop after this many epochs without a lower validation loss (None: never stop early)
+    patience: int | None = 3
+    #: U-Net widths per level, shallow to deep
+    channels: tuple[int, ...] = (16, 32, 64, 128)
+    #: U-Net normalisation: "batch", "instance", "group" or None
+    norm: str | None = "batch"
+    #: segmentation input: "onehot" or "label" (see RewardNet)
+    seg_encoding: str = "onehot"
+    #: fit the temperature after training (False keeps T = 1)
+    calibrate: bool = True
+    #: pixels used to fit the temperature and measure ECE: "foreground" (prediction or reference not
+    #: background, where the evaluation measures calibration) or "all"
+    calibration_pixels: str = "foreground"
+    #: at most this many validation pixels (a seeded random subset) are kept for calibration
+    calibration_max_pixels: int = 4_000_000
+    #: L-BFGS iterations of the temperature fit
+    temperature_max_iter: int = 50
+    #: ECE bins
+    n_bins: int = 15
+    #: torch device (the caller decides; "cpu" by default)
+    device: str = "cpu"
+    #: seeds the split, the weight initialisation and the shuffling
+    seed: int = 0
+    #: DataLoader worker processes
+    num_workers: int = 0
+    #: show tqdm progress bars
+    progress: bool = True
+    #: write TensorBoard scalars here (None: no TensorBoard)
+    tensorboard_dir: str | None = None
+    #: prefix of the TensorBoard tags
+    tensorboard_prefix: str = "reward_net"
+
+    def __post_init__(self) -> None:
+        for name in ("epochs", "batch_size", "calibration_max_pixels", "temperature_max_iter", "n_bins"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"RewardTrainConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if self.lr <= 0:
+            raise ValueError(f"RewardTrainConfig.lr must be > 0, got {self.lr}")
+        if not 0 < self.val_fraction < 1:
+            raise ValueError(f"RewardTrainConfig.val_fraction must be in (0, 1), got {self.val_fraction}")
+        if self.patience is not None and self.patience < 1:
+            raise ValueError(f"RewardTrainConfig.patience must be >= 1 or null, got {self.patience}")
+        if self.seg_encoding not in ("onehot", "label"):
+            raise ValueError(f"RewardTrainConfig.seg_encoding must be 'onehot' or 'label', got {self.seg_encoding!r}")
+        if self.calibration_pixels not in ("foreground", "all"):
+            raise ValueError("RewardTrainConfig.calibration_pixels must be 'foreground' or 'all', "
+                             f"got {self.calibration_pixels!r}")
+        self.channels = tuple(int(c) for c in self.channels)
+
+
+@dataclass
+class RewardTrainResult:
+    """What :func:`train_reward_network` returns.
+
+    :param net: the best-on-validation network (on ``config.device``, eval mode) with its temperature set.
+    :param temperature: the fitted temperature (1.0 when ``calibrate=False``).
+    :param train_losses: mean training BCE per epoch.
+    :param val_losses: validation BCE per epoch (before temperature scaling).
+    :param best_epoch: index (0-based) of the epoch whose weights were kept.
+    :param val_ece_before: ECE of ``1 - reward`` vs the error map on the validation calibration pixels, T = 1.
+    :param val_ece_after: the same with the fitted temperature.
+    :param val_accuracy: fraction of validation pixels where ``reward > 0.5`` matches the target (all pixels).
+    :param val_majority_accuracy: accuracy of the best constant predictor on the same pixels (the baseline
+        ``val_accuracy`` must beat).
+    :param n_train: training samples. :param n_val: validation samples.
+    :param out_path: where the checkpoint was saved, if anywhere.
+    """
+
+    net: RewardNet
+    temperature: float
+    train_losses: list[float] = field(default_factory=list)
+    val_losses: list[float] = field(default_factory=list)
+    best_epoch: int = 0
+    val_ece_before: float = float("nan")
+    val_ece_after: float = float("nan")
+    val_accuracy: float = float("nan")
+    val_majority_accuracy: float = float("nan")
+    n_train: int = 0
+    n_val: int = 0
+    out_path: str | None = None
+
+    def summary(self) -> dict[str, float]:
+        """Scalars for logs and reports."""
+        return {"temperature": self.temperature, "best_epoch": self.best_epoch,
+                "train_loss": self.train_losses[self.best_epoch] if self.train_losses else float("nan"),
+                "val_loss": self.val_losses[self.best_epoch] if self.val_losses else float("nan"),
+                "val_ece_before": self.val_ece_before, "val_ece_after": self.val_ece_after,
+                "val_accuracy": self.val_accuracy, "val_majority_accuracy": self.val_majority_accuracy,
+                "n_train": self.n_train, "n_val": self.n_val}
+
+
+def _unpack(sample: Any) -> tuple[Any, Any, Any]:
+    if isinstance(sample, Mapping):
+        try:
+            return sample["image"], sample["pred"], sample["target"]
+        except KeyError as exc:
+            raise KeyError(f"reward sample mapping needs keys 'image', 'pred', 'target'; missing {exc}") from None
+    if len(sample) != 3:
+        raise ValueError(f"a reward sample is (image, pred, target); got a sequence of {len(sample)} items")
+    return sample[0], sample[1], sample[2]
+
+
+def _collate(batch: list[Any]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Stack samples into images (B, 1, H, W) float32, preds (B, H, W) int64, targets (B, H, W) float32."""
+    images, preds, targets = [], [], []
+    for sample in batch:
+        image, pred, target = _unpack(sample)
+        image = torch.as_tensor(np.asarray(image) if not torch.is_tensor(image) else image, dtype=torch.float32)
+        images.append(image.reshape(1, *image.shape[-2:]))
+        preds.append(torch.as_tensor(np.asarray(pred) if not torch.is_tensor(pred) else pred).long())
+        targets.append(torch.as_tensor(np.asarray(target) if not torch.is_tensor(target) else target).float())
+    try:
+        return torch.stack(images), torch.stack(preds), torch.stack(targets)
+    except RuntimeError as exc:
+        shapes = sorted({tuple(t.shape) for t in preds})
+        raise ValueError(f"reward samples must all have the same size; found prediction shapes {shapes}") from exc
+
+
+class _Subset(torch.utils.data.Dataset):
+    def __init__(self, samples: Any, indices: np.ndarray) -> None:
+        self.samples, self.indices = samples, indices
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int) -> Any:
+        return self.samples[int(self.indices[i])]
+
+
+def train_reward_network(samples: Any, n_classes: int, config: RewardTrainConfig | None = None,
+                         out_path: str | os.PathLike | None = None, **metadata: Any) -> RewardTrainResult:
+    """Train a reward network from scratch, keep the best-on-validation weights, then temperature-scale it.
+
+    :param samples: indexable with ``len`` (list, ``torch.utils.data.Dataset`` such as
+        :class:`reward.builder.RewardSampleDataset`) of ``(image, pred, target)``: image float32 (H, W) or
+        (1, H, W) in [0, 1], pred (H, W) int label map, target (H, W) bool/float = ``pred == reference``.
+        Mappings with keys ``image``, ``pred``, ``target`` work too.
+    :param n_classes: classes of the label maps, background included.
+    :param config: :class:`RewardTrainConfig` (default settings if None).
+    :param out_path: if given, the final network is saved there with :func:`save_reward_net` (atomic).
+    :param metadata: extra plain values stored in the checkpoint (e.g. ``iteration=2``).
+    :return: :class:`RewardTrainResult`.
+
+    Loss: mean per-pixel BCE with logits on the target. Split: a seeded random ``val_fraction`` of the
+    samples (at least one) is held out. The temperature is fitted on the held-out logits (the
+    ``calibration_pixels`` of up to ``calibration_max_pixels`` pixels) with :func:`fit_temperature`.
+    """
+    config = config or RewardTrainConfig()
+    if config.calibration_pixels not in ("foreground", "all"):
+        raise ValueError(f"RewardTrainConfig.calibration_pixels must be 'foreground' or 'all', "
+                         f"got {config.calibration_pixels!r}")
+    n = len(samples)
+    if n < 2:
+        raise ValueError(f"train_reward_network needs at least 2 samples (train + validation), got {n}")
+    if config.epochs < 1 or config.batch_size < 1:
+        raise ValueError(f"RewardTrainConfig: epochs and batch_size must be >= 1, got epochs={config.epochs}, "
+                         f"batch_size={config.batch_size}")
+    if not 0 < config.val_fraction < 1:
+        raise ValueError(f"RewardTrainConfig.val_fraction must be in (0, 1), got {config.val_fraction}")
+    device = torch.device(config.device)
+    # seeded run that leaves the caller's global RNG streams as they were
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(config.seed)
+        return _train(samples, n_classes, config, device, out_path, metadata)
+
+
+def _train(samples: Any, n_classes: int, config: RewardTrainConfig, device: torch.device,
+           out_path: str | os.PathLike | None, metadata: dict[str, Any]) -> RewardTrainResult:
+    n = len(samples)
+    rng = np.random.default_rng(config.seed)
+    order = rng.permutation(n)
+    n_val = min(max(1, int(round(config.val_fraction * n))), n - 1)
+    val_idx, train_idx = np.sort(order[:n_val]), order[n_val:]
+
+    gen = torch.Generator().manual_seed(config.seed)
+    loader_kw = {"batch_size": config.batch_size, "collate_fn": _collate, "num_workers": config.num_workers}
+    train_loader = torch.utils.data.DataLoader(_Subset(samples, train_idx), shuffle=True, generator=gen,
+                                               # a last batch of one sample would break batch norm
+                                               drop_last=len(train_idx) % config.batch_size == 1, **loader_kw)
+    val_loader = torch.utils.data.DataLoader(_Subset(samples, val_idx), shuffle=False, **loader_kw)
+
+    net = RewardNet(n_classes, seg_encoding=config.seg_encoding, channels=config.channels,
+                    norm=config.norm).to(device)
+    optimizer = torch.optim.Adam(net.parameters(), lr=config.lr)
+    writer = None
+    if config.tensorboard_dir:
+        from torch.utils.tensorboard import SummaryWriter
+
+        writer = SummaryWriter(config.tensorboard_dir)
+    tag = config.tensorboard_prefix
+
+    result = RewardTrainResult(net=net, temperature=1.0, n_train=len(train_idx), n_val=n_val)
+    best_loss, best_state, stale = math.inf, None, 0
+    epochs = tqdm(range(config.epochs), desc="reward net", unit="epoch", disable=not config.progress, leave=False)
+    for epoch in epochs:
+        net.train()
+        total, count = 0.0, 0
+        for images, preds, targets in tqdm(train_loader, desc=f"epoch {epoch + 1}", leave=False, unit="batch",
+                                           disable=not config.progress):
+            images, preds, targets = images.to(device), preds.to(device), targets.to(device)
+            loss = F.binary_cross_entropy_with_logits(net(images, preds)[:, 0], targets)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total += loss.item() * len(images)
+            count += len(images)
+        train_loss = total / max(count, 1)
+        val_loss = _validation_loss(net, val_loader, device)
+        result.train_losses.append(train_loss)
+        result.val_losses.append(val_loss)
+        epochs.set_postfix(train=f"{train_loss:.4f}", val=f"{val_loss:.4f}")
+        if writer is not None:
+            writer.add_scalar(f"{tag}/train_loss", train_loss, epoch)
+            writer.add_scalar(f"{tag}/val_loss", val_loss, epoch)
+        if val_loss < best_loss:
+            best_loss, stale, result.best_epoch = val_loss, 0, epoch
+            best_state = {k: v.detach().clone() for k, v in net.state_dict().items()}
+        else:
+            stale += 1
+            if config.patience is not None and stale >= config.patience:
+                break
+    if best_state is not None:
+        net.load_state_dict(best_state)
+    net.eval()
+
+    # temperature scaling on the held-out split
+    logits, targets, fg, result.val_accuracy, result.val_majority_accuracy = _collect_validation(
+        net, val_loader, device, config)
+    keep = fg if config.calibration_pixels == "foreground" else torch.ones_like(fg)
+    if config.calibrate and keep.any():
+        temperature = fit_temperature(logits[keep], targets[keep], max_iter=config.temperature_max_iter)
+    else:
+        temperature = 1.0
+    net.set_temperature(temperature)
+    result.temperature = temperature
+    errors = (targets < 0.5).numpy()
+    mask = keep.numpy()
+    result.val_ece_before = expected_calibration_error(torch.sigmoid(-logits).numpy(), errors, mask, config.n_bins)
+    result.val_ece_after = expected_calibration_error(torch.sigmoid(-logits / temperature).numpy(), errors, mask,
+                                                      config.n_bins)
+    if writer is not None:
+        for name in ("temperature", "val_ece_before", "val_ece_after", "val_accuracy"):
+            writer.add_scalar(f"{tag}/{name}", float(getattr(result, name)), result.best_epoch)
+        writer.close()
+    if out_path is not None:
+        save_reward_net(net, out_path, **{**result.summary(), **metadata})
+        result.out_path = str(out_path)
+    return result
+
+
+def _validation_loss(net: RewardNet, loader: torch.utils.data.DataLoader, device: torch.device) -> float:
+    net.eval()
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for images, preds, targets in loader:
+            logits = net(images.to(device), preds.to(device))[:, 0]
+            total += float(F.binary_cross_entropy_with_logits(logits, targets.to(device), reduction="sum"))
+            count += targets.numel()
+    return total / max(count, 1)
+
+
+def _collect_validation(net: RewardNet, loader: torch.utils.data.DataLoader, device: torch.device,
+                        config: RewardTrainConfig) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float, float]:
+    """Validation logits, targets and foreground flags of a seeded subset of at most
+    ``config.calibration_max_pixels`` pixels, plus the accuracy of ``logit > 0`` and of the best constant
+    predictor over all validation pixels."""
+    pixels_per_sample = int(np.prod(_collate([loader.dataset[0]])[1].shape[1:]))
+    total_pixels = len(loader.dataset) * pixels_per_sample
+    keep_prob = min(1.0, config.calibration_max_pixels / max(total_pixels, 1))
+    gen = torch.Generator().manual_seed(config.seed + 1)
+    logits, targets, fg = [], [], []
+    correct, n_correct_targets, n_pix = 0, 0, 0
+    with torch.no_grad():
+        for images, preds, target in loader:
+            z = net(images.to(device), preds.to(device))[:, 0].cpu()
+            correct += int(((z > 0) == (target > 0.5)).sum())
+            n_correct_targets += int((target > 0.5).sum())
+            n_pix += target.numel()
+            # an error needs a foreground label on one side: pred or reference is foreground
+            is_fg = (preds > 0) | (target < 0.5)
+            z, target, is_fg = z.reshape(-1), target.reshape(-1), is_fg.reshape(-1)
+            if keep_prob < 1.0:
+                sel = torch.rand(z.shape, generator=gen) < keep_prob
+                z, target, is_fg = z[sel], target[sel], is_fg[sel]
+            logits.append(z)
+            targets.append(target)
+            fg.append(is_fg)
+    majority = max(n_correct_targets, n_pix - n_correct_targets)
+    return torch.cat(logits), torch.cat(targets), torch.cat(fg), correct / max(n_pix, 1), majority / max(n_pix, 1)
