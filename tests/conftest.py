@@ -7,6 +7,69 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from rl4seg_env.data.base import Sample, SegDataset
+
+
+# ---------------------------------------------------------------------------------------------------
+# toy datasets shared by the tests (import them: ``from conftest import TinyDataset, RingDataset``)
+# ---------------------------------------------------------------------------------------------------
+class TinyDataset(SegDataset):
+    """Deterministic random images; label = intensity bins, so a thresholding policy is perfect.
+
+    :param spacing: (row, col) pixel size in mm of every sample.
+    :param prefix: ids are ``f"{prefix}{index:03d}"`` (a ``/`` in it exercises file-name-safe ids).
+    """
+
+    def __init__(self, n: int = 6, size: tuple[int, int] = (16, 16), with_labels: bool = True,
+                 spacing: tuple[float, float] = (0.5, 0.3), prefix: str = "tiny_") -> None:
+        self.image_size = size
+        self.class_names = ("background", "lv", "myo")
+        self.with_labels = with_labels
+        self.n, self.spacing, self.prefix = n, spacing, prefix
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, index: int) -> Sample:
+        index = self._check_index(index)
+        image = np.random.default_rng(index).random(self.image_size).astype(np.float32)
+        label = np.minimum(image * 3, 2).astype(np.uint8) if self.with_labels else None
+        return Sample(image, label, self.spacing, f"{self.prefix}{index:03d}")
+
+
+class RingDataset(SegDataset):
+    """A disc (class 1) inside a ring (class 2) at a random place on a noisy background, deterministic per
+    (seed, index): the smallest echo-like segmentation task.
+
+    :param intensities: mean intensity of background, disc and ring.
+    :param noise: std of the Gaussian image noise.
+    """
+
+    def __init__(self, n: int, seed: int = 0, size: int = 32, with_labels: bool = True,
+                 class_names: tuple[str, ...] = ("background", "disc", "ring"),
+                 intensities: tuple[float, float, float] = (0.15, 0.45, 0.85), noise: float = 0.12) -> None:
+        self.n, self.seed, self.with_labels = n, seed, with_labels
+        self.image_size = (size, size)
+        self.class_names = class_names
+        self.intensities, self.noise = intensities, noise
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, index: int) -> Sample:
+        index = self._check_index(index)
+        rng = np.random.default_rng((self.seed, index))
+        h, w = self.image_size
+        r_in = rng.uniform(0.12, 0.2) * h
+        r_out = r_in + rng.uniform(0.08, 0.14) * h
+        cy, cx = rng.uniform(r_out + 1, h - r_out - 1), rng.uniform(r_out + 1, w - r_out - 1)
+        yy, xx = np.mgrid[:h, :w]
+        dist = np.hypot(yy - cy, xx - cx)
+        label = np.where(dist < r_in, 1, np.where(dist < r_out, 2, 0)).astype(np.uint8)
+        image = np.choose(label, self.intensities) + rng.normal(0, self.noise, (h, w))
+        image = np.clip(image, 0, 1).astype(np.float32)
+        return Sample(image, label if self.with_labels else None, (1.0, 1.0), f"toy_{index}")
+
 
 # ---------------------------------------------------------------------------------------------------
 # CAMUS-layout fixture (data/camus.py, data/nifti.py)

@@ -9,27 +9,8 @@ import pytest
 from gymnasium.utils.env_checker import check_env
 
 import rl4seg_env  # noqa: F401  (registers RL4Seg-v0)
-from rl4seg_env.data.base import Sample, SegDataset
+from conftest import TinyDataset  # tests/ is on sys.path under pytest
 from rl4seg_env.env import SegEnv
-
-
-class TinyDataset(SegDataset):
-    """Deterministic random images; label = intensity bins, so a thresholding policy is perfect."""
-
-    def __init__(self, n: int = 6, size: tuple[int, int] = (16, 16), with_labels: bool = True) -> None:
-        self.image_size = size
-        self.class_names = ("background", "lv", "myo")
-        self.with_labels = with_labels
-        self.n = n
-
-    def __len__(self) -> int:
-        return self.n
-
-    def __getitem__(self, index: int) -> Sample:
-        index = self._check_index(index)
-        image = np.random.default_rng(index).random(self.image_size).astype(np.float32)
-        label = np.minimum(image * 3, 2).astype(np.uint8) if self.with_labels else None
-        return Sample(image, label, (0.5, 0.3), f"tiny_{index:03d}")
 
 
 def assert_no_warnings(record: list[warnings.WarningMessage]) -> None:

@@ -7,11 +7,12 @@ import warnings
 from pathlib import Path
 
 import nibabel as nib
+from conftest import TinyDataset
 import numpy as np
 import pytest
 
 from rl4seg_env.data import DataError, make_dataset
-from rl4seg_env.data.base import Sample, SegDataset, normalize_intensity, resize_label
+from rl4seg_env.data.base import normalize_intensity, resize_label
 from rl4seg_env.data import nifti as nifti_module
 from rl4seg_env.data.nifti import NiftiFolderDataset, export_to_nifti_folder, read_nifti_2d, write_nifti_2d
 
@@ -265,29 +266,8 @@ def test_malformed_and_empty_manifests(nifti_folder, tmp_path):
 # ---------------------------------------------------------------------------------------------------
 # Export
 # ---------------------------------------------------------------------------------------------------
-class _TinyDataset(SegDataset):
-    """In-test dataset: random images, block labels, non-square spacing, ids with a '/'."""
-
-    def __init__(self, prefix: str, n: int, with_labels: bool = True) -> None:
-        self.prefix, self.n = prefix, n
-        self.image_size = (12, 10)
-        self.class_names = ("background", "lv", "myo")
-        self.with_labels = with_labels
-
-    def __len__(self) -> int:
-        return self.n
-
-    def __getitem__(self, index: int) -> Sample:
-        rng = np.random.default_rng([index, len(self.prefix)])
-        image = rng.random(self.image_size, dtype=np.float32)
-        label = np.zeros(self.image_size, np.uint8)
-        label[1 : 4 + index, 2:6] = 1
-        label[4 + index : 6 + index, 2:6] = 2
-        return Sample(image, label if self.with_labels else None, SPACING, f"{self.prefix}/{index:03d}")
-
-
 def test_export_round_trips_through_manifest_dataset(tmp_path):
-    sources = {"train": _TinyDataset("src", 3), "test": _TinyDataset("tgt", 2, with_labels=False)}
+    sources = {"train": TinyDataset(3, (12, 10), spacing=SPACING, prefix="src/"), "test": TinyDataset(2, (12, 10), with_labels=False, spacing=SPACING, prefix="tgt/")}
     manifest = export_to_nifti_folder(sources, tmp_path / "export", progress=False)
     assert manifest == tmp_path / "export" / "manifest.csv"
     assert sorted(p.name for p in (tmp_path / "export" / "labels").iterdir()) == [
@@ -308,6 +288,6 @@ def test_export_round_trips_through_manifest_dataset(tmp_path):
 
 def test_export_refuses_duplicate_ids(tmp_path):
     with pytest.raises(ValueError, match="'src/000' appears in split 'train' and 'val'"):
-        export_to_nifti_folder({"train": _TinyDataset("src", 1), "val": _TinyDataset("src", 1)}, tmp_path,
+        export_to_nifti_folder({"train": TinyDataset(1, (12, 10), spacing=SPACING, prefix="src/"), "val": TinyDataset(1, (12, 10), spacing=SPACING, prefix="src/")}, tmp_path,
                                progress=False)
     assert not (tmp_path / "manifest.csv").exists()  # the manifest is written last

@@ -18,7 +18,8 @@ from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.vec_env import DummyVecEnv
 
 from agents import PixelActorCriticPolicy, PixelCategorical, PixelPPO, shrink_perturb
-from rl4seg_env.data.base import Sample, SegDataset
+from conftest import RingDataset
+from rl4seg_env.data.base import SegDataset
 from rl4seg_env.env import SegEnv
 from rl4seg_env.metrics import dice_per_class
 
@@ -26,39 +27,10 @@ SIZE = 32
 SMALL = {"actor_kwargs": {"channels": (8, 16, 32)}}
 
 
-class DiskDataset(SegDataset):
-    """Disk (class 1, bright) inside a ring (class 2, grey) on a dark noisy background."""
-
-    class_names = ("background", "lv", "myo")
-    with_labels = True
-
-    def __init__(self, n: int = 16, size: int = SIZE, seed: int = 0) -> None:
-        self.image_size = (size, size)
-        rng = np.random.default_rng(seed)
-        yy, xx = np.mgrid[:size, :size]
-        self.samples = []
-        for i in range(n):
-            cy, cx = rng.uniform(0.35, 0.65, 2) * size
-            radius = rng.uniform(0.12, 0.2) * size
-            distance = np.hypot(yy - cy, xx - cx)
-            label = np.zeros((size, size), np.uint8)
-            label[distance < radius + 0.12 * size] = 2
-            label[distance < radius] = 1
-            image = np.choose(label, [0.1, 0.9, 0.5]) + rng.normal(0, 0.05, label.shape)
-            self.samples.append(Sample(np.clip(image, 0, 1).astype(np.float32), label, (1.0, 1.0), f"disk{i}"))
-
-    def __len__(self) -> int:
-        return len(self.samples)
-
-    def __getitem__(self, index: int) -> Sample:
-        return self.samples[self._check_index(index)]
-
-
-
-
 @pytest.fixture(scope="module")
-def dataset() -> DiskDataset:
-    return DiskDataset()
+def dataset() -> RingDataset:
+    return RingDataset(16, size=SIZE, class_names=("background", "lv", "myo"), intensities=(0.1, 0.9, 0.5),
+                       noise=0.05)
 
 
 def make_env(dataset: SegDataset, n_envs: int = 2, seed: int = 0):
@@ -71,12 +43,13 @@ def make_model(dataset: SegDataset, **kwargs) -> PixelPPO:
     return PixelPPO("PixelUNetPolicy", make_env(dataset), **kwargs)
 
 
-def images_and_labels(dataset: DiskDataset) -> tuple[np.ndarray, np.ndarray]:
-    images = np.stack([np.round(s.image * 255).astype(np.uint8)[..., None] for s in dataset.samples])
-    return images, np.stack([s.label for s in dataset.samples])
+def images_and_labels(dataset: RingDataset) -> tuple[np.ndarray, np.ndarray]:
+    samples = [dataset[i] for i in range(len(dataset))]
+    images = np.stack([np.round(s.image * 255).astype(np.uint8)[..., None] for s in samples])
+    return images, np.stack([s.label for s in samples])
 
 
-def score(model: PixelPPO, dataset: DiskDataset) -> tuple[float, float]:
+def score(model: PixelPPO, dataset: RingDataset) -> tuple[float, float]:
     """(mean pixel accuracy = the env's mean reward of the argmax action, mean foreground Dice)."""
     images, labels = images_and_labels(dataset)
     predictions, _ = model.predict(images, deterministic=True)
@@ -84,7 +57,7 @@ def score(model: PixelPPO, dataset: DiskDataset) -> tuple[float, float]:
     return float((predictions == labels).mean()), float(dice_per_class(predictions, labels, 3).mean())
 
 
-def mean_kl_to_reference(model: PixelPPO, dataset: DiskDataset) -> float:
+def mean_kl_to_reference(model: PixelPPO, dataset: RingDataset) -> float:
     images, _ = images_and_labels(dataset)
     obs, _ = model.policy.obs_to_tensor(images)
     model.policy.set_training_mode(False)
@@ -228,8 +201,9 @@ def test_tensorboard_has_scalars_and_image_panel(dataset, tmp_path):
 # --- anchors --------------------------------------------------------------------------------------
 def test_pseudo_label_anchors_replace_actions_with_reward_one(dataset):
     env = make_env(dataset)
-    anchored_ids = {s.id for s in dataset.samples[::2]}
-    pseudo = {s.id: np.full((SIZE, SIZE), 2, np.uint8) for s in dataset.samples if s.id in anchored_ids}
+    samples = [dataset[i] for i in range(len(dataset))]
+    anchored_ids = {s.id for s in samples[::2]}
+    pseudo = {s.id: np.full((SIZE, SIZE), 2, np.uint8) for s in samples if s.id in anchored_ids}
     env.env_method("set_pseudo_labels", pseudo)
     model = PixelPPO("PixelUNetPolicy", env, n_steps=8, policy_kwargs=SMALL, seed=0, device="cpu")
     model.learn(16)  # one rollout of 8 x 2 images

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from agents.networks import UNet, load_unet
+from conftest import RingDataset
 from agents.pretrain import (
     PretrainConfig,
     SegTorchDataset,
@@ -18,37 +19,9 @@ from agents.pretrain import (
     last_checkpoint_path,
     pretrain_segmentation,
 )
-from rl4seg_env.data.base import Sample, SegDataset
 
 SIZE = 32
 CHANNELS = (8, 16)
-
-
-class ToyRings(SegDataset):
-    """Disc (class 1) inside a ring (class 2) at a random place, on noisy background; deterministic per index."""
-
-    def __init__(self, n: int, seed: int = 0, size: int = SIZE, with_labels: bool = True,
-                 class_names: tuple[str, ...] = ("background", "disc", "ring")) -> None:
-        self.n, self.seed, self.with_labels = n, seed, with_labels
-        self.image_size = (size, size)
-        self.class_names = class_names
-
-    def __len__(self) -> int:
-        return self.n
-
-    def __getitem__(self, index: int) -> Sample:
-        index = self._check_index(index)
-        rng = np.random.default_rng((self.seed, index))
-        h, w = self.image_size
-        r_in = rng.uniform(0.12, 0.2) * h
-        r_out = r_in + rng.uniform(0.08, 0.14) * h
-        cy, cx = rng.uniform(r_out + 1, h - r_out - 1), rng.uniform(r_out + 1, w - r_out - 1)
-        yy, xx = np.mgrid[:h, :w]
-        dist = np.hypot(yy - cy, xx - cx)
-        label = np.where(dist < r_in, 1, np.where(dist < r_out, 2, 0)).astype(np.uint8)
-        image = np.choose(label, [0.15, 0.45, 0.85]) + rng.normal(0, 0.12, (h, w))
-        image = np.clip(image, 0, 1).astype(np.float32)
-        return Sample(image, label if self.with_labels else None, (1.0, 1.0), f"toy_{index}")
 
 
 def small_config(tmp_path, **kwargs) -> PretrainConfig:
@@ -71,7 +44,7 @@ def _one_thread():
 def trained(tmp_path_factory):
     """One short training run shared by several tests (the expensive part)."""
     tmp = tmp_path_factory.mktemp("pretrain")
-    train, val = ToyRings(32, seed=0), ToyRings(16, seed=1)
+    train, val = RingDataset(32, seed=0), RingDataset(16, seed=1)
     torch.manual_seed(0)
     untrained = evaluate_segmentation(UNet(1, 3, CHANNELS), val, device="cpu")
     config = small_config(tmp, loss="ce+dice", epochs=8, batch_size=4, lr=5e-3)
@@ -119,7 +92,7 @@ def test_tensorboard_scalars_written(trained):
 
 
 def test_early_stopping_stops_before_epochs(tmp_path):
-    train, val = ToyRings(8, seed=0), ToyRings(4, seed=1)
+    train, val = RingDataset(8, seed=0), RingDataset(4, seed=1)
     # lr = 1e-9: the weights barely move, so the validation Dice cannot improve after epoch 1
     config = small_config(tmp_path, epochs=20, lr=1e-9, patience=2, min_delta=1e-3, augment=False,
                           tensorboard_log=None)
@@ -130,7 +103,7 @@ def test_early_stopping_stops_before_epochs(tmp_path):
 
 
 def test_resume_continues_from_last_epoch(tmp_path):
-    train, val = ToyRings(16, seed=0), ToyRings(8, seed=1)
+    train, val = RingDataset(16, seed=0), RingDataset(8, seed=1)
     out = tmp_path / "actor.pt"
     first = pretrain_segmentation(train, val, out, small_config(tmp_path, epochs=2))
     assert last_checkpoint_path(out).exists() and last_checkpoint_path(out).name == "actor.last.pt"
@@ -148,7 +121,7 @@ def test_resume_continues_from_last_epoch(tmp_path):
 
 
 def test_resume_refuses_other_architecture(tmp_path):
-    train, val = ToyRings(8, seed=0), ToyRings(4, seed=1)
+    train, val = RingDataset(8, seed=0), RingDataset(4, seed=1)
     out = tmp_path / "actor.pt"
     pretrain_segmentation(train, val, out, small_config(tmp_path, epochs=1, tensorboard_log=None))
     with pytest.raises(ValueError, match="cannot resume"):
@@ -158,36 +131,36 @@ def test_resume_refuses_other_architecture(tmp_path):
 
 def test_unlabelled_dataset_is_refused(tmp_path):
     with pytest.raises(ValueError, match="with_labels=False"):
-        pretrain_segmentation(ToyRings(8, with_labels=False), ToyRings(4), tmp_path / "a.pt", small_config(tmp_path))
+        pretrain_segmentation(RingDataset(8, with_labels=False), RingDataset(4), tmp_path / "a.pt", small_config(tmp_path))
     with pytest.raises(ValueError, match="with_labels=False"):
-        pretrain_segmentation(ToyRings(8), ToyRings(4, with_labels=False), tmp_path / "a.pt", small_config(tmp_path))
+        pretrain_segmentation(RingDataset(8), RingDataset(4, with_labels=False), tmp_path / "a.pt", small_config(tmp_path))
     with pytest.raises(ValueError, match="no labels"):
-        SegTorchDataset(ToyRings(4, with_labels=False))
+        SegTorchDataset(RingDataset(4, with_labels=False))
     assert not (tmp_path / "a.pt").exists()
 
 
 def test_class_count_mismatch_is_refused(tmp_path):
     with pytest.raises(ValueError, match="outputs 4 classes .* has 3"):
-        pretrain_segmentation(ToyRings(8), ToyRings(4), tmp_path / "a.pt", small_config(tmp_path),
+        pretrain_segmentation(RingDataset(8), RingDataset(4), tmp_path / "a.pt", small_config(tmp_path),
                               model=UNet(1, 4, CHANNELS))
     with pytest.raises(ValueError, match="outputs 4 classes"):
-        evaluate_segmentation(UNet(1, 4, CHANNELS), ToyRings(4))
-    other = ToyRings(4, class_names=("background", "lv", "myo", "la"))
+        evaluate_segmentation(UNet(1, 4, CHANNELS), RingDataset(4))
+    other = RingDataset(4, class_names=("background", "lv", "myo", "la"))
     with pytest.raises(ValueError, match="class names differ"):
-        pretrain_segmentation(ToyRings(8), other, tmp_path / "a.pt", small_config(tmp_path))
+        pretrain_segmentation(RingDataset(8), other, tmp_path / "a.pt", small_config(tmp_path))
 
 
 def test_torch_dataset_adapter_shapes_and_dtypes():
-    ds = SegTorchDataset(ToyRings(3))
+    ds = SegTorchDataset(RingDataset(3))
     image, label = ds[1]
     assert image.shape == (1, SIZE, SIZE) and image.dtype == torch.float32
     assert label.shape == (SIZE, SIZE) and label.dtype == torch.int64
     assert len(ds) == 3
-    np.testing.assert_array_equal(label.numpy(), ToyRings(3)[1].label)
+    np.testing.assert_array_equal(label.numpy(), RingDataset(3)[1].label)
 
 
 def test_augmentation_moves_image_and_label_together():
-    ds = SegTorchDataset(ToyRings(6))
+    ds = SegTorchDataset(RingDataset(6))
     images = torch.stack([ds[i][0] for i in range(6)])
     labels = torch.stack([ds[i][1] for i in range(6)])
     gen = torch.Generator().manual_seed(0)

@@ -7,6 +7,7 @@ import pickle
 import numpy as np
 import pytest
 import torch
+from conftest import RingDataset
 
 from reward.network import (
     LearnedReward,
@@ -18,7 +19,6 @@ from reward.network import (
 )
 from reward.training import RewardTrainConfig, train_reward_network
 from reward.uncertainty import expected_calibration_error
-from rl4seg_env.data.base import Sample, SegDataset
 from rl4seg_env.rewards import RewardModel
 
 N_CLASSES = 3
@@ -268,21 +268,6 @@ def test_learned_reward_implements_the_env_protocol() -> None:
         np.testing.assert_array_equal(clone(images, actions), out)
 
 
-class DiscDataset(SegDataset):
-    """16x16 disc images for the env test."""
-
-    def __init__(self) -> None:
-        self.image_size, self.class_names, self.with_labels = (16, 16), ("background", "lv", "myo"), True
-        self.samples = disc_toy(4, size=16, seed=2)
-
-    def __len__(self) -> int:
-        return len(self.samples)
-
-    def __getitem__(self, index: int) -> Sample:
-        image, pred, target = self.samples[self._check_index(index)]
-        return Sample(image, pred.astype(np.uint8), (1.0, 1.0), f"disc_{index}")
-
-
 def test_learned_reward_is_swapped_into_vec_envs_by_env_method() -> None:
     from stable_baselines3.common.vec_env import DummyVecEnv
 
@@ -291,7 +276,7 @@ def test_learned_reward_is_swapped_into_vec_envs_by_env_method() -> None:
 
     torch.manual_seed(0)
     net = RewardNet(N_CLASSES, channels=SMALL)
-    vec = DummyVecEnv([lambda: LearnedRewardWrapper(SegEnv(DiscDataset()), LearnedReward(net))])
+    vec = DummyVecEnv([lambda: LearnedRewardWrapper(SegEnv(RingDataset(4, seed=2, size=16, class_names=("background", "lv", "myo"))), LearnedReward(net))])
     vec.reset()
     actions = np.zeros((1, 16, 16), np.uint8)
     _, before, _, _ = vec.step(actions)

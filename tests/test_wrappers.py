@@ -13,7 +13,8 @@ import rl4seg_env  # noqa: F401  (registers the envs)
 from rl4seg_env.env import SegEnv
 from rl4seg_env.rewards import RewardModel
 from rl4seg_env.wrappers import DownsampledActionWrapper, LearnedRewardWrapper, coarse_to_full
-from test_env import TinyDataset, assert_no_warnings  # tests/ is on sys.path under pytest
+from conftest import TinyDataset
+from test_env import assert_no_warnings  # tests/ is on sys.path under pytest
 
 
 class ConvReward(nn.Module):
