@@ -15,6 +15,12 @@ ORDER = ("rl4seg_env", "agents", "reward", "pipeline")
 COMMANDS = ("rl4seg-train", "rl4seg-predict", "rl4seg-evaluate", "rl4seg-benchmark-da", "rl4seg-benchmark-rl")
 
 
+def _command(name: str) -> str | None:
+    """The installed console script (on PATH, or beside this Python when PATH has no shim for it yet)."""
+    beside = Path(sys.executable).parent / name
+    return shutil.which(name) or (str(beside) if beside.is_file() else None)
+
+
 def _imports(path: Path) -> list[tuple[int, str]]:
     """(line, top-level module) of every import statement in a file, module-level or inside functions."""
     out = []
@@ -61,7 +67,7 @@ def test_version_and_typed_markers():
 
 @pytest.mark.parametrize("command", COMMANDS)
 def test_installed_commands_answer_help_from_any_folder(command, tmp_path):
-    exe = shutil.which(command)
+    exe = _command(command)
     assert exe is not None, f"{command} is not installed: run `pip install -e .` (pyproject [project.scripts])"
     out = subprocess.run([exe, "--help"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
@@ -71,7 +77,7 @@ def test_installed_commands_answer_help_from_any_folder(command, tmp_path):
 def test_installed_train_command_finds_its_packaged_default_config(tmp_path):
     import yaml
 
-    out = subprocess.run([shutil.which("rl4seg-train") or "rl4seg-train", "--print-config"], cwd=tmp_path,
+    out = subprocess.run([_command("rl4seg-train") or "rl4seg-train", "--print-config"], cwd=tmp_path,
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     printed = yaml.safe_load(out.stdout)
