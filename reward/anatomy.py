@@ -25,11 +25,14 @@ from __future__ import annotations
 
 import difflib
 import math
+import os
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
+from pathlib import Path
 
 import numpy as np
+import yaml
 from scipy import ndimage
 
 Spacing = tuple[float, float]
@@ -400,8 +403,11 @@ def register_criteria(name: str, criteria: Sequence[Criterion], overwrite: bool 
     CRITERIA_SETS[name] = list(criteria)
 
 
-def get_criteria(criteria: str | Sequence[Criterion]) -> list[Criterion]:
-    """Resolve a set name (``"echo"``, ``"generic"``, or a registered one) or pass an explicit list through."""
+def get_criteria(criteria: str | os.PathLike | Sequence[Criterion]) -> list[Criterion]:
+    """Resolve a set name (``"echo"``, ``"generic"``, or a registered one), the path of a calibrated-criteria
+    YAML file (:mod:`reward.anatomy_calibration`), or pass an explicit list through."""
+    if isinstance(criteria, os.PathLike) or (isinstance(criteria, str) and criteria.endswith((".yaml", ".yml"))):
+        return criteria_from_file(criteria)
     if isinstance(criteria, str):
         if criteria not in CRITERIA_SETS:
             close = difflib.get_close_matches(criteria, CRITERIA_SETS, n=1)
@@ -410,6 +416,26 @@ def get_criteria(criteria: str | Sequence[Criterion]) -> list[Criterion]:
                              f"{', '.join(sorted(CRITERIA_SETS))}{hint}")
         return CRITERIA_SETS[criteria]
     return list(criteria)
+
+
+def criteria_from_file(path: str | os.PathLike) -> list[Criterion]:
+    """The criteria of a calibrated-criteria YAML file: its ``base`` set with the stored ``bounds``
+    (``{criterion: {"low": ..., "high": ...}}``); errors name the file and what is missing."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"criteria file not found: {path}")
+    try:
+        doc = yaml.safe_load(path.read_text())
+        base, bounds = doc["base"], doc["bounds"]
+    except (yaml.YAMLError, TypeError, KeyError) as exc:
+        raise ValueError(f"{path}: not a calibrated-criteria file (needs 'base' and 'bounds'; "
+                         f"{type(exc).__name__}: {exc})") from None
+    out = []
+    for criterion in get_criteria(base):
+        if criterion.name not in bounds:
+            raise ValueError(f"{path}: no bounds for criterion {criterion.name!r} of set {base!r}")
+        out.append(replace(criterion, low=bounds[criterion.name]["low"], high=bounds[criterion.name]["high"]))
+    return out
 
 
 def _as_map(label_map: np.ndarray) -> np.ndarray:
@@ -442,7 +468,8 @@ def check_anatomy(label_map: np.ndarray, spacing: Spacing = (1.0, 1.0),
     :raises ValueError: when ``label_map`` is not 2-D or the set name is unknown (caller errors).
     """
     label_map = _as_map(label_map)
-    name = criteria if isinstance(criteria, str) else "custom"
+    name = criteria if isinstance(criteria, str) and criteria in CRITERIA_SETS else (
+        str(criteria) if isinstance(criteria, (str, os.PathLike)) else "custom")
     return AnatomyReport([_evaluate(c, label_map, spacing) for c in get_criteria(criteria)], criteria=name)
 
 
@@ -471,7 +498,7 @@ def validity_batch(label_maps: np.ndarray, spacing: Spacing = (1.0, 1.0),
 
 __all__ = [
     "AnatomyReport", "CRITERIA_SETS", "Criterion", "CriterionResult", "FRONTIER_RANGE", "MYO_THICKNESS_MIN",
-    "WIDTH_RATIO_MAX", "check_anatomy", "epicardium_holes", "fill_holes", "get_criteria", "holes", "is_valid",
+    "WIDTH_RATIO_MAX", "check_anatomy", "criteria_from_file", "epicardium_holes", "fill_holes", "get_criteria", "holes", "is_valid",
     "largest_component", "lv_frontier", "lv_holes", "lv_myo_gap", "lv_not_empty", "lv_one_piece",
     "make_echo_criteria", "make_generic_criteria", "myo_one_piece", "myo_thickness",
     "pixels_outside_largest_component", "register_criteria", "small_area", "structure_holes",
