@@ -24,6 +24,7 @@ import math
 import shutil
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,7 @@ from pipeline.config import LoopConfig, apply_overrides, config_to_dict, config_
 from pipeline.loop import RL4SegRun
 from pipeline.run_dir import RunDirectory
 from pipeline.tables import markdown_table, rows_to_csv
+from reward.anatomy import validity_batch
 from reward.correctors import Corrector
 from reward.network import LearnedReward, load_reward_net
 from rl4seg_env.data.base import load_images
@@ -134,7 +136,8 @@ class DABenchmark:
     :param adabn_config: :class:`~pipeline.baselines.AdaBNConfig` (default ``AdaBNConfig()``).
     :param tent_config: :class:`~pipeline.baselines.TentConfig` (default ``TentConfig()``); its seed is set per seed.
     :param self_training_config: :class:`~pipeline.baselines.SelfTrainingConfig` (default: RL4Seg's number of
-        iterations, anatomical criteria set and Dice threshold); its seed is set per seed.
+        iterations and Dice threshold; its validity filter is the run's anatomical criteria); its seed is set
+        per seed.
     :param command: the command line that produced the results, quoted in results.md (optional).
     """
 
@@ -153,8 +156,7 @@ class DABenchmark:
         self.adabn_config = adabn_config or AdaBNConfig(batch_size=config.evaluation.batch_size)
         self.tent_config = tent_config or TentConfig()
         self.self_training_config = self_training_config or SelfTrainingConfig(
-            iterations=config.ppo.iterations, criteria=config.reward_dataset.criteria,
-            valid_dice_threshold=config.reward_dataset.valid_dice_threshold)
+            iterations=config.ppo.iterations, valid_dice_threshold=config.reward_dataset.valid_dice_threshold)
         self.skipped: dict[str, str] = {m: r for m in methods if (r := skip_reason(config, METHODS[m]))}
         self.command = command
         self._check_results_dir()
@@ -260,7 +262,8 @@ class DABenchmark:
                 # RL4Seg's pseudo-label filter: validity + Dice with the corrected map (shape AE when enabled)
                 record = SelfTrainingResult()
                 corrector = Corrector(base.train_shape_ae(), n_classes=base.n_classes)
-                model = self_training(source, target_images, cfg, base.device, corrector=corrector, result=record)
+                model = self_training(source, target_images, cfg, base.device, result=record, corrector=corrector,
+                                      validity_fn=partial(validity_batch, criteria=base.criteria))
                 extra = {"pseudo_labels_per_round": record.accepted}
             else:
                 raise ValueError(f"method {name}: unknown kind {method.kind!r}")

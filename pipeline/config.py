@@ -82,8 +82,12 @@ class RewardDatasetSection(PerturbationConfig):
 
     #: new target images predicted per iteration (authors: 2,500)
     images_per_iteration: int = 250
-    #: anatomical criteria set of :mod:`reward.anatomy` ("echo", "generic" or a registered name)
-    criteria: str = "echo"
+    #: anatomical criteria: "calibrated" (the echo criteria fitted to the labelled source maps at the working
+    #: size, :mod:`reward.anatomy_calibration`), a set of :mod:`reward.anatomy` ("echo" = the paper's
+    #: thresholds, "generic", a registered name) or the path of a calibrated-criteria YAML file
+    criteria: str = "calibrated"
+    #: with "calibrated": the fraction of source label maps each criterion must pass
+    calibration_quantile: float = 0.99
     #: Dice(prediction, corrected) above which a valid prediction becomes a pseudo-label
     valid_dice_threshold: float = 0.95
     #: images per forward pass of the builder
@@ -94,9 +98,13 @@ class RewardDatasetSection(PerturbationConfig):
         if self.images_per_iteration < 1 or self.batch_size < 1:
             raise ValueError("RewardDatasetSection.images_per_iteration and batch_size must be >= 1, got "
                              f"{self.images_per_iteration} and {self.batch_size}")
-        if self.criteria not in CRITERIA_SETS:
-            raise ValueError(f"RewardDatasetSection.criteria must be one of {', '.join(CRITERIA_SETS)}, "
-                             f"got {self.criteria!r}")
+        if self.criteria != "calibrated" and self.criteria not in CRITERIA_SETS and not (
+                self.criteria.endswith((".yaml", ".yml")) and Path(self.criteria).is_file()):
+            raise ValueError(f"RewardDatasetSection.criteria must be calibrated, {', '.join(CRITERIA_SETS)} or an "
+                             f"existing calibrated-criteria .yaml file, got {self.criteria!r}")
+        if not 0.5 < self.calibration_quantile <= 1:
+            raise ValueError("RewardDatasetSection.calibration_quantile must be in (0.5, 1], "
+                             f"got {self.calibration_quantile}")
         if not 0 <= self.valid_dice_threshold <= 1:
             raise ValueError(f"RewardDatasetSection.valid_dice_threshold must be in [0, 1], "
                              f"got {self.valid_dice_threshold}")

@@ -11,13 +11,13 @@ import dataclasses
 import json
 import os
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 
 from pipeline.tables import rows_to_csv
-from reward.anatomy import check_anatomy
+from reward.anatomy import Criterion, check_anatomy, get_criteria, is_valid
 from reward.uncertainty import UncertaintyAccumulator
 from rl4seg_env.data.base import SegDataset, resize_label
 from rl4seg_env.data.nifti import read_nifti_2d
@@ -34,20 +34,26 @@ class EvaluationResult:
 
 
 def evaluate_predictions(preds: np.ndarray, dataset: SegDataset, images: np.ndarray | None = None,
-                         criteria: str = "echo",
+                         criteria: str | Sequence[Criterion] = "echo",
                          reward_model: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None,
-                         structures: dict[str, tuple[int, ...]] | None = None) -> EvaluationResult:
+                         structures: dict[str, tuple[int, ...]] | None = None,
+                         also_criteria: Mapping[str, str | Sequence[Criterion]] | None = None) -> EvaluationResult:
     """Score label maps against the first ``len(preds)`` samples of a labelled ``dataset``.
 
     :param preds: (N, H, W) integer label maps.
     :param images: (N, H, W) float32 images (needed with ``reward_model``; read from the dataset otherwise).
-    :param criteria: anatomical criteria set of :mod:`reward.anatomy` (``"echo"`` or ``"generic"``).
+    :param criteria: anatomical criteria of :mod:`reward.anatomy`: a set name (``"echo"``, ``"generic"``), a
+        calibrated-criteria YAML path or a list of criteria.
+    :param also_criteria: other criteria sets to report validity under, by name: adds ``valid_<name>`` per
+        image and ``validity_<name>_pct`` to the summary (e.g. ``{"paper": "echo"}`` next to calibrated ones).
     :param reward_model: learned reward ``(images, preds) -> reward maps``; adds calibration metrics of
         ``1 - reward`` against the error map over foreground pixels, and the reward-Dice correlation.
     """
     if not dataset.with_labels:
         raise ValueError("evaluation needs a labelled dataset (built with with_labels=True)")
     structures = ECHO_STRUCTURES if structures is None else structures
+    criteria = get_criteria(criteria)
+    also = {name: get_criteria(c) for name, c in (also_criteria or {}).items()}
     rows: list[dict] = []
     labels = []
     for i, pred in enumerate(np.asarray(preds)):
@@ -61,8 +67,12 @@ def evaluate_predictions(preds: np.ndarray, dataset: SegDataset, images: np.ndar
         report = check_anatomy(pred, sample.spacing, criteria)
         row["valid"] = bool(report.valid)
         row["failed"] = ";".join(report.failed)
+        for name, other in also.items():
+            row[f"valid_{name}"] = is_valid(pred, sample.spacing, other)
         rows.append(row)
     summary = summarize(rows, structures)
+    for name in also:
+        summary[f"validity_{name}_pct"] = 100.0 * float(np.mean([r[f"valid_{name}"] for r in rows]))
     if reward_model is not None:
         if images is None:
             images = np.stack([dataset[i].image for i in range(len(rows))])

@@ -8,6 +8,7 @@ map (``1 - reward``) as NIfTI at the input's original size and spacing, plus a P
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +19,7 @@ from agents.networks import load_unet, predict
 from agents.ppo import PixelPPO
 from agents.test_time import TTOConfig, tto_predict
 from pipeline.report import plot_predictions
-from reward.anatomy import is_valid
+from reward.anatomy import Criterion, get_criteria, is_valid
 from reward.network import LearnedReward, load_reward_net
 from rl4seg_env.data.base import SegDataset, resize_image, resize_label
 from rl4seg_env.data.nifti import write_manifest, write_nifti_2d
@@ -60,7 +61,8 @@ class Segmenter:
 
     def __init__(self, actor_path: str | Path, reward_path: str | Path | None = None,
                  device: str | torch.device = "cpu", batch_size: int = 32,
-                 test_time: TTOConfig | None = None, criteria: str = "echo") -> None:
+                 test_time: TTOConfig | None = None,
+                 criteria: str | Sequence[Criterion] = "echo") -> None:
         actor_path = Path(actor_path)
         if not actor_path.is_file():
             raise FileNotFoundError(f"actor checkpoint not found: {actor_path}")
@@ -75,7 +77,7 @@ class Segmenter:
         if test_time is not None and self.reward_model is None:
             raise ValueError("test-time optimisation needs a reward network (reward_path)")
         self.test_time = test_time
-        self.is_valid = functools.partial(is_valid, criteria=criteria)
+        self.is_valid = functools.partial(is_valid, criteria=get_criteria(criteria))
 
     @property
     def n_classes(self) -> int:

@@ -28,7 +28,8 @@ from pipeline.config import LoopConfig, TestTimeSection, config_to_yaml, load_co
 from pipeline.evaluation import evaluate_predictions
 from pipeline.report import plot_metrics, plot_predictions, print_report, write_report
 from pipeline.run_dir import RunDirectory
-from reward.anatomy import is_valid, validity_batch
+from reward.anatomy import Criterion, get_criteria, is_valid, validity_batch
+from reward.anatomy_calibration import calibrate_criteria, save_calibrated_criteria
 from reward.builder import RewardDatasetBuilder, RewardSampleDataset, RewardSampleStore
 from reward.correctors import Corrector, ShapeAutoEncoder, train_shape_autoencoder
 from reward.network import LearnedReward
@@ -98,6 +99,31 @@ class RL4SegRun:
         images, _ = load_images(ds, progress=self.config.progress, desc="target test images")
         return ds, images
 
+    @functools.cached_property
+    def criteria(self) -> list[Criterion]:
+        """The anatomical criteria of this run (``reward_dataset.criteria``, see :meth:`criteria_for`)."""
+        return self.criteria_for(self.config.reward_dataset.criteria)
+
+    def criteria_for(self, name: str) -> list[Criterion]:
+        """A criteria set by name. ``"calibrated"``: the echo criteria fitted to the labelled *source* training
+        maps at the working size (target labels are never read), stored in the run's ``criteria.yaml``."""
+        if name != "calibrated":
+            return get_criteria(name)
+        path = self.dirs.calibrated_criteria
+        if not path.is_file():
+            source = self.datasets["source_train"]
+            samples = [source[i] for i in range(len(source))]
+            _, report = calibrate_criteria([s.label for s in samples], [s.spacing for s in samples], "echo",
+                                           self.config.reward_dataset.calibration_quantile)
+            save_calibrated_criteria(report, path)
+            print(f"[rl4seg] {report.summary()}", flush=True)
+        return get_criteria(path)
+
+    @property
+    def reference_criteria(self) -> dict[str, str]:
+        """Criteria the report also shows validity under: the paper's thresholds next to calibrated ones."""
+        return {"paper": "echo"} if self.config.reward_dataset.criteria == "calibrated" else {}
+
     @property
     def n_classes(self) -> int:
         return self.datasets["source_train"].n_classes
@@ -152,8 +178,8 @@ class RL4SegRun:
         ds, images = self.test_set
         e = self.config.evaluation
         preds = predict(actor, images, e.batch_size, self.device)
-        result = evaluate_predictions(preds, ds, images=images, criteria=self.config.reward_dataset.criteria,
-                                      reward_model=reward_model)
+        result = evaluate_predictions(preds, ds, images=images, criteria=self.criteria,
+                                      reward_model=reward_model, also_criteria=self.reference_criteria)
         if figure:
             k = min(e.n_figures, len(images))
             maps = reward_model(images[:k], preds[:k]) if reward_model is not None else None
@@ -169,14 +195,14 @@ class RL4SegRun:
         :param settings: test-time settings (default: this run's ``test_time`` section).
         """
         ds, images = self.test_set
-        criteria = self.config.reward_dataset.criteria
+        criteria = self.criteria
         result = tto_predict(actor, images, reward_model, functools.partial(is_valid, criteria=criteria),
                              self.config.test_time if settings is None else settings,
                              spacings=[ds[i].spacing for i in range(len(ds))], device=self.device,
                              batch_size=self.config.evaluation.batch_size, seed=self.config.seed,
                              progress=self.config.progress)
-        scores = evaluate_predictions(result.preds, ds, images=images, criteria=criteria,
-                                      reward_model=reward_model).summary
+        scores = evaluate_predictions(result.preds, ds, images=images, criteria=criteria, reward_model=reward_model,
+                                      also_criteria=self.reference_criteria).summary
         return {**scores, **result.summary()}
 
     def _baselines(self, actor_path: Path) -> None:
@@ -276,7 +302,7 @@ class RL4SegRun:
         for stale in [i for i in store.completed_iterations() if i >= start]:
             store.discard(stale)  # written by an iteration that did not complete: rebuilt, never duplicated
         builder = RewardDatasetBuilder(
-            Corrector(ae, n_classes=self.n_classes), functools.partial(validity_batch, criteria=rd.criteria),
+            Corrector(ae, n_classes=self.n_classes), functools.partial(validity_batch, criteria=self.criteria),
             rd, valid_dice_threshold=rd.valid_dice_threshold, batch_size=rd.batch_size, device=self.device,
             seed=self.config.seed)
         callback = RewardRetrainingCallback(

@@ -31,6 +31,7 @@ COLUMNS: dict[str, str] = {
     "hd_myo": "HD MYO (mm)",
     "hd_epi": "HD epi (mm)",
     "validity_pct": "valid %",
+    "validity_paper_pct": "valid % (paper thresholds)",
     "images_seen": "target imgs",
     "accepted": "pseudo-labels",
     "n_samples": "reward samples",

@@ -3,6 +3,7 @@
 Layout::
 
     config.yaml                    resolved configuration
+    criteria.yaml                  anatomical criteria calibrated on the source labels (criteria: calibrated)
     state.json                     completed phases and report rows (written last at each boundary)
     checkpoints/actor_source.pt    source-pretrained actor (iteration 0; also the reference policy)
     checkpoints/oracle_target.pt   target-supervised oracle (evaluation baseline, optional)
@@ -67,6 +68,11 @@ class RunDirectory:
     @property
     def oracle_actor(self) -> Path:
         return self.checkpoints / "oracle_target.pt"
+
+    @property
+    def calibrated_criteria(self) -> Path:
+        """Anatomical criteria fitted to the source labels (``reward_dataset.criteria: calibrated``)."""
+        return self.root / "criteria.yaml"
 
     @property
     def shape_ae(self) -> Path:

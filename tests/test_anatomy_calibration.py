@@ -85,3 +85,14 @@ def test_bad_calibration_input_is_refused_with_a_clear_error(tmp_path):
         get_criteria(str(bad))
     with pytest.raises(FileNotFoundError, match="nope.yaml"):
         get_criteria(str(tmp_path / "nope.yaml"))
+
+
+def test_calibrate_command_writes_the_file_and_ends_with_the_pass_rates(tmp_path, capsys):
+    from pipeline.commands.calibrate_anatomy import main
+
+    out = tmp_path / "criteria.yaml"
+    assert main(["--preset", "source", "--n", "20", "--image-size", "64", "--out", str(out)]) == 0
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert last.startswith("source labels passing: before") and "after" in last
+    assert len(get_criteria(str(out))) == 9
+    assert main(["--dataset", "camus", "--out", str(out)]) == 2  # no --root: a clear error, status 2

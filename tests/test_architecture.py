@@ -12,7 +12,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 #: imports run one way only: a package may import the ones before it, never the ones after it
 ORDER = ("rl4seg_env", "agents", "reward", "pipeline")
-COMMANDS = ("rl4seg-train", "rl4seg-predict", "rl4seg-evaluate", "rl4seg-benchmark-da", "rl4seg-benchmark-rl")
+COMMANDS = ("rl4seg-train", "rl4seg-predict", "rl4seg-evaluate", "rl4seg-benchmark-da", "rl4seg-benchmark-rl",
+            "rl4seg-calibrate-anatomy")
 
 
 def _command(name: str) -> str | None:

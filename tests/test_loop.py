@@ -123,6 +123,8 @@ def test_training_never_opens_target_label_files(pretrained, tmp_path, monkeypat
     monkeypatch.setattr(nifti, "read_nifti_2d", recording_read)
     run = _new_run(pretrained, tmp_path / "run", "data.target.dataset=nifti", f"data.target.manifest={manifest}",
                    "ppo.iterations=1", "evaluation.n_test=4")
+    criteria = run.criteria_for("calibrated")  # source-calibrated criteria: source labels only
+    assert len(criteria) == 9 and (tmp_path / "run" / "criteria.yaml").is_file()
     run.run()
     label_reads = [p for p in opened if "/labels/" in p]
     train_ids = {f"default_target-train-{i:06d}" for i in range(32)}

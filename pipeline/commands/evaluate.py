@@ -28,20 +28,10 @@ from pipeline.inference import Segmenter, actor_image_size
 from reward.network import LearnedReward, load_reward_net
 from reward.uncertainty import plot_reliability_diagram
 from reward.uncertainty_methods import accumulate_uncertainty
-from rl4seg_env.data import DataError, DatasetConfig, SegDataset, dataset_from_config
+from pipeline.commands.dataset_args import add_dataset_arguments, dataset_from_args
+from reward.anatomy import get_criteria
+from rl4seg_env.data import DataError
 from rl4seg_env.data.base import load_images
-
-
-def build_dataset(args: argparse.Namespace, size: int) -> SegDataset:
-    """The labelled evaluation dataset described by the command line."""
-    if args.dataset == "camus" and not args.root:
-        raise ValueError("--dataset camus needs --root (the CAMUS folder)")
-    if args.dataset == "nifti" and not args.manifest:
-        raise ValueError("--dataset nifti needs --manifest (a CSV with columns id,image,label,split)")
-    domain = DatasetConfig(dataset=args.dataset, preset=args.preset if args.dataset == "synthetic" else "source",
-                           root=args.root, manifest=args.manifest, seed=args.seed)
-    return dataset_from_config(domain, args.split, size, with_labels=True, keep_atrium=args.keep_atrium,
-                               n_images=args.n)
 
 
 def working_size(args: argparse.Namespace) -> int:
@@ -52,22 +42,18 @@ def working_size(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="rl4seg-evaluate", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(prog="rl4seg-evaluate", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--actor", help="actor checkpoint: actor.pt or ppo.zip")
     src.add_argument("--predictions", help="folder of predicted label maps (<id>_seg.nii.gz or <id>.nii.gz)")
     p.add_argument("--reward", default=None, help="reward_net.pt: adds uncertainty metrics and reliability.png")
-    p.add_argument("--dataset", choices=("synthetic", "camus", "nifti"), default="synthetic")
-    p.add_argument("--preset", default="default_target", help="synthetic preset (default: default_target)")
-    p.add_argument("--seed", type=int, default=0, help="synthetic domain seed (default 0, as the loop)")
-    p.add_argument("--root", help="CAMUS folder (--dataset camus)")
-    p.add_argument("--manifest", help="manifest CSV (--dataset nifti)")
-    p.add_argument("--split", default="test", help="split to evaluate (default: test)")
-    p.add_argument("--n", type=int, default=None, help="first N images of the split (default: all)")
+    add_dataset_arguments(p, preset="default_target", split="test")
     p.add_argument("--size", type=int, default=None,
                    help="working size in pixels (default: the actor.pt's training size, else 64)")
-    p.add_argument("--keep-atrium", action="store_true", help="keep the left atrium as class 3")
-    p.add_argument("--criteria", choices=("echo", "generic"), default="echo", help="anatomical criteria set")
+    p.add_argument("--criteria", default="echo",
+                   help="anatomical criteria: echo (the paper's thresholds), generic, or a calibrated-criteria "
+                        ".yaml (rl4seg-calibrate-anatomy, or criteria.yaml of a run)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
     p.add_argument("--batch-size", type=int, default=32)
@@ -75,13 +61,12 @@ def main(argv: list[str] | None = None) -> int:
                    "predictions that fail the anatomical criteria before scoring them")
     p.add_argument("--tto-steps", type=int, default=10, help="PPO steps per invalid image at most (default 10)")
     args = p.parse_args(argv)
-    if args.n is not None and args.n < 1:
-        p.error(f"--n must be >= 1, got {args.n}")
     if args.tto and not (args.actor and args.reward):
         p.error("--tto needs --actor and --reward (it optimises the actor's predictions against the reward network)")
 
     try:
-        ds = build_dataset(args, working_size(args))
+        criteria = get_criteria(args.criteria)
+        ds = dataset_from_args(args, working_size(args))
         images, _ = load_images(ds)
         reward_model = None
         if args.actor:
@@ -89,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
             if args.tto:
                 test_time = TTOConfig(steps=args.tto_steps)
             seg = Segmenter(args.actor, args.reward, device=args.device, batch_size=args.batch_size,
-                            test_time=test_time, criteria=args.criteria)
+                            test_time=test_time, criteria=criteria)
             if seg.n_classes != ds.n_classes:
                 raise ValueError(f"{args.actor} predicts {seg.n_classes} classes but the dataset has {ds.n_classes} "
                                  f"({', '.join(ds.class_names)}); --keep-atrium switches 3 <-> 4 classes")
@@ -104,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 
-    result = evaluate_predictions(preds, ds, images=images, criteria=args.criteria, reward_model=reward_model)
+    result = evaluate_predictions(preds, ds, images=images, criteria=criteria, reward_model=reward_model)
     metadata = {"actor": args.actor, "predictions": args.predictions, "reward": args.reward, "dataset": args.dataset,
                 "preset": args.preset if args.dataset == "synthetic" else None, "root": args.root,
                 "manifest": args.manifest, "split": args.split, "n_images": len(ds),
