@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,6 +36,9 @@ class RewardTrainConfig:
     lr: float = 1e-3
     #: fraction of the samples held out for validation, early stopping and temperature scaling (authors: 0.1)
     val_fraction: float = 0.1
+    #: "image": all samples of one image (same ``ids`` entry of the sample set) on the same side of the split,
+    #: so validation (early stopping, temperature, ECE) never sees an image it trained on; "sample": per sample
+    split_by: str = "image"
     #: stop after this many epochs without a lower validation loss (None: never stop early)
     patience: int | None = 3
     #: U-Net widths per level, shallow to deep
@@ -78,6 +81,8 @@ class RewardTrainConfig:
             raise ValueError(f"RewardTrainConfig.val_fraction must be in (0, 1), got {self.val_fraction}")
         if self.patience is not None and self.patience < 1:
             raise ValueError(f"RewardTrainConfig.patience must be >= 1 or null, got {self.patience}")
+        if self.split_by not in ("image", "sample"):
+            raise ValueError(f"RewardTrainConfig.split_by must be 'image' or 'sample', got {self.split_by!r}")
         if self.seg_encoding not in ("onehot", "label"):
             raise ValueError(f"RewardTrainConfig.seg_encoding must be 'onehot' or 'label', got {self.seg_encoding!r}")
         if self.calibration_pixels not in ("foreground", "all"):
@@ -180,7 +185,8 @@ def train_reward_network(samples: Any, n_classes: int, config: RewardTrainConfig
     :return: :class:`RewardTrainResult`.
 
     Loss: mean per-pixel BCE with logits on the target. Split: a seeded random ``val_fraction`` of the
-    samples (at least one) is held out. The temperature is fitted on the held-out logits (the
+    samples (at least one) is held out; with ``split_by="image"`` and samples that carry ``ids`` (one per
+    sample, the source image's id, as :class:`reward.builder.RewardSampleDataset`), whole images are held out. The temperature is fitted on the held-out logits (the
     ``calibration_pixels`` of up to ``calibration_max_pixels`` pixels) with :func:`fit_temperature`.
     """
     config = config or RewardTrainConfig()
@@ -202,13 +208,39 @@ def train_reward_network(samples: Any, n_classes: int, config: RewardTrainConfig
         return _train(samples, n_classes, config, device, out_path, metadata)
 
 
+def split_indices(n: int, val_fraction: float, seed: int, groups: Sequence[Any] | None = None
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """(validation, training) indices of ``n`` samples: a seeded ``val_fraction`` (at least one) held out.
+
+    With ``groups`` (one key per sample, e.g. the image id), whole groups go to one side: groups are drawn in
+    a seeded order until the validation side holds ``val_fraction`` of the samples; one group is always left
+    for training. With a single group the split falls back to samples (there is nothing to group).
+    """
+    rng = np.random.default_rng(seed)
+    n_val = min(max(1, int(round(val_fraction * n))), n - 1)
+    if groups is not None:
+        keys = np.asarray([str(g) for g in groups])
+        if len(keys) != n:
+            raise ValueError(f"split_indices: {len(keys)} group keys for {n} samples")
+        unique = np.unique(keys)
+        if len(unique) > 1:
+            chosen, size = [], 0
+            counts = {k: int(c) for k, c in zip(*np.unique(keys, return_counts=True))}
+            for key in rng.permutation(unique)[:-1]:
+                if size >= n_val:
+                    break
+                chosen.append(key)
+                size += counts[key]
+            val = np.isin(keys, chosen)
+            return np.flatnonzero(val), rng.permutation(np.flatnonzero(~val))
+    order = rng.permutation(n)
+    return np.sort(order[:n_val]), order[n_val:]
+
+
 def _train(samples: Any, n_classes: int, config: RewardTrainConfig, device: torch.device,
            out_path: str | os.PathLike | None, metadata: dict[str, Any]) -> RewardTrainResult:
-    n = len(samples)
-    rng = np.random.default_rng(config.seed)
-    order = rng.permutation(n)
-    n_val = min(max(1, int(round(config.val_fraction * n))), n - 1)
-    val_idx, train_idx = np.sort(order[:n_val]), order[n_val:]
+    val_idx, train_idx = split_indices(len(samples), config.val_fraction, config.seed,
+                                       getattr(samples, "ids", None) if config.split_by == "image" else None)
 
     gen = torch.Generator().manual_seed(config.seed)
     loader_kw = {"batch_size": config.batch_size, "collate_fn": _collate, "num_workers": config.num_workers}
@@ -227,7 +259,7 @@ def _train(samples: Any, n_classes: int, config: RewardTrainConfig, device: torc
         writer = SummaryWriter(config.tensorboard_dir)
     tag = config.tensorboard_prefix
 
-    result = RewardTrainResult(net=net, temperature=1.0, n_train=len(train_idx), n_val=n_val)
+    result = RewardTrainResult(net=net, temperature=1.0, n_train=len(train_idx), n_val=len(val_idx))
     best_loss, best_state, stale = math.inf, None, 0
     epochs = tqdm(range(config.epochs), desc="reward net", unit="epoch", disable=not config.progress, leave=False)
     for epoch in epochs:

@@ -287,3 +287,18 @@ def test_learned_reward_is_swapped_into_vec_envs_by_env_method() -> None:
     _, after, _, infos = vec.step(actions)
     assert after[0] == pytest.approx(1.0, abs=1e-3) and after[0] != pytest.approx(before[0])
     assert infos[0]["reward_map"].shape == (16, 16)
+
+
+def test_the_validation_split_keeps_the_samples_of_one_image_together():
+    from reward.training import split_indices
+
+    groups = [f"img{i // 10}" for i in range(100)]  # ten samples per image, as the builder writes them
+    val, train = split_indices(100, 0.1, seed=0, groups=groups)
+    assert len(val) == 10 and len(train) == 90 and not set(val) & set(train)
+    assert len({groups[i] for i in val} & {groups[i] for i in train}) == 0
+    # per sample, the same images land on both sides
+    val_s, train_s = split_indices(100, 0.1, seed=0)
+    assert {groups[i] for i in val_s} & {groups[i] for i in train_s}
+    # one image only: nothing to group, the split falls back to samples
+    val_1, train_1 = split_indices(5, 0.2, seed=0, groups=["a"] * 5)
+    assert len(val_1) == 1 and len(train_1) == 4
