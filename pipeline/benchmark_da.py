@@ -288,19 +288,19 @@ class DABenchmark:
             dirs.save_state({"completed_iterations": 0, "source_done": True, "baselines_done": True,
                              "rows": [{"iteration": 0, "model": "source-only", **source_scores}]})
         rows = RL4SegRun(resume=True, run_dir=run_dir).run()
-        # iteration rows (the baselines' rows have iteration 0 or "oracle")
-        rl_rows = [r for r in rows if isinstance(r.get("iteration"), int) and r["iteration"] >= 1
-                   and not r.get("test_time")]
-        if not rl_rows:
-            raise RuntimeError(f"{run_dir}: the RL4Seg run finished without an iteration row (ppo.iterations=0?)")
-        last = rl_rows[-1]
-        return {k: v for k, v in last.items() if k not in ("iteration", "model", "minutes")}
+        # the model the run selected without labels (the "selected" row; its iteration is selected_iteration)
+        selected = [r for r in rows if r.get("iteration") == "selected" and not r.get("test_time")]
+        if not selected:
+            raise RuntimeError(f"{run_dir}: the RL4Seg run finished without a selected model")
+        return {k: v for k, v in selected[-1].items() if k not in ("iteration", "model", "minutes")}
 
     def _test_time(self, seed: int, base) -> dict[str, Any]:
-        """Test-time optimisation of the finished ``rl4seg`` run's final actor, with its reward network."""
+        """Test-time optimisation of the finished ``rl4seg`` run's selected actor, with its last reward network."""
         dirs = RunDirectory(self.results_dir / f"seed_{seed}" / "rl4seg")
         done = dirs.last_completed_iteration()
-        actor, _ = load_unet(str(dirs.actor(done)), map_location=base.device)
+        selected = [r for r in dirs.load_state()["rows"] if r.get("iteration") == "selected"]
+        chosen = int(selected[-1]["selected_iteration"]) if selected else done
+        actor, _ = load_unet(str(dirs.actor(chosen)), map_location=base.device)
         net, _ = load_reward_net(dirs.reward_net(done), map_location=base.device)
         scores = base.evaluate_tto(actor, LearnedReward(net, device=base.device), self.config.test_time)
         return {**scores, "test_time_settings": config_to_dict(self.config)["test_time"]}

@@ -46,6 +46,8 @@ from rl4seg_env.io import atomic_write_text
 #: the configs shipped with the package (``configs/*.yaml`` of a checkout)
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 COMMAND_LINE = "command line"
+#: label-free model-selection scores (``evaluation.selection``)
+SELECTION_SCORES = ("validity", "agreement", "confidence", "last")
 
 
 class ConfigError(ValueError):
@@ -153,6 +155,14 @@ class EvalSection:
     #: also train a target-supervised oracle (same network and budget as the source pretraining) for the
     #: report's upper bound. It reads target *training* labels, so it lives in the evaluation, never in the loop.
     oracle: bool = True
+    #: label-free baselines reported next to RL4Seg on the same source model and test images ("adabn", "tent";
+    #: "TENT + TTO" rows follow each iteration when test_time is enabled)
+    baselines: list[str] = field(default_factory=lambda: ["adabn", "tent"])
+    #: label-free score that picks the reported iteration ("RL4Seg selected" rows) among 0 (the source model)
+    #: .. N, on the unlabelled target validation images: "validity" (% anatomically valid), "agreement"
+    #: (Dice with the previous iteration's predictions), "confidence" (mean max softmax probability) or
+    #: "last" (the last iteration, the paper's choice)
+    selection: str = "validity"
 
     def __post_init__(self) -> None:
         for name in ("n_test", "batch_size"):
@@ -160,6 +170,12 @@ class EvalSection:
                 raise ValueError(f"EvalSection.{name} must be >= 1, got {getattr(self, name)}")
         if self.n_figures < 0:
             raise ValueError(f"EvalSection.n_figures must be >= 0, got {self.n_figures}")
+        unknown = sorted(set(self.baselines) - {"adabn", "tent"})
+        if unknown:
+            raise ValueError(f"EvalSection.baselines must list adabn and/or tent, got {unknown}")
+        if self.selection not in SELECTION_SCORES:
+            raise ValueError(f"EvalSection.selection must be one of {', '.join(SELECTION_SCORES)}, "
+                             f"got {self.selection!r}")
 
 
 @dataclass

@@ -20,6 +20,7 @@ from stable_baselines3.common.utils import get_device
 
 from agents.callbacks import RewardRetrainingCallback, total_timesteps
 from agents.networks import load_unet, predict, save_unet
+from pipeline.baselines import AdaBNConfig, TentConfig, adabn, tent
 from agents.ppo import PixelPPO
 from agents.pretrain import pretrain_segmentation
 from agents.test_time import tto_predict
@@ -37,6 +38,7 @@ from reward.training import train_reward_network
 from reward.uncertainty import UncertaintyAccumulator, plot_reliability_diagram
 from rl4seg_env.data import SegDataset, dataset_from_config
 from rl4seg_env.data.base import load_images
+from rl4seg_env.metrics import dice_per_class, keep_largest_foreground
 
 
 class RL4SegRun:
@@ -91,6 +93,48 @@ class RL4SegRun:
             # structural guarantee: the RL / reward-building side never has target labels to read
             "target_train": self.dataset("target", "train", with_labels=False),
         }
+
+    @functools.cached_property
+    def target_val(self) -> tuple[np.ndarray, list]:
+        """Unlabelled target validation images (N, H, W) and their spacings: what label-free selection scores."""
+        ds = self.dataset("target", "val", with_labels=False)
+        images, _ = load_images(ds, progress=self.config.progress, desc="target validation images")
+        return images, [ds[i].spacing for i in range(len(ds))]
+
+    def selection_scores(self, actor: torch.nn.Module, previous: torch.nn.Module | None = None) -> dict[str, float]:
+        """Label-free scores of ``actor`` on the unlabelled target validation images (``sel_*`` report columns):
+        ``sel_validity`` (% anatomically valid under the run's criteria), ``sel_confidence`` (mean max softmax
+        probability) and, given the previous iteration's actor, ``sel_agreement`` (mean foreground Dice
+        between the two predictions). No label is read."""
+        images, spacings = self.target_val
+        bs = self.config.evaluation.batch_size
+        preds, probs = predict(actor, images, bs, self.device, return_probs=True)
+        preds = np.stack([keep_largest_foreground(p) for p in preds])
+        out = {"sel_validity": 100.0 * float(np.mean([is_valid(p, s, self.criteria) for p, s in zip(preds, spacings)])),
+               "sel_confidence": float(probs.max(axis=1).mean())}
+        if previous is not None:
+            before = np.stack([keep_largest_foreground(p) for p in predict(previous, images, bs, self.device)])
+            out["sel_agreement"] = float(dice_per_class(preds, before, self.n_classes).mean())
+        return out
+
+    def _select(self) -> None:
+        """Replace the "selected" rows: the iteration (0 = source-only) with the best label-free score."""
+        rows = [r for r in self.state["rows"] if r.get("iteration") != "selected"]
+        name = "RL4Seg (ground-truth reward)" if self.config.oracle_reward else "RL4Seg"
+        candidates = [r for r in rows if r.get("model") in ("source-only", name)]
+        key = self.config.evaluation.selection
+        if key == "last":
+            chosen = candidates[-1]
+        else:
+            scored = [r for r in candidates if np.isfinite(r.get(f"sel_{key}", np.nan))]
+            chosen = max(scored, key=lambda r: (r[f"sel_{key}"], r["iteration"])) if scored else candidates[-1]
+        i = chosen["iteration"]
+        rows.append({**chosen, "iteration": "selected", "model": f"{name} selected", "selected_iteration": i})
+        tto = [r for r in rows if r.get("iteration") == i and r.get("model") == f"{name} + TTO"]
+        if tto:
+            rows.append({**tto[0], "iteration": "selected", "model": f"{name} selected + TTO",
+                         "selected_iteration": i})
+        self.state["rows"] = rows
 
     @functools.cached_property
     def test_set(self) -> tuple[SegDataset, np.ndarray]:
@@ -210,14 +254,36 @@ class RL4SegRun:
             return
         rows = []
         actor, _ = load_unet(str(actor_path), map_location=self.device)
-        rows.append({"iteration": 0, "model": "source-only", **self.evaluate(actor, figure="predictions_iter_000")})
+        rows.append({"iteration": 0, "model": "source-only", **self.evaluate(actor, figure="predictions_iter_000"),
+                     **self.selection_scores(actor)})
         if self.config.evaluation.oracle:
             oracle, _ = load_unet(str(self.train_oracle()), map_location=self.device)
             rows.append({"iteration": "oracle", "model": "oracle (target labels)", **self.evaluate(oracle)})
+        for name, model in self._label_free_baselines(actor).items():
+            rows.append({"iteration": "baseline", "model": name, **self.evaluate(model)})
         self.state["rows"] = rows
         self.state["baselines_done"] = True
         self._save_state()
         self._write_report()
+
+    def _label_free_baselines(self, actor: torch.nn.Module) -> dict[str, torch.nn.Module]:
+        """AdaBN and TENT (``evaluation.baselines``) on the source actor and the unlabelled target training
+        images; TENT is kept in ``checkpoints/tent.pt`` for its test-time-optimisation rows."""
+        wanted = self.config.evaluation.baselines
+        if not wanted:
+            return {}
+        images, _ = load_images(self.datasets["target_train"], progress=self.config.progress,
+                                desc="target train images")
+        out = {}
+        if "adabn" in wanted:
+            print("[rl4seg] baseline: AdaBN", flush=True)
+            out["AdaBN"] = adabn(actor, images, AdaBNConfig(batch_size=self.config.evaluation.batch_size), self.device)
+        if "tent" in wanted:
+            print("[rl4seg] baseline: TENT", flush=True)
+            out["TENT"] = tent(actor, images, TentConfig(seed=self.config.seed, progress=self.config.progress),
+                               self.device)
+            save_unet(out["TENT"], str(self.dirs.tent_actor))
+        return out
 
     # --- RL iterations --------------------------------------------------------------------------------
     def _train_reward(self, store: RewardSampleStore, iteration: int):
@@ -269,17 +335,25 @@ class RL4SegRun:
                                      title=f"reward network, iteration {iteration} (target test)")
         record = {k: v for k, v in callback.records[iteration].items() if not k.startswith("_")}
         name = "RL4Seg (ground-truth reward)" if self.config.oracle_reward else "RL4Seg"
+        previous, _ = load_unet(str(self.dirs.actor(iteration - 1)), map_location=self.device)
         row = {"iteration": iteration, "model": name, **scores, **record,
-               "minutes": (time.time() - self._t0) / 60}
+               **self.selection_scores(model.policy.actor, previous), "minutes": (time.time() - self._t0) / 60}
         self.state["rows"].append(row)
         if self.config.test_time.enabled and callback.reward_model is not None:
             self.state["rows"].append({"iteration": iteration, "model": f"{name} + TTO", "test_time": True,
                                        **self.evaluate_tto(model.policy.actor, callback.reward_model),
                                        "minutes": (time.time() - self._t0) / 60})
+        if (self.config.test_time.enabled and callback.reward_model is not None
+                and self.dirs.tent_actor.is_file()):
+            tent_actor, _ = load_unet(str(self.dirs.tent_actor), map_location=self.device)
+            self.state["rows"].append({"iteration": iteration, "model": "TENT + TTO", "test_time": True,
+                                       **self.evaluate_tto(tent_actor, callback.reward_model)})
+        self._select()
         self.state["completed_iterations"] = iteration
         self._save_state()  # the iteration is done from here on
         self._write_report()
-        tto = self.state["rows"][-1] if self.state["rows"][-1].get("test_time") else None
+        tto = next((r for r in self.state["rows"] if r.get("iteration") == iteration
+                    and r.get("model") == f"{name} + TTO"), None)
         print(f"[rl4seg] iteration {iteration} done: target Dice LV+MYO {scores.get('dice_mean', float('nan')):.3f}, "
               f"validity {scores['validity_pct']:.1f}%" + (f"; with test-time optimisation {tto['dice_mean']:.3f}, "
                                                           f"{tto['validity_pct']:.1f}%" if tto else ""), flush=True)

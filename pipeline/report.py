@@ -40,6 +40,10 @@ COLUMNS: dict[str, str] = {
     "temperature": "T",
     "reward_ece": "test ECE",
     "reward_correlation": "reward-Dice r",
+    "selected_iteration": "selected iter",
+    "sel_validity": "sel: valid % (target val)",
+    "sel_agreement": "sel: agreement",
+    "sel_confidence": "sel: confidence",
     "tto_optimised": "TTO imgs",
     "tto_made_valid": "TTO made valid",
     "minutes": "min",
@@ -96,9 +100,12 @@ def plot_metrics(rows: Sequence[dict], path: str | Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    loop_rows = [r for r in rows if isinstance(r.get("iteration"), int) and not r.get("test_time")]
-    tto_rows = [r for r in rows if isinstance(r.get("iteration"), int) and r.get("test_time")]
-    refs = [r for r in rows if not isinstance(r.get("iteration"), int)]
+    # the iterations of this run (source-only is iteration 0); baselines and the selected model are references
+    ours = [r for r in rows if isinstance(r.get("iteration"), int)
+            and (r.get("model") == "source-only" or str(r.get("model", "")).startswith("RL4Seg"))]
+    loop_rows = [r for r in ours if not r.get("test_time")]
+    tto_rows = [r for r in ours if r.get("test_time")]
+    refs = [r for r in rows if not isinstance(r.get("iteration"), int) and not r.get("test_time")]
     it = [r["iteration"] for r in loop_rows]
     tto_it = [r["iteration"] for r in tto_rows]
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))

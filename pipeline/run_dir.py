@@ -8,6 +8,7 @@ Layout::
     checkpoints/actor_source.pt    source-pretrained actor (iteration 0; also the reference policy)
     checkpoints/oracle_target.pt   target-supervised oracle (evaluation baseline, optional)
     checkpoints/shape_ae.pt        shape auto-encoder trained on source label maps
+    checkpoints/tent.pt            the TENT baseline of the report
     checkpoints/iter_XXX/          ppo.zip, actor.pt, critic.pt, reward_net.pt (with temperature), pseudo_labels.npz
     reward_dataset/iter_XXX/       reward samples (accumulate across iterations)
     tb/                            TensorBoard logs (pretraining, PPO, reward networks)
@@ -73,6 +74,11 @@ class RunDirectory:
     def calibrated_criteria(self) -> Path:
         """Anatomical criteria fitted to the source labels (``reward_dataset.criteria: calibrated``)."""
         return self.root / "criteria.yaml"
+
+    @property
+    def tent_actor(self) -> Path:
+        """The TENT baseline of the report (its "TENT + TTO" rows reuse it)."""
+        return self.checkpoints / "tent.pt"
 
     @property
     def shape_ae(self) -> Path:

@@ -52,9 +52,24 @@ def test_full_loop_writes_run_directory_and_report(pretrained, tmp_path):
         for name in ("ppo.zip", "actor.pt", "critic.pt", "reward_net.pt", "pseudo_labels.npz"):
             assert (d / "checkpoints" / f"iter_{i:03d}" / name).is_file(), (i, name)
     assert any((d / "tb").rglob("events.out.tfevents.*"))
+    # the label-free baselines on the same source model and test images come first
+    assert [(r["iteration"], r["model"]) for r in rows[:3]] == [(0, "source-only"), ("baseline", "AdaBN"),
+                                                                ("baseline", "TENT")]
+    assert [r["iteration"] for r in rows if r["model"] == "TENT + TTO"] == [1, 2]
+    # the iteration chosen without labels: the best target-validation validity among 0 (source) .. 2, ties later
+    ours = [r for r in rows if isinstance(r["iteration"], int) and r["model"] != "TENT + TTO"]
+    best = max((r for r in ours if not r.get("test_time")), key=lambda r: (r["sel_validity"], r["iteration"]))
+    selected = [r for r in rows if r["iteration"] == "selected"]
+    assert selected[0]["model"] == "RL4Seg selected" and selected[0]["selected_iteration"] == best["iteration"]
+    assert selected[0]["dice_mean"] == best["dice_mean"]
+    assert len(selected) == (2 if best["iteration"] >= 1 else 1)  # + TTO when the selected iteration has it
+    rows = ours
     assert [r["iteration"] for r in rows] == [0, 1, 1, 2, 2]
     # each iteration: the argmax row, then the same actor after test-time optimisation of its invalid predictions
     assert [r["model"] for r in rows[1:]] == ["RL4Seg", "RL4Seg + TTO"] * 2
+    plain = [r for r in rows if not r.get("test_time")]
+    assert all(0 <= r["sel_validity"] <= 100 and 0 < r["sel_confidence"] <= 1 for r in plain)
+    assert all(0 <= r["sel_agreement"] <= 1 for r in plain[1:])
     tto = [r for r in rows if r.get("test_time")]
     assert all(r["tto_optimised"] == 8 * (1 - r0["validity_pct"] / 100) for r, r0 in zip(tto, rows[1::2]))
     assert all(r["validity_pct"] >= r0["validity_pct"] for r, r0 in zip(tto, rows[1::2]))
@@ -94,8 +109,12 @@ def test_resume_after_kill_loses_only_the_iteration_in_progress(pretrained, tmp_
     monkeypatch.setattr(RL4SegRun, "_train_reward", original)
 
     rows = RL4SegRun(resume=True, run_dir=d).run()
-    assert [r["iteration"] for r in rows] == [0, 1, 1, 2, 2]  # argmax and test-time-optimised rows, once each
-    rows = [r for r in rows if not r.get("test_time")]
+    models = [(r["iteration"], r["model"]) for r in rows]
+    # argmax and test-time-optimised rows, once each; the baselines once; one selected model
+    assert [i for i, m in models if m.startswith("RL4Seg") and m != "RL4Seg selected + TTO" or m == "source-only"] \
+        == [0, 1, 1, 2, 2, "selected"]
+    assert [m for _, m in models].count("TENT") == 1 and [m for _, m in models].count("TENT + TTO") == 2
+    rows = [r for r in rows if not r.get("test_time") and isinstance(r["iteration"], int)]
     from reward.builder import RewardSampleStore
 
     store = RewardSampleStore(d / "reward_dataset")
