@@ -156,6 +156,8 @@ class RewardRetrainingCallback(BaseCallback):
         self.updates_done = 0
         self.finished = False
         self.reward_model: Any = None
+        #: whether ``reward_model`` passed its held-out checks (False: only an uninformative one exists yet)
+        self.reward_informative = True
         #: per-iteration scalars: builder report, reward training info, timings
         self.records: dict[int, dict[str, Any]] = {}
 
@@ -216,9 +218,20 @@ class RewardRetrainingCallback(BaseCallback):
                 f"iteration {i}: the reward dataset is still empty - none of the actor's {report.images_seen} "
                 "target predictions was anatomically valid, nor valid after correction. Pretrain the actor longer, "
                 "predict on more images (reward_dataset.images_per_iteration) or use a looser criteria set.")
-        # 2. reward network from scratch on everything so far, temperature-scaled
-        self.reward_model, info = self.train_reward(self.store, i)
+        # 2. reward network from scratch on everything so far, temperature-scaled. One that fails its own
+        #    held-out checks (info["reward_informative"] False) trains nothing: the previous informative network
+        #    stays in the envs, and this iteration's PPO updates are skipped (do no harm)
+        reward_model, info = self.train_reward(self.store, i)
         record.update(info)
+        informative = bool(info.get("reward_informative", True))
+        if informative or self.reward_model is None:
+            self.reward_model, self.reward_informative = reward_model, informative
+        model.skip_updates = not informative
+        if not informative:
+            self._log(f"iteration {i}: the reward network failed its held-out checks ({info.get('reward_train_samples')} "
+                      "training samples, validation accuracy vs the constant predictor); PPO updates skipped, "
+                      + ("no test-time optimisation" if not self.reward_informative else
+                         "the previous reward network is kept"))
 
         # 3. push reward, anchors and the grown training set into the envs
         env = self.training_env

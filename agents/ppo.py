@@ -125,6 +125,9 @@ class PixelPPO(OnPolicyAlgorithm):
         self.kl_coef = kl_coef
         self.use_pseudo_labels = use_pseudo_labels
         self.update_actor_norm_stats = update_actor_norm_stats
+        #: when True, :meth:`train` changes nothing (rollouts still run): set by the reward-retraining callback
+        #: for an iteration whose reward network failed its own held-out checks
+        self.skip_updates = False
         self.image_log_interval = image_log_interval
         self.image_log_count = image_log_count
         self._n_train_calls = 0
@@ -265,6 +268,9 @@ class PixelPPO(OnPolicyAlgorithm):
     # --- update ------------------------------------------------------------------------------------
     def train(self) -> None:
         """k epochs of the RL4Seg PPO update on the last rollout (docs/method.md, "PPO update")."""
+        self.logger.record("train/skipped_update", int(self.skip_updates))
+        if self.skip_updates:
+            return
         self.policy.set_training_mode(True)
         if not self.update_actor_norm_stats:
             self.policy.actor.eval()  # same function as during the rollout: the ratio starts at exactly 1

@@ -11,11 +11,12 @@ fine-tuned on that image alone with the clipped PPO surrogate against the learne
   single image);
 - ``n_epochs`` clipped-surrogate updates follow (per-pixel ratio, epsilon ``clip_range``, entropy bonus,
   gradient norm clipped at ``max_grad_norm``), with the normalisation statistics frozen;
-- after each step the argmax prediction (largest foreground component kept, as in the evaluation) is
-  checked; the first valid one ends the optimisation (``stop_when_valid``). When none is valid, the
-  prediction with the best worst-case reward (the ``worst_quantile`` quantile of its reward map; ties,
-  e.g. with 0/1 reward maps, go to the higher mean reward) over the steps, the original prediction
-  included, is kept.
+- after each step the argmax prediction is a candidate; the first anatomically valid one ends the
+  optimisation (``stop_when_valid``: validity is the stop condition only). The prediction kept is the
+  candidate with the best worst-case reward (the ``worst_quantile`` quantile of its reward map; ties, e.g.
+  with 0/1 reward maps, go to the higher mean reward), the starting prediction included, among those whose
+  mean foreground Dice to the start is at least ``min_dice_to_start``: a candidate must beat the start's
+  reward and stay close to it, so TTO can repair a thin myocardium but cannot redraw a heart.
 
 Every image starts from the same adapted actor: nothing learnt on one test image carries over to the
 next, so results do not depend on the order of the test set. Target labels are never read here.
@@ -67,13 +68,18 @@ class TTOConfig:
     max_grad_norm: float = 0.5
     #: stop at the first valid argmax prediction
     stop_when_valid: bool = True
-    #: quantile of the reward map used as the "worst-case reward" when no step gives a valid prediction
+    #: quantile of the reward map used as the "worst-case reward" candidates are ranked by (then the mean)
     worst_quantile: float = 0.01
+    #: a candidate is kept only if its mean foreground Dice to the starting prediction is at least this (bounded
+    #: change: TTO may repair a thin myocardium, not redraw a heart)
+    min_dice_to_start: float = 0.85
 
     def __post_init__(self) -> None:
         for name in ("steps", "n_samples", "n_epochs"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"TTOConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if not 0.0 <= self.min_dice_to_start <= 1.0:
+            raise ValueError(f"TTOConfig.min_dice_to_start must be in [0, 1], got {self.min_dice_to_start}")
         if not 0.0 <= self.worst_quantile <= 1.0:
             raise ValueError(f"TTOConfig.worst_quantile must be in [0, 1], got {self.worst_quantile}")
         for name in ("lr", "clip_range"):
@@ -142,9 +148,9 @@ def optimise_image(actor: nn.Module, image: np.ndarray, reward_model: Callable[[
     opt = torch.optim.Adam(model.parameters(), lr=config.lr)
     n, batch = config.n_samples, np.repeat(image[None], config.n_samples, axis=0)
 
-    pred = ref_logp.argmax(0).to(torch.uint8).cpu().numpy()
-    score_before = _score(reward_model(image[None], pred[None])[0], config.worst_quantile)
-    best = (False, score_before, pred)  # (valid, (worst-case, mean reward), prediction); the original competes too
+    start = ref_logp.argmax(0).to(torch.uint8).cpu().numpy()
+    score_before = _score(reward_model(image[None], start[None])[0], config.worst_quantile)
+    best = (score_before, start, False)  # ((worst-case, mean reward), prediction, valid); the start competes too
     steps = 0
     for steps in range(1, config.steps + 1):
         with torch.no_grad():
@@ -170,11 +176,21 @@ def optimise_image(actor: nn.Module, image: np.ndarray, reward_model: Callable[[
             pred = model(x).argmax(1)[0].to(torch.uint8).cpu().numpy()
         valid = _valid(pred, spacing, is_valid)
         score = _score(reward_model(image[None], pred[None])[0], config.worst_quantile)
-        if (valid, score) > best[:2]:
-            best = (valid, score, pred)
-        if valid and config.stop_when_valid:
+        # ranked by reward only; a candidate that redraws the prediction (Dice to the start below
+        # min_dice_to_start) is never kept: TTO repairs a prediction, it does not replace it
+        if score > best[0] and _foreground_dice(pred, start) >= config.min_dice_to_start:
+            best = (score, pred, valid)
+        if valid and config.stop_when_valid:  # validity is the stop condition, not a ranking criterion
             break
-    return best[2], best[0], steps, score_before[0], best[1][0]
+    return best[1], best[2] or _valid(best[1], spacing, is_valid), steps, score_before[0], best[0][0]
+
+
+def _foreground_dice(a: np.ndarray, b: np.ndarray) -> float:
+    """Mean Dice over the foreground classes present in either map (1.0 when both are all background)."""
+    classes = [c for c in np.union1d(np.unique(a), np.unique(b)) if c != 0]
+    if not classes:
+        return 1.0
+    return float(np.mean([2.0 * np.sum((a == c) & (b == c)) / (np.sum(a == c) + np.sum(b == c)) for c in classes]))
 
 
 def tto_predict(actor: nn.Module, images: np.ndarray,

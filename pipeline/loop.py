@@ -298,7 +298,9 @@ class RL4SegRun:
                                       iteration=iteration)
         info = {"ece_before": result.val_ece_before, "ece_after": result.val_ece_after,
                 "temperature": result.temperature, "reward_val_accuracy": result.val_accuracy,
-                "reward_train_samples": result.n_train}
+                "reward_majority_accuracy": result.val_majority_accuracy, "reward_train_samples": result.n_train,
+                "reward_informative": (not cfg.require_informative
+                                       or result.informative(cfg.min_samples, cfg.min_accuracy_gain))}
         return LearnedReward(result.net, device=self.device), info
 
     def _make_model(self, env, actor_path: Path) -> PixelPPO:
@@ -339,12 +341,12 @@ class RL4SegRun:
         row = {"iteration": iteration, "model": name, **scores, **record,
                **self.selection_scores(model.policy.actor, previous), "minutes": (time.time() - self._t0) / 60}
         self.state["rows"].append(row)
-        if self.config.test_time.enabled and callback.reward_model is not None:
+        use_tto = self.config.test_time.enabled and callback.reward_model is not None and callback.reward_informative
+        if use_tto:
             self.state["rows"].append({"iteration": iteration, "model": f"{name} + TTO", "test_time": True,
                                        **self.evaluate_tto(model.policy.actor, callback.reward_model),
                                        "minutes": (time.time() - self._t0) / 60})
-        if (self.config.test_time.enabled and callback.reward_model is not None
-                and self.dirs.tent_actor.is_file()):
+        if use_tto and self.dirs.tent_actor.is_file():
             tent_actor, _ = load_unet(str(self.dirs.tent_actor), map_location=self.device)
             self.state["rows"].append({"iteration": iteration, "model": "TENT + TTO", "test_time": True,
                                        **self.evaluate_tto(tent_actor, callback.reward_model)})

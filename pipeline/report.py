@@ -38,6 +38,7 @@ COLUMNS: dict[str, str] = {
     "ece_before": "ECE before T",
     "ece_after": "ECE after T",
     "temperature": "T",
+    "reward_informative": "reward net informative",
     "reward_ece": "test ECE",
     "reward_correlation": "reward-Dice r",
     "selected_iteration": "selected iter",

@@ -39,6 +39,13 @@ class RewardTrainConfig:
     #: "image": all samples of one image (same ``ids`` entry of the sample set) on the same side of the split,
     #: so validation (early stopping, temperature, ECE) never sees an image it trained on; "sample": per sample
     split_by: str = "image"
+    #: use the network (for PPO and test-time optimisation) only when :meth:`RewardTrainResult.informative`;
+    #: false uses it whatever its checks say
+    require_informative: bool = True
+    #: the network counts as informative with at least this many samples
+    min_samples: int = 64
+    #: ... and a validation accuracy at least this far above the best constant predictor's
+    min_accuracy_gain: float = 0.01
     #: stop after this many epochs without a lower validation loss (None: never stop early)
     patience: int | None = 3
     #: U-Net widths per level, shallow to deep
@@ -77,6 +84,9 @@ class RewardTrainConfig:
                 raise ValueError(f"RewardTrainConfig.{name} must be >= 1, got {getattr(self, name)}")
         if self.lr <= 0:
             raise ValueError(f"RewardTrainConfig.lr must be > 0, got {self.lr}")
+        if self.min_samples < 0 or self.min_accuracy_gain < 0:
+            raise ValueError("RewardTrainConfig.min_samples and min_accuracy_gain must be >= 0, got "
+                             f"{self.min_samples} and {self.min_accuracy_gain}")
         if not 0 < self.val_fraction < 1:
             raise ValueError(f"RewardTrainConfig.val_fraction must be in (0, 1), got {self.val_fraction}")
         if self.patience is not None and self.patience < 1:
@@ -121,6 +131,12 @@ class RewardTrainResult:
     n_train: int = 0
     n_val: int = 0
     out_path: str | None = None
+
+    def informative(self, min_samples: int, min_accuracy_gain: float) -> bool:
+        """Whether the network's own held-out checks say it tells right from wrong pixels: at least
+        ``min_samples`` samples and a validation accuracy ``min_accuracy_gain`` above the constant predictor."""
+        return (self.n_train + self.n_val >= min_samples
+                and self.val_accuracy >= self.val_majority_accuracy + min_accuracy_gain)
 
     def summary(self) -> dict[str, float]:
         """Scalars for logs and reports."""

@@ -151,3 +151,21 @@ def test_training_never_opens_target_label_files(pretrained, tmp_path, monkeypat
     assert not [p for p in label_reads if any(t in p for t in train_ids)], "training opened target train labels"
     # the evaluation did read the test labels it needs
     assert any("test" in p for p in label_reads)
+
+
+def test_an_uninformative_reward_network_changes_nothing(pretrained, tmp_path):
+    """Do no harm: a reward network that fails its own held-out checks (here: too few samples) neither
+    trains the actor nor drives test-time optimisation, and the report says so."""
+    import torch
+
+    from agents.networks import load_unet
+
+    run = _new_run(pretrained, tmp_path / "run", "ppo.iterations=1", "reward_net.require_informative=true",
+                   "reward_net.min_samples=1000")
+    rows = run.run()
+    row = next(r for r in rows if r["model"] == "RL4Seg")
+    assert row["reward_informative"] is False
+    assert not [r for r in rows if r.get("test_time")]  # no RL4Seg + TTO, no TENT + TTO
+    before, _ = load_unet(str(tmp_path / "run" / "checkpoints" / "actor_source.pt"))
+    after, _ = load_unet(str(tmp_path / "run" / "checkpoints" / "iter_001" / "actor.pt"))
+    assert all(torch.equal(a, b) for a, b in zip(before.state_dict().values(), after.state_dict().values()))

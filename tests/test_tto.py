@@ -64,11 +64,20 @@ def test_tto_raises_the_reward_of_an_invalid_prediction(data):
     torch.manual_seed(0)
     actor = UNet(1, 3, channels=(8, 16), norm="batch").eval()  # random: noise predictions, invalid
     before = {k: v.clone() for k, v in actor.state_dict().items()}
-    result = tto_predict(actor, images[:1], reward, GENERIC, TTOConfig(steps=10, lr=2e-3, kl_coef=0.0))
-    acc_before = (np.asarray(actor(torch.as_tensor(images[:1])[:, None]).argmax(1)) == labels[:1]).mean()
+    # unbounded change (min_dice_to_start=0): the optimiser alone, from noise
+    result = tto_predict(actor, images[:1], reward, GENERIC,
+                         TTOConfig(steps=10, lr=2e-3, kl_coef=0.0, min_dice_to_start=0.0))
+    start = np.asarray(actor(torch.as_tensor(images[:1])[:, None]).argmax(1))
+    acc_before = (start == labels[:1]).mean()
     acc_after = (result.preds == labels[:1]).mean()
     assert result.optimised.tolist() == [True] and result.steps.tolist() == [10]
     assert acc_after > acc_before + 0.3
+    # the default bound keeps what TTO returns close to the start: redrawing noise into a heart is refused
+    bounded = tto_predict(actor, images[:1], reward, GENERIC, TTOConfig(steps=10, lr=2e-3, kl_coef=0.0))
+    from agents.test_time import _foreground_dice
+
+    assert _foreground_dice(bounded.preds[0], start[0]) >= 0.85
+    assert bounded.worst_after[0] >= bounded.worst_before[0]  # never a lower reward than the start
     # the caller's actor is not modified: every image starts from the same weights
     assert all(torch.equal(before[k], v) for k, v in actor.state_dict().items())
 
