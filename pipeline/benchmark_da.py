@@ -359,6 +359,50 @@ def summarize(rows: list[dict]) -> list[dict]:
     return out
 
 
+#: the shift suites of docs/protocol.md: settings may be tuned on the development shifts only; the held-out
+#: shifts (one new shift family, one mild shift where adapting can only harm) are for reporting
+SUITES: dict[str, tuple[str, ...]] = {
+    "development": ("target_contrast", "target_speckle", "target_shape"),
+    "held-out": ("default_target", "target_artifact", "target_hypertrophy_artifact", "target_mild"),
+}
+
+
+def write_suite_tables(per_shift: dict[str, list[dict]], results_dir: Path, suite: str,
+                       command: str | None = None) -> str:
+    """``suite.md`` / ``suite.csv`` in ``results_dir``: per method, Dice LV+MYO and validity on every shift
+    (mean over seeds) and the mean over shifts. ``per_shift``: shift -> :func:`summarize` entries.
+
+    :return: the Markdown text.
+    """
+    methods = list(dict.fromkeys(e["method"] for entries in per_shift.values() for e in entries))
+    shifts = list(per_shift)
+    rows, csv_rows = [], []
+    for method in methods:
+        cells, dice, valid = [], [], []
+        for shift in shifts:
+            e = next((x for x in per_shift[shift] if x["method"] == method), None)
+            if e is None:
+                cells.append("-")
+                continue
+            dice.append(e["dice_mean_mean"])
+            valid.append(e["validity_pct_mean"])
+            cells.append(f"{_cell(e['dice_mean_mean'], e['dice_mean_std'], 'dice_mean')} / "
+                         f"{e['validity_pct_mean']:.0f}%")
+            csv_rows.append({"method": method, "shift": shift, "n_seeds": e["n_seeds"],
+                             "dice_mean": e["dice_mean_mean"], "dice_mean_std": e["dice_mean_std"],
+                             "validity_pct": e["validity_pct_mean"]})
+        complete = len(dice) == len(shifts)
+        mean = f"**{np.mean(dice):.3f} / {np.mean(valid):.0f}%**" if complete else "(incomplete)"
+        label = METHODS[method].label if method in METHODS else method
+        rows.append([label, *cells, mean])
+    text = (f"# Domain adaptation, {suite} suite\n\n" + (f"`{command}`\n\n" if command else "")
+            + markdown_table(["method", *shifts, "mean over shifts"], rows, "l" + "r" * (len(shifts) + 1))
+            + "\nEach cell: Dice LV+MYO (mean ± std over seeds) / anatomical validity, target test split.\n")
+    atomic_write_text(results_dir / "suite.md", text)
+    atomic_write_text(results_dir / "suite.csv", rows_to_csv(csv_rows))
+    return text
+
+
 def _cell(mean: float, std: float, key: str) -> str:
     if not math.isfinite(mean):
         return "-"
@@ -447,5 +491,5 @@ def plot_results(summary: list[dict], path: Path) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
-__all__ = ["DABenchmark", "LOWER_IS_BETTER", "METHODS", "METRICS", "Method", "method_config", "plot_results",
+__all__ = ["SUITES", "write_suite_tables", "DABenchmark", "LOWER_IS_BETTER", "METHODS", "METRICS", "Method", "method_config", "plot_results",
            "skip_reason", "summarize", "write_tables"]

@@ -135,3 +135,27 @@ def test_summary_mean_std_gap_and_bold_best(tmp_path):
     oracle_line = next(line for line in md.splitlines() if line.startswith("| oracle"))
     assert "**0.700 ± 0.141**" in adabn_line and "**" not in oracle_line.split("|")[2]  # oracle never bold
     assert "33%" in adabn_line
+
+
+def test_suites_are_valid_disjoint_presets_and_the_held_out_one_has_a_new_family():
+    from pipeline.benchmark_da import SUITES
+    from rl4seg_env.data.synthetic import available_presets
+
+    dev, held = set(SUITES["development"]), set(SUITES["held-out"])
+    assert dev | held <= set(available_presets()) and not dev & held
+    assert {"default_target", "target_artifact", "target_hypertrophy_artifact", "target_mild"} <= held
+
+
+def test_suite_table_has_every_shift_and_the_mean_over_shifts(tmp_path):
+    from pipeline.benchmark_da import write_suite_tables
+
+    def entry(method, dice, valid):
+        return {"method": method, "n_seeds": 3, "dice_mean_mean": dice, "dice_mean_std": 0.01,
+                "validity_pct_mean": valid}
+
+    per_shift = {"a": [entry("tent", 0.80, 70.0), entry("rl4seg", 0.90, 90.0)],
+                 "b": [entry("tent", 0.60, 50.0), entry("rl4seg", 0.70, 100.0)]}
+    text = write_suite_tables(per_shift, tmp_path, "held-out")
+    line = next(x for x in text.splitlines() if x.startswith("| RL4Seg |"))
+    assert "0.90" in line and "0.70" in line and "**0.800 / 95%**" in line
+    assert (tmp_path / "suite.csv").read_text().count("\n") == 5  # header + 2 methods x 2 shifts

@@ -8,6 +8,7 @@ re-running the same command resumes an interrupted benchmark.
     python scripts/benchmark_da.py --quick                          # CI smoke run (configs/quick.yaml, < 3 min)
     python scripts/benchmark_da.py --methods source_only adabn tent --seeds 0 1 2 3 4
     python scripts/benchmark_da.py --config configs/camus.yaml --results runs/bench_camus ppo.iterations=2
+    python scripts/benchmark_da.py --suite held-out --results runs/heldout   # every held-out shift, then the mean
 
 Overrides after --seeds / --methods need a ``--`` in between (``--methods tent -- ppo.iterations=2``).
 Outputs in --results: results.md, results.csv (mean/std per method), per_seed.csv, results.png.
@@ -21,8 +22,8 @@ import time
 from pathlib import Path
 
 from pipeline.baselines import SelfTrainingConfig, TentConfig
-from pipeline.benchmark_da import METHODS, DABenchmark
-from pipeline.config import CONFIG_DIR, ConfigError, load_config
+from pipeline.benchmark_da import METHODS, SUITES, DABenchmark, summarize, write_suite_tables
+from pipeline.config import CONFIG_DIR, ConfigError, apply_overrides, load_config
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -42,6 +43,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tent-lr", type=float, default=1e-3, help="TENT Adam learning rate (default 1e-3)")
     parser.add_argument("--st-epochs", type=int, default=None,
                         help="self-training epochs per round (default 5; --quick: 2); rounds = ppo.iterations")
+    parser.add_argument("--suite", choices=list(SUITES), default=None,
+                        help="run every method on every shift of a suite (docs/protocol.md): "
+                             + "; ".join(f"{k}: {', '.join(v)}" for k, v in SUITES.items())
+                             + ". Results per shift in RESULTS/<shift>/, the per-shift and mean table in "
+                               "RESULTS/suite.md")
     parser.add_argument("--table-only", action="store_true",
                         help="run nothing: write results.md / .csv / .png from the results already in --results "
                         "(the selected methods and seeds that have finished)")
@@ -61,30 +67,41 @@ def main(argv: list[str] | None = None) -> int:
     st_epochs = args.st_epochs or (2 if args.quick else 5)
     command = "python scripts/benchmark_da.py " + " ".join(shlex.quote(a) for a in (argv if argv is not None
                                                                                       else sys.argv[1:]))
-    try:
-        bench = DABenchmark(config, results, seeds=seeds, methods=methods,
-                            tent_config=TentConfig(epochs=args.tent_epochs, lr=args.tent_lr),
-                            self_training_config=SelfTrainingConfig(
-                                iterations=config.ppo.iterations, epochs=st_epochs,
-                                criteria=config.reward_dataset.criteria,
-                                valid_dice_threshold=config.reward_dataset.valid_dice_threshold),
-                            command=command.strip())
-    except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
     t0 = time.time()
-    if args.table_only:
-        rows = bench.write()
-        missing = [f"{m} (seed {s})" for m in methods for s in seeds
-                   if m not in bench.skipped and not bench.finished(m, s)]
-        if missing:
-            print(f"[benchmark] not in the table (not run yet): {', '.join(missing)}")
-        if not rows:
-            print(f"error: {results} holds no finished result of the selected methods and seeds", file=sys.stderr)
+    shifts = SUITES[args.suite] if args.suite else [None]
+    per_shift = {}
+    for shift in shifts:
+        try:
+            shift_config = apply_overrides(config, [f"data.target.preset={shift}"]) if shift else config
+            out = Path(results) / shift if shift else Path(results)
+            bench = DABenchmark(shift_config, out, seeds=seeds, methods=methods,
+                                tent_config=TentConfig(epochs=args.tent_epochs, lr=args.tent_lr),
+                                self_training_config=SelfTrainingConfig(
+                                    iterations=config.ppo.iterations, epochs=st_epochs,
+                                    valid_dice_threshold=config.reward_dataset.valid_dice_threshold),
+                                command=command.strip())
+        except ValueError as exc:
+            print(f"error: {exc}", file=sys.stderr)
             return 2
+        if shift:
+            print(f"[benchmark] {args.suite} suite, shift {shift}", flush=True)
+        if args.table_only:
+            rows = bench.write()
+            missing = [f"{m} (seed {s})" for m in methods for s in seeds
+                       if m not in bench.skipped and not bench.finished(m, s)]
+            if missing:
+                print(f"[benchmark] {out}: not in the table (not run yet): {', '.join(missing)}")
+            if not rows and not shift:
+                print(f"error: {results} holds no finished result of the selected methods and seeds",
+                      file=sys.stderr)
+                return 2
+        else:
+            rows = bench.run()
+        per_shift[shift] = summarize(rows)
+    if args.suite:
+        print(write_suite_tables(per_shift, Path(results), args.suite, command.strip()))
     else:
-        bench.run()
-    print((Path(results) / "results.md").read_text())
+        print((Path(results) / "results.md").read_text())
     print(f"[benchmark] {command.strip()}: {(time.time() - t0) / 60:.1f} min; results in {results}")
     return 0
 

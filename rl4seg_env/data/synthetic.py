@@ -198,6 +198,18 @@ PRESETS: dict[str, SyntheticPreset] = {
         blood_level=(0.08, 0.14), noise_std=(0.05, 0.07),
         speckle_size=(0.02, 0.035), speckle_contrast=(0.95, 1.0), blur=(0.01, 0.018),
         haze=(0.15, 0.35), clutter=(0.05, 0.15), dropout_probability=0.5, attenuation=(0.7, 1.1)),
+    # held out from every tuning decision (docs/protocol.md): a shift family the development presets never show
+    # (small thick-walled ventricles) combined with artefacts, and a mild shift where adapting can only harm
+    "target_hypertrophy_artifact": _SOURCE.replace(
+        description="held-out: small, thick-walled (hypertrophic) ventricles imaged with haze, shadows and "
+                    "dropout at a lower gain",
+        lv_dilation=(0.8, 0.92), lv_length_mm=(55.0, 68.0), wall_mm=(14.0, 17.0), es_wall_factor=(1.25, 1.45),
+        haze=(0.25, 0.45), clutter=(0.08, 0.18), dropout_probability=0.6, dropout_strength=(0.6, 0.9),
+        shadow_probability=0.4, gain=(0.75, 0.9), attenuation=(0.6, 1.0)),
+    "target_mild": _SOURCE.replace(
+        description="held-out: a mild shift (slightly lower gain, slightly coarser speckle) where the source "
+                    "model is already close to the oracle",
+        gain=(0.85, 1.0), speckle_size=(0.008, 0.014), noise_std=(0.02, 0.035)),
 }
 
 #: Name of the default target domain (the preset a model trained on ``source`` is adapted to).
