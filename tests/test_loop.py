@@ -147,8 +147,12 @@ def test_training_never_opens_target_label_files(pretrained, tmp_path, monkeypat
     run.run()
     label_reads = [p for p in opened if "/labels/" in p]
     train_ids = {f"default_target-train-{i:06d}" for i in range(32)}
+    val_ids = {f"default_target-val-{i:06d}" for i in range(4)}
     assert opened, "the NIfTI target was never read"
     assert not [p for p in label_reads if any(t in p for t in train_ids)], "training opened target train labels"
+    # label-free selection read the validation images, never their labels
+    assert any(v in p for p in opened for v in val_ids), "selection never read the target validation images"
+    assert not [p for p in label_reads if any(v in p for v in val_ids)], "selection opened target val labels"
     # the evaluation did read the test labels it needs
     assert any("test" in p for p in label_reads)
 
