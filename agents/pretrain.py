@@ -36,7 +36,6 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -49,7 +48,7 @@ from tqdm.auto import tqdm
 
 from agents.networks import UNet, save_unet, unet_kwargs
 from rl4seg_env.data.base import SegDataset
-from rl4seg_env.io import atomic_torch_save, read_checkpoint
+from rl4seg_env.io import atomic_torch_save, plain_values, read_checkpoint
 from rl4seg_env.metrics import dice_per_class
 
 LOSSES = ("ce", "ce+dice")
@@ -376,7 +375,7 @@ def pretrain_segmentation(train: SegDataset, val: SegDataset, out_path: str | Pa
             atomic_torch_save({"state_dict": model.state_dict(), "unet_kwargs": unet_kwargs(model),
                                "optimizer": optimizer.state_dict(), "epoch": epoch, "history": history,
                                "best_val_dice": float(best_val_dice), "best_epoch": best_epoch,
-                               "since_best": since_best, "config": _plain(dataclasses.asdict(config))},
+                               "since_best": since_best, "config": plain_values(dataclasses.asdict(config))},
                               last_path)
             if writer is not None:
                 for key, value in row.items():
@@ -421,15 +420,6 @@ def _train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.opti
         bar.set_postfix(loss=f"{total / seen:.4f}")
     bar.close()
     return total / max(seen, 1)
-
-
-def _plain(value: Any) -> Any:
-    """Tuples -> lists so that the config survives ``torch.load(weights_only=True)``."""
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    return value
 
 
 __all__ = ["LOSSES", "PretrainConfig", "PretrainResult", "SegTorchDataset", "augment_batch", "evaluate_segmentation",

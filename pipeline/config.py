@@ -41,7 +41,7 @@ from reward.builder import PerturbationConfig
 from reward.correctors import ShapeAEConfig
 from reward.training import RewardTrainConfig
 from rl4seg_env.data import DatasetConfig
-from rl4seg_env.io import atomic_write_text
+from rl4seg_env.io import atomic_write_text, plain_values
 
 #: the configs shipped with the package (``configs/*.yaml`` of a checkout)
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
@@ -453,15 +453,7 @@ def config_to_dict(config: LoopConfig) -> dict[str, Any]:
     for section, filled in RUN_FILLED.items():
         for key in filled:
             tree[section].pop(key, None)
-    return _listify(tree)
-
-
-def _listify(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _listify(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_listify(v) for v in value]
-    return value
+    return plain_values(tree)
 
 
 def config_to_yaml(config: LoopConfig) -> str:

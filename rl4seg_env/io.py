@@ -31,6 +31,16 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     return path
 
 
+def plain_values(value: Any) -> Any:
+    """Nested dicts / lists / tuples with every tuple turned into a list: what YAML writes plainly and
+    ``torch.load(weights_only=True)`` reads back."""
+    if isinstance(value, dict):
+        return {k: plain_values(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain_values(v) for v in value]
+    return value
+
+
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     return atomic_write_bytes(path, text.encode("utf-8"))
 
