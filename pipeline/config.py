@@ -293,8 +293,8 @@ class _Builder:
 
     def where(self, key: str) -> str:
         source = self.sources.get(key)
-        if source is None:  # a section given as a whole, or a default checked against a given value
-            source = next((s for k, s in self.sources.items() if k.startswith(key + ".") or key.startswith(k + ".")),
+        if source is None:  # a section: where its keys came from (the last layer that set one)
+            source = next((s for k, s in reversed(list(self.sources.items())) if k.startswith(key + ".")),
                           "defaults")
         return source if source == COMMAND_LINE or source == "defaults" else f"file {source}"
 
@@ -358,11 +358,13 @@ def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
 
 
 def _record_sources(tree: Any, source: str, sources: dict[str, str], prefix: str = "") -> None:
-    if isinstance(tree, dict):
-        for key, value in tree.items():
-            full = f"{prefix}.{key}" if prefix else str(key)
-            sources[full] = source
+    """Where each leaf value came from (sections are not recorded: their keys may come from several layers)."""
+    for key, value in tree.items():
+        full = f"{prefix}.{key}" if prefix else str(key)
+        if isinstance(value, dict):
             _record_sources(value, source, sources, full)
+        else:
+            sources[full] = source
 
 
 def parse_overrides(overrides: Sequence[str]) -> list[tuple[str, Any]]:
@@ -405,9 +407,11 @@ def _build_config(layers: Sequence[tuple[dict[str, Any], str]]) -> LoopConfig:
     config = builder.build(LoopConfig, tree, "")
     divisor = config.network.divisor
     if config.data.image_size % divisor:
-        raise builder.fail("data.image_size", f"must be a multiple of {divisor} for a U-Net of "
-                                              f"{len(config.network.channels)} levels (network.channels), "
-                                              f"got {config.data.image_size}")
+        # blame the key that was set (the image size, else the network depth)
+        key = "network.channels" if "network.channels" in sources and "data.image_size" not in sources \
+            else "data.image_size"
+        raise builder.fail(key, f"data.image_size must be a multiple of {divisor} for a U-Net of "
+                                f"{len(config.network.channels)} levels (network.channels), got {config.data.image_size}")
     return config
 
 
