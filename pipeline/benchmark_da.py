@@ -287,6 +287,7 @@ class DABenchmark:
             # the source phase is done (shared) and its evaluation is the one already made on the same test set
             dirs.save_state({"completed_iterations": 0, "source_done": True, "baselines_done": True,
                              "rows": [{"iteration": 0, "model": "source-only", **source_scores}]})
+            dirs.unlock()  # the run below takes it
         rows = RL4SegRun(resume=True, run_dir=run_dir).run()
         # the model the run selected without labels (the "selected" row; its iteration is selected_iteration)
         selected = [r for r in rows if r.get("iteration") == "selected" and not r.get("test_time")]

@@ -56,6 +56,7 @@ class RL4SegRun:
                 raise ValueError("resume needs the run directory")
             self.dirs = RunDirectory(run_dir)
             self.dirs.require_run()
+            self.dirs.lock()
             self.config = load_config(self.dirs.config_path)
         else:
             if config is None:
@@ -394,7 +395,14 @@ class RL4SegRun:
 
     # --- everything -----------------------------------------------------------------------------------
     def run(self) -> list[dict]:
-        """Run (or resume) every phase; returns the report rows."""
+        """Run (or resume) every phase; returns the report rows. The run directory's write lock, taken when
+        this object was made, is released at the end (also when a phase fails)."""
+        try:
+            return self._run()
+        finally:
+            self.dirs.unlock()
+
+    def _run(self) -> list[dict]:
         actor_path = self.pretrain_source()
         ae = self.train_shape_ae()
         self._baselines(actor_path)

@@ -20,14 +20,24 @@ goes through this class; every file is written atomically, and an iteration coun
 """
 from __future__ import annotations
 
+import datetime
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
+
+try:
+    import fcntl
+except ImportError:  # not POSIX: runs are not locked
+    fcntl = None
 
 import numpy as np
 
 from rl4seg_env.io import atomic_save_npz, atomic_write_text
+
+
+class RunLockedError(RuntimeError):
+    """Another process is writing this run directory (the message names it, its pid and start time)."""
 
 
 class RunDirectory:
@@ -41,6 +51,7 @@ class RunDirectory:
 
     def __init__(self, root: str | os.PathLike) -> None:
         self.root = Path(root)
+        self._lock: IO[str] | None = None
 
     def __repr__(self) -> str:
         return f"RunDirectory({str(self.root)!r})"
@@ -111,7 +122,8 @@ class RunDirectory:
         return self.config_path.is_file()
 
     def create(self, config_yaml: str) -> None:
-        """Start a new run here: refuse a folder that holds one, write ``config.yaml``."""
+        """Start a new run here (taking the write lock): refuse a folder that holds one, write ``config.yaml``."""
+        self.lock()
         if self.state_path.exists():
             raise FileExistsError(f"{self.root} already holds a run; pass --resume {self.root} to continue "
                                   "it, or choose another run_dir")
@@ -123,6 +135,44 @@ class RunDirectory:
         """:raises FileNotFoundError: this folder holds no run (no ``config.yaml``)."""
         if not self.is_run():
             raise FileNotFoundError(f"{self.root}: not a run directory (no {self.CONFIG}) - cannot resume")
+
+    # --- lock -----------------------------------------------------------------------------------------
+    @property
+    def lock_path(self) -> Path:
+        return self.root / ".lock"
+
+    def lock(self) -> None:
+        """Take the exclusive write lock of this run directory (``fcntl.flock`` on ``.lock``).
+
+        Held until :meth:`unlock` or the end of the process (the OS frees it when the process dies, also on
+        SIGKILL). A second writer is refused at once.
+
+        :raises RunLockedError: another process holds it (the message names the holder's pid and start time).
+        """
+        if self._lock is not None or fcntl is None:
+            return
+        self.root.mkdir(parents=True, exist_ok=True)
+        handle = open(self.lock_path, "a+")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "unknown process"
+            handle.close()
+            raise RunLockedError(f"{self.root} is being written by another rl4seg process ({holder}); wait for it "
+                                 "to finish or stop it, or choose another run directory") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()}, started {datetime.datetime.now().isoformat(timespec='seconds')}\n")
+        handle.flush()
+        self._lock = handle
+
+    def unlock(self) -> None:
+        """Release the write lock (no-op when not held)."""
+        if self._lock is not None:
+            fcntl.flock(self._lock, fcntl.LOCK_UN)
+            self._lock.close()
+            self._lock = None
 
     # --- state ----------------------------------------------------------------------------------------
     def load_state(self) -> dict[str, Any]:

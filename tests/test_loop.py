@@ -173,3 +173,31 @@ def test_an_uninformative_reward_network_changes_nothing(pretrained, tmp_path):
     before, _ = load_unet(str(tmp_path / "run" / "checkpoints" / "actor_source.pt"))
     after, _ = load_unet(str(tmp_path / "run" / "checkpoints" / "iter_001" / "actor.pt"))
     assert all(torch.equal(a, b) for a, b in zip(before.state_dict().values(), after.state_dict().values()))
+
+
+def test_a_second_writer_is_refused_and_the_lock_dies_with_its_holder(pretrained, tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from pipeline.run_dir import RunDirectory, RunLockedError
+
+    first = _new_run(pretrained, tmp_path / "run")
+    with pytest.raises(RunLockedError, match=r"run.*pid \d+, started"):
+        RL4SegRun(resume=True, run_dir=tmp_path / "run")
+    first.dirs.unlock()
+    RunDirectory(tmp_path / "run").lock()  # free again once released
+
+    # a holder killed with SIGKILL leaves no stale lock: the OS releases it with the process
+    other = tmp_path / "other"
+    code = ("import sys, time; from pipeline.run_dir import RunDirectory; d = RunDirectory(sys.argv[1]); d.lock(); "
+            "print('locked', flush=True); time.sleep(60)")
+    holder = subprocess.Popen([sys.executable, "-c", code, str(other)], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "locked"
+    with pytest.raises(RunLockedError, match=f"pid {holder.pid}"):
+        RunDirectory(other).lock()
+    holder.send_signal(signal.SIGKILL)
+    holder.wait(timeout=30)
+    time.sleep(0.1)
+    RunDirectory(other).lock()

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from pipeline.config import CONFIG_DIR, ConfigError, config_to_yaml, default_config_path, load_config
 from pipeline.loop import RL4SegRun
+from pipeline.run_dir import RunLockedError
 
 
 def resolve_config_path(name: str | None) -> Path:
@@ -53,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(config_to_yaml(config), end="")
                 return 0
             run = RL4SegRun(config)
-    except (ConfigError, FileExistsError, FileNotFoundError) as exc:
+    except (ConfigError, FileExistsError, FileNotFoundError, RunLockedError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     run.run()
