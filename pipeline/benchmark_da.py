@@ -234,7 +234,8 @@ class DABenchmark:
             extra: dict[str, Any] = {}
             if method.kind in ("rl4seg", "rl4seg_tto"):
                 if source_scores is None:
-                    source_scores = base.evaluate(source)
+                    # the selection scores make the source model a candidate of the label-free selection
+                    source_scores = {**base.evaluate(source), **base.selection_scores(source)}
                 rl4seg = METHODS["rl4seg" if method.kind == "rl4seg_tto" else name]
                 scores = self._run_rl4seg(rl4seg, seed, base, source_scores)
                 minutes = (time.time() - t0) / 60
@@ -270,7 +271,7 @@ class DABenchmark:
             minutes = (time.time() - t0) / 60
             scores = base.evaluate(model)
             if method.kind == "source_only":
-                source_scores = scores
+                source_scores = {**scores, **base.selection_scores(source)}
             self._save(name, seed, {**scores, **extra}, minutes)
 
     def _run_rl4seg(self, method: Method, seed: int, base, source_scores: dict[str, float]) -> dict[str, float]:

@@ -201,3 +201,14 @@ def test_a_second_writer_is_refused_and_the_lock_dies_with_its_holder(pretrained
     holder.wait(timeout=30)
     time.sleep(0.1)
     RunDirectory(other).lock()
+
+
+def test_selection_study_reports_what_each_score_picks(pretrained, tmp_path, capsys):
+    from pipeline.commands import selection_study as module
+
+    run = _new_run(pretrained, tmp_path / "run", "ppo.iterations=1")
+    run.run()
+    assert module.main([str(tmp_path / "run")]) == 0
+    out = capsys.readouterr().out
+    assert "| validity | agreement | confidence | last |" in out and "mean Dice lost" in out
+    assert module.main([str(tmp_path / "nope")]) == 2
