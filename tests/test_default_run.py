@@ -23,3 +23,7 @@ def test_default_run_adapts_to_the_target(tmp_path):
     assert final_tto["validity_pct"] >= 95.0 and gap_closed(rows, test_time=True) >= 0.40
     assert final["ece_after"] <= 0.05  # temperature-scaled reward net, on its validation split
     assert final["reward_correlation"] >= 0.6
+    # the report shows RL4Seg next to what a user would pick instead, and the model chosen without labels
+    models = {r["model"] for r in rows}
+    assert {"AdaBN", "TENT", "TENT + TTO", "RL4Seg selected", "RL4Seg selected + TTO"} <= models or \
+        next(r for r in rows if r["model"] == "RL4Seg selected")["selected_iteration"] == 0
