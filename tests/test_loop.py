@@ -56,9 +56,10 @@ def test_full_loop_writes_run_directory_and_report(pretrained, tmp_path):
     assert [(r["iteration"], r["model"]) for r in rows[:3]] == [(0, "source-only"), ("baseline", "AdaBN"),
                                                                 ("baseline", "TENT")]
     assert [r["iteration"] for r in rows if r["model"] == "TENT + TTO"] == [1, 2]
-    # the iteration chosen without labels: the best target-validation validity among 0 (source) .. 2, ties later
+    # the iteration chosen without labels: the best label-free score among 0 (source) .. 2, ties to the later
     ours = [r for r in rows if isinstance(r["iteration"], int) and r["model"] != "TENT + TTO"]
-    best = max((r for r in ours if not r.get("test_time")), key=lambda r: (r["sel_validity"], r["iteration"]))
+    key = f"sel_{run.config.evaluation.selection}"
+    best = max((r for r in ours if not r.get("test_time")), key=lambda r: (r[key], r["iteration"]))
     selected = [r for r in rows if r["iteration"] == "selected"]
     assert selected[0]["model"] == "RL4Seg selected" and selected[0]["selected_iteration"] == best["iteration"]
     assert selected[0]["dice_mean"] == best["dice_mean"]
