@@ -206,17 +206,9 @@ def train_reward_network(samples: Any, n_classes: int, config: RewardTrainConfig
     ``calibration_pixels`` of up to ``calibration_max_pixels`` pixels) with :func:`fit_temperature`.
     """
     config = config or RewardTrainConfig()
-    if config.calibration_pixels not in ("foreground", "all"):
-        raise ValueError(f"RewardTrainConfig.calibration_pixels must be 'foreground' or 'all', "
-                         f"got {config.calibration_pixels!r}")
     n = len(samples)
     if n < 2:
         raise ValueError(f"train_reward_network needs at least 2 samples (train + validation), got {n}")
-    if config.epochs < 1 or config.batch_size < 1:
-        raise ValueError(f"RewardTrainConfig: epochs and batch_size must be >= 1, got epochs={config.epochs}, "
-                         f"batch_size={config.batch_size}")
-    if not 0 < config.val_fraction < 1:
-        raise ValueError(f"RewardTrainConfig.val_fraction must be in (0, 1), got {config.val_fraction}")
     device = torch.device(config.device)
     # seeded run that leaves the caller's global RNG streams as they were
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
