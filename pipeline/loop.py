@@ -58,6 +58,7 @@ class RL4SegRun:
             self.dirs.require_run()
             self.dirs.lock()
             self.config = load_config(self.dirs.config_path)
+            self.config.run_dir = str(self.dirs.root)  # the folder it was resumed from, wherever it moved
         else:
             if config is None:
                 raise ValueError("a config is needed to start a new run")
@@ -65,7 +66,6 @@ class RL4SegRun:
             self.dirs = RunDirectory(run_dir or config.run_dir)
             self.config.run_dir = str(self.dirs.root)
             self.dirs.create(config_to_yaml(self.config))
-        self.config.run_dir = str(self.dirs.root)
         self.dirs.checkpoints.mkdir(parents=True, exist_ok=True)
         self.device = get_device(self.config.device)  # "auto": CUDA when available, else CPU
         if self.config.num_threads > 0:
