@@ -46,6 +46,8 @@ from rl4seg_env.io import atomic_write_text, plain_values
 #: the configs shipped with the package (``configs/*.yaml`` of a checkout)
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 COMMAND_LINE = "command line"
+#: the actors RL can start from (``ppo.init``) -> the report row of that model
+RL_INITS = {"source": "source-only", "adabn": "AdaBN", "tent": "TENT"}
 #: label-free model-selection scores (``evaluation.selection``)
 SELECTION_SCORES = ("validity", "agreement", "confidence", "last")
 
@@ -127,6 +129,10 @@ class PPOSection(IterationSchedule):
     max_grad_norm: float = 0.5
     #: use accepted pseudo-labels as supervised anchors inside the RL batch
     anchors: bool = True
+    #: the actor RL starts from and is KL-anchored to: "source" (the source-pretrained actor, the paper),
+    #: "adabn" or "tent" (that label-free baseline's adapted copy of it, so RL refines what the baseline reaches);
+    #: label-free selection then compares the RL iterations with this starting model
+    init: str = "source"
     #: re-estimate the actor's batch-norm statistics on the unlabelled target images of the iteration: before
     #: iteration 1 (actor and reference policy) and after each iteration's updates (false: source statistics)
     adapt_norm_stats: bool = False
@@ -143,6 +149,8 @@ class PPOSection(IterationSchedule):
         for name in ("clip_range", "actor_lr", "critic_lr", "max_grad_norm"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"PPOSection.{name} must be > 0, got {getattr(self, name)}")
+        if self.init not in RL_INITS:
+            raise ValueError(f"PPOSection.init must be one of {', '.join(RL_INITS)}, got {self.init!r}")
 
 
 @dataclass

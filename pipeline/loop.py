@@ -25,7 +25,7 @@ from agents.ppo import PixelPPO
 from agents.pretrain import pretrain_segmentation
 from agents.test_time import tto_predict
 from agents.vec_env import make_sb3_vec_env
-from pipeline.config import LoopConfig, TestTimeSection, config_to_yaml, load_config
+from pipeline.config import RL_INITS, LoopConfig, TestTimeSection, config_to_yaml, load_config
 from pipeline.evaluation import evaluate_predictions
 from pipeline.report import plot_metrics, plot_predictions, print_report, write_report
 from pipeline.run_dir import RunDirectory
@@ -119,10 +119,13 @@ class RL4SegRun:
         return out
 
     def _select(self) -> None:
-        """Replace the "selected" rows: the iteration (0 = source-only) with the best label-free score."""
+        """Replace the "selected" rows: the iteration with the best label-free score, 0 being the model RL
+        started from (``ppo.init``: the source-only, AdaBN or TENT row)."""
         rows = [r for r in self.state["rows"] if r.get("iteration") != "selected"]
         name = "RL4Seg (ground-truth reward)" if self.config.oracle_reward else "RL4Seg"
-        candidates = [r for r in rows if r.get("model") in ("source-only", name)]
+        start = RL_INITS[self.config.ppo.init]
+        candidates = ([{**r, "iteration": 0} for r in rows if r.get("model") == start][:1]
+                      + [r for r in rows if r.get("model") == name])
         key = self.config.evaluation.selection
         if key == "last":
             chosen = candidates[-1]
@@ -131,9 +134,12 @@ class RL4SegRun:
             chosen = max(scored, key=lambda r: (r[f"sel_{key}"], r["iteration"])) if scored else candidates[-1]
         i = chosen["iteration"]
         rows.append({**chosen, "iteration": "selected", "model": f"{name} selected", "selected_iteration": i})
-        tto = [r for r in rows if r.get("iteration") == i and r.get("model") == f"{name} + TTO"]
+        # its test-time-optimised row; for the starting model, the one made with the latest reward network
+        tto = [r for r in rows if r.get("test_time") and r.get("iteration") not in ("selected", "baseline")
+               and (r.get("model") == f"{name} + TTO" and r.get("iteration") == i
+                    or i == 0 and r.get("model") == f"{start} + TTO")]
         if tto:
-            rows.append({**tto[0], "iteration": "selected", "model": f"{name} selected + TTO",
+            rows.append({**tto[-1], "iteration": "selected", "model": f"{name} selected + TTO",
                          "selected_iteration": i})
         self.state["rows"] = rows
 
@@ -260,31 +266,52 @@ class RL4SegRun:
         if self.config.evaluation.oracle:
             oracle, _ = load_unet(str(self.train_oracle()), map_location=self.device)
             rows.append({"iteration": "oracle", "model": "oracle (target labels)", **self.evaluate(oracle)})
-        for name, model in self._label_free_baselines(actor).items():
-            rows.append({"iteration": "baseline", "model": name, **self.evaluate(model)})
+        for name in self.config.evaluation.baselines:
+            model = self.adapted_actor(name)
+            rows.append({"iteration": "baseline", "model": RL_INITS[name], **self.evaluate(model),
+                         **self.selection_scores(model)})
         self.state["rows"] = rows
         self.state["baselines_done"] = True
         self._save_state()
         self._write_report()
 
-    def _label_free_baselines(self, actor: torch.nn.Module) -> dict[str, torch.nn.Module]:
-        """AdaBN and TENT (``evaluation.baselines``) on the source actor and the unlabelled target training
-        images; TENT is kept in ``checkpoints/tent.pt`` for its test-time-optimisation rows."""
-        wanted = self.config.evaluation.baselines
-        if not wanted:
-            return {}
+    def adapted_actor(self, name: str) -> torch.nn.Module:
+        """The label-free baseline ``name`` ("adabn" or "tent") applied to the source actor with the unlabelled
+        target training images; made once and kept in ``checkpoints/adabn.pt`` / ``tent.pt``."""
+        path = {"adabn": self.dirs.adabn_actor, "tent": self.dirs.tent_actor}[name]
+        if path.is_file():
+            return load_unet(str(path), map_location=self.device)[0]
+        actor, _ = load_unet(str(self.dirs.source_actor), map_location=self.device)
         images, _ = load_images(self.datasets["target_train"], progress=self.config.progress,
                                 desc="target train images")
-        out = {}
-        if "adabn" in wanted:
-            print("[rl4seg] baseline: AdaBN", flush=True)
-            out["AdaBN"] = adabn(actor, images, AdaBNConfig(batch_size=self.config.evaluation.batch_size), self.device)
-        if "tent" in wanted:
-            print("[rl4seg] baseline: TENT", flush=True)
-            out["TENT"] = tent(actor, images, TentConfig(seed=self.config.seed, progress=self.config.progress),
-                               self.device)
-            save_unet(out["TENT"], str(self.dirs.tent_actor))
-        return out
+        print(f"[rl4seg] baseline: {RL_INITS[name]}", flush=True)
+        if name == "adabn":
+            model = adabn(actor, images, AdaBNConfig(batch_size=self.config.evaluation.batch_size), self.device)
+        else:
+            model = tent(actor, images, TentConfig(seed=self.config.seed, progress=self.config.progress), self.device)
+        save_unet(model, str(path))
+        return model
+
+    def initial_actor(self) -> Path:
+        """The actor RL starts from and is KL-anchored to (``ppo.init``): the source actor, or the AdaBN / TENT
+        copy of it saved as iteration 0; that model's report row gets its label-free selection scores (it is
+        selection's iteration 0)."""
+        init = self.config.ppo.init
+        if init == "source":
+            return self.dirs.source_actor
+        path = self.dirs.iteration_dir(0, create=True) / "actor.pt"
+        model = self.adapted_actor(init)
+        if not path.is_file():
+            save_unet(model, str(path), iteration=0)
+        rows = self.state["rows"]
+        row = next((r for r in rows if r.get("model") == RL_INITS[init]), None)
+        if row is None:  # not one of evaluation.baselines (or a run seeded by the benchmark)
+            row = {"iteration": "baseline", "model": RL_INITS[init], **self.evaluate(model)}
+            rows.append(row)
+        if "sel_confidence" not in row:
+            row.update(self.selection_scores(model))
+        self._save_state()
+        return path
 
     # --- RL iterations --------------------------------------------------------------------------------
     def _train_reward(self, store: RewardSampleStore, iteration: int):
@@ -347,10 +374,13 @@ class RL4SegRun:
             self.state["rows"].append({"iteration": iteration, "model": f"{name} + TTO", "test_time": True,
                                        **self.evaluate_tto(model.policy.actor, callback.reward_model),
                                        "minutes": (time.time() - self._t0) / 60})
-        if use_tto and self.dirs.tent_actor.is_file():
-            tent_actor, _ = load_unet(str(self.dirs.tent_actor), map_location=self.device)
-            self.state["rows"].append({"iteration": iteration, "model": "TENT + TTO", "test_time": True,
-                                       **self.evaluate_tto(tent_actor, callback.reward_model)})
+        # the baselines a user would pick instead, with the same test-time optimisation
+        for base in dict.fromkeys(["tent", self.config.ppo.init]) if use_tto else ():
+            path = {"adabn": self.dirs.adabn_actor, "tent": self.dirs.tent_actor}.get(base)
+            if path is not None and path.is_file():
+                actor, _ = load_unet(str(path), map_location=self.device)
+                self.state["rows"].append({"iteration": iteration, "model": f"{RL_INITS[base]} + TTO",
+                                           "test_time": True, **self.evaluate_tto(actor, callback.reward_model)})
         self._select()
         self.state["completed_iterations"] = iteration
         self._save_state()  # the iteration is done from here on
@@ -403,10 +433,10 @@ class RL4SegRun:
             self.dirs.unlock()
 
     def _run(self) -> list[dict]:
-        actor_path = self.pretrain_source()
+        source = self.pretrain_source()
         ae = self.train_shape_ae()
-        self._baselines(actor_path)
-        self.run_iterations(actor_path, ae)
+        self._baselines(source)
+        self.run_iterations(self.initial_actor(), ae)
         self._write_report(plots=True)
         print_report(self.state["rows"])
         gap = gap_closed(self.state["rows"])

@@ -8,7 +8,8 @@ Layout::
     checkpoints/actor_source.pt    source-pretrained actor (iteration 0; also the reference policy)
     checkpoints/oracle_target.pt   target-supervised oracle (evaluation baseline, optional)
     checkpoints/shape_ae.pt        shape auto-encoder trained on source label maps
-    checkpoints/tent.pt            the TENT baseline of the report
+    checkpoints/tent.pt, adabn.pt  the TENT and AdaBN baselines of the report
+    checkpoints/iter_000/actor.pt  the actor RL started from, when not the source one (ppo.init: adabn / tent)
     checkpoints/iter_XXX/          ppo.zip, actor.pt, critic.pt, reward_net.pt (with temperature), pseudo_labels.npz
     reward_dataset/iter_XXX/       reward samples (accumulate across iterations)
     tb/                            TensorBoard logs (pretraining, PPO, reward networks)
@@ -92,6 +93,11 @@ class RunDirectory:
         return self.checkpoints / "tent.pt"
 
     @property
+    def adabn_actor(self) -> Path:
+        """The AdaBN baseline of the report."""
+        return self.checkpoints / "adabn.pt"
+
+    @property
     def shape_ae(self) -> Path:
         return self.checkpoints / "shape_ae.pt"
 
@@ -105,8 +111,10 @@ class RunDirectory:
         return d
 
     def actor(self, iteration: int) -> Path:
-        """The actor of ``iteration`` (0: the source-pretrained one)."""
-        return self.source_actor if iteration == 0 else self.iteration_dir(iteration) / "actor.pt"
+        """The actor of ``iteration``; 0 is the one RL started from: ``iter_000/actor.pt`` when the run started
+        from an adapted copy (``ppo.init`` adabn / tent), else the source-pretrained actor."""
+        path = self.iteration_dir(iteration) / "actor.pt"
+        return self.source_actor if iteration == 0 and not path.is_file() else path
 
     def reward_net(self, iteration: int) -> Path:
         return self.iteration_dir(iteration) / "reward_net.pt"

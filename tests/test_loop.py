@@ -213,3 +213,33 @@ def test_selection_study_reports_what_each_score_picks(pretrained, tmp_path, cap
     out = capsys.readouterr().out
     assert "| validity | agreement | confidence | last |" in out and "mean Dice lost" in out
     assert module.main([str(tmp_path / "nope")]) == 2
+
+
+def test_rl_can_start_from_the_tent_adapted_actor(pretrained, tmp_path):
+    """ppo.init=tent: iteration 0 is the TENT copy of the source actor (actor, KL reference and selection's
+    iteration 0); with no informative reward network nothing moves it, and the selected model is one of them."""
+    import torch
+
+    from agents.networks import load_unet
+
+    run = _new_run(pretrained, tmp_path / "run", "ppo.init=tent", "evaluation.baselines=[adabn]", "ppo.iterations=1",
+                   "reward_net.require_informative=true", "reward_net.min_samples=1000")
+    rows = run.run()
+    ckpt = tmp_path / "run" / "checkpoints"
+    tent, _ = load_unet(str(ckpt / "tent.pt"))
+    start, _ = load_unet(str(ckpt / "iter_000" / "actor.pt"))
+    after, _ = load_unet(str(ckpt / "iter_001" / "actor.pt"))
+    source, _ = load_unet(str(ckpt / "actor_source.pt"))
+    params = [dict(m.named_parameters()) for m in (tent, start, after, source)]
+    assert all(torch.equal(params[0][k], params[1][k]) and torch.equal(params[1][k], params[2][k]) for k in params[0])
+    assert not all(torch.equal(params[0][k], params[3][k]) for k in params[0])  # TENT moved the norm layers
+    # the TENT row exists although evaluation.baselines does not list it, with its label-free scores
+    tent_row = next(r for r in rows if r["model"] == "TENT")
+    assert 0 < tent_row["sel_confidence"] <= 1
+    selected = next(r for r in rows if r["iteration"] == "selected")
+    assert selected["selected_iteration"] in (0, 1)
+    if selected["selected_iteration"] == 0:
+        assert selected["dice_mean"] == tent_row["dice_mean"]
+    # a resumed run finds everything done and changes nothing
+    again = RL4SegRun(resume=True, run_dir=tmp_path / "run").run()
+    assert [r["model"] for r in again] == [r["model"] for r in rows]
