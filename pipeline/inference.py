@@ -114,8 +114,9 @@ def export_predictions(segmenter: Segmenter, dataset: SegDataset, out_dir: str |
                        progress: bool = True) -> list[Path]:
     """Predict every image of ``dataset``; write ``<id>_seg.nii.gz``, ``<id>_uncertainty.nii.gz`` and ``<id>.png``.
 
-    Outputs are resized back to each input's original shape (labels nearest-neighbour) and carry its
-    original spacing when the dataset knows them (NIfTI / CAMUS); otherwise the working size and spacing.
+    Outputs are resized back to each input's original shape (labels nearest-neighbour) and written with its
+    geometry when the dataset is file-backed (NIfTI / CAMUS: the input's affine, orientation, voxel order and
+    header, so they overlay it in a viewer); otherwise at the working size and spacing.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -127,13 +128,15 @@ def export_predictions(segmenter: Segmenter, dataset: SegDataset, out_dir: str |
         sample = dataset[i]
         pred, unc = segmenter(sample.image[None], spacings=[sample.spacing])
         pred, unc = pred[0], None if unc is None else unc[0]
-        shape = tuple(dataset.original_shape(i)) if hasattr(dataset, "original_shape") else pred.shape
-        spacing = tuple(dataset.original_spacing(i)) if hasattr(dataset, "original_spacing") else sample.spacing
+        # a file-backed input: its own geometry (affine, orientation, header); otherwise the working size
+        geometry = dataset.geometry(i) if hasattr(dataset, "geometry") else None
+        shape = geometry.shape if geometry is not None else pred.shape
+        where = {"geometry": geometry} if geometry is not None else {"spacing": sample.spacing}
         safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in sample.id)
-        written.append(write_nifti_2d(out_dir / f"{safe}_seg.nii.gz", resize_label(pred, shape), spacing))
+        written.append(write_nifti_2d(out_dir / f"{safe}_seg.nii.gz", resize_label(pred, shape), **where))
         if unc is not None:
             written.append(write_nifti_2d(out_dir / f"{safe}_uncertainty.nii.gz",
-                                          resize_image(unc, shape).astype(np.float32), spacing))
+                                          resize_image(unc, shape).astype(np.float32), **where))
         if png:
             written.append(plot_predictions(sample.image[None], pred[None], None if unc is None else 1 - unc[None],
                                             out_dir / f"{safe}.png", title=sample.id))

@@ -134,13 +134,13 @@ def test_training_never_opens_target_label_files(pretrained, tmp_path, monkeypat
         {s: SyntheticEcho("default_target", split=s, n_images=n, image_size=64) for s, n in
          (("train", 32), ("val", 4), ("test", 4))}, tmp_path / "target", progress=False)
     opened = []
-    real_read = nifti.read_nifti_2d
+    real_read = nifti.load_nifti_2d
 
     def recording_read(path):
         opened.append(str(path))
         return real_read(path)
 
-    monkeypatch.setattr(nifti, "read_nifti_2d", recording_read)
+    monkeypatch.setattr(nifti, "load_nifti_2d", recording_read)
     run = _new_run(pretrained, tmp_path / "run", "data.target.dataset=nifti", f"data.target.manifest={manifest}",
                    "ppo.iterations=1", "evaluation.n_test=4")
     criteria = run.criteria_for("calibrated")  # source-calibrated criteria: source labels only

@@ -142,8 +142,8 @@ def test_without_labels_never_reads_label_files(nifti_folder, monkeypatch):
     for path in (nifti_folder["dir"] / "lbl").iterdir():
         path.write_bytes(b"garbage")  # reading any of them would fail
     read_paths: list[str] = []
-    real_read = nifti_module.read_nifti_2d
-    monkeypatch.setattr(nifti_module, "read_nifti_2d", lambda p: (read_paths.append(str(p)), real_read(p))[1])
+    real_read = nifti_module.load_nifti_2d
+    monkeypatch.setattr(nifti_module, "load_nifti_2d", lambda p: (read_paths.append(str(p)), real_read(p))[1])
     for on_error in ("raise", "skip"):  # "skip" reads every sample at construction
         ds = NiftiFolderDataset(nifti_folder["manifest"], image_size=8, with_labels=False, on_error=on_error)
         assert [ds[i].label for i in range(len(ds))] == [None] * 4 and ds.skipped == []
@@ -291,3 +291,36 @@ def test_export_refuses_duplicate_ids(tmp_path):
         export_to_nifti_folder({"train": TinyDataset(1, (12, 10), spacing=SPACING, prefix="src/"), "val": TinyDataset(1, (12, 10), spacing=SPACING, prefix="src/")}, tmp_path,
                                progress=False)
     assert not (tmp_path / "manifest.csv").exists()  # the manifest is written last
+
+
+@pytest.mark.parametrize("codes", ["RAS", "LAS", "RPS", "LPS", "ARS", "PLS"])
+def test_any_orientation_reads_the_same_and_maps_round_trip(tmp_path, codes):
+    """The same picture stored flipped or with its axes swapped reads as the same (rows, cols) array with the
+    same spacing, and a map written with the image's geometry lands on the same voxels under its affine."""
+    import nibabel as nib
+
+    from rl4seg_env.data.nifti import load_nifti_2d
+
+    rng = np.random.default_rng(0)
+    picture = rng.random((12, 20)).astype(np.float32)  # (rows, cols) as a RAS file gives them
+    spacing = (0.5, 0.25)  # (row_mm, col_mm)
+    ras = np.ascontiguousarray(picture.T)  # stored x-first: x = columns (R), y = rows (A)
+    target = nib.orientations.axcodes2ornt(tuple(codes))
+    transform = nib.orientations.ornt_transform(nib.orientations.axcodes2ornt(("R", "A", "S")), target)
+    stored = nib.orientations.apply_orientation(ras[:, :, None], transform)
+    base = nib.Nifti1Image(ras[:, :, None], np.diag([spacing[1], spacing[0], 1.0, 1.0]))
+    affine = base.affine @ nib.orientations.inv_ornt_aff(transform, ras[:, :, None].shape)
+    affine[:3, 3] += (4.0, -2.0, 7.0)  # an origin offset moves nothing in the array
+    nib.save(nib.Nifti1Image(stored, affine), tmp_path / "img.nii.gz")
+    assert "".join(nib.aff2axcodes(affine)) == codes
+    image = load_nifti_2d(tmp_path / "img.nii.gz")
+    assert np.array_equal(image.array, picture) and image.spacing == pytest.approx(spacing)
+    assert image.geometry.orientation == codes
+    mask = (picture > 0.5).astype(np.uint8)
+    write_nifti_2d(tmp_path / "seg.nii.gz", mask, geometry=image.geometry)
+    seg = nib.load(tmp_path / "seg.nii.gz")
+    assert np.allclose(seg.affine, affine) and seg.shape == stored.shape
+    assert np.array_equal(np.asarray(seg.dataobj), (stored > 0.5).astype(np.uint8))
+    assert load_nifti_2d(tmp_path / "seg.nii.gz").array.tolist() == mask.tolist()
+    with pytest.raises(ValueError, match="does not match"):
+        write_nifti_2d(tmp_path / "bad.nii.gz", mask.T, geometry=image.geometry)

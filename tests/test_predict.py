@@ -56,3 +56,64 @@ def test_predict_with_test_time_optimisation(tmp_path, actor, capsys):
     segs = sorted((tmp_path / "b").glob("*_seg.nii.gz"))
     assert len(segs) == 2 and len(list((tmp_path / "b").glob("*_uncertainty.nii.gz"))) == 2
     assert all(set(np.unique(read_nifti_2d(p)[0])) <= {0, 1, 2} for p in segs)
+
+
+def _disk_actor(path, size=32, steps=120):
+    """A tiny U-Net trained for seconds to segment a bright disk (class 1) on a dark noisy background."""
+    import torch
+    import torch.nn.functional as F
+
+    from agents.networks import UNet, save_unet
+
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:size, :size]
+    net = UNet(1, 3, (4, 8))
+    opt = torch.optim.Adam(net.parameters(), lr=1e-2)
+    for _ in range(steps):
+        centres = rng.uniform(6, size - 6, (8, 2))
+        radii = rng.uniform(3, 6, 8)
+        labels = np.stack([(yy - c[0]) ** 2 + (xx - c[1]) ** 2 <= r ** 2 for c, r in zip(centres, radii)])
+        images = 0.8 * labels + 0.1 * rng.random(labels.shape)
+        logits = net(torch.as_tensor(images[:, None], dtype=torch.float32))
+        loss = F.cross_entropy(logits, torch.as_tensor(labels, dtype=torch.long))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    save_unet(net.eval(), str(path), class_names=["background", "lv", "myo"])
+    return path
+
+
+def test_predictions_keep_the_input_geometry_and_lie_over_its_voxels(tmp_path):
+    """An LAS image with an origin offset and anisotropic pixels: the written label and uncertainty maps
+    have the input's affine, shape and orientation, and the segmented disk is where the disk is."""
+    from pipeline.commands import predict
+    from reward.network import RewardNet, save_reward_net
+
+    actor = _disk_actor(tmp_path / "actor.pt")
+    save_reward_net(RewardNet(3, channels=(4, 8)), tmp_path / "reward_net.pt")
+    nx, ny = 64, 48  # stored x-first
+    xx, yy = np.mgrid[:nx, :ny]
+    disk = (xx - 16) ** 2 + (yy - 30) ** 2 <= 7 ** 2  # off-centre: near the low-x end of the stored array
+    rng = np.random.default_rng(1)
+    data = (0.8 * disk + 0.1 * rng.random(disk.shape)).astype(np.float32)
+    affine = np.array([[-0.3, 0, 0, 12.5], [0, 0.45, 0, -7.0], [0, 0, 1.0, 3.0], [0, 0, 0, 1]])
+    img = nib.Nifti1Image(data, affine)
+    img.set_qform(affine, code="scanner")
+    (tmp_path / "in").mkdir()
+    nib.save(img, tmp_path / "in" / "case.nii.gz")
+    assert "".join(nib.aff2axcodes(affine)) == "LAS"
+    assert predict.main(["--actor", str(actor), "--reward", str(tmp_path / "reward_net.pt"), "--input",
+                         str(tmp_path / "in"), "--out", str(tmp_path / "out"), "--size", "32", "--no-png"]) == 0
+    for name in ("case_seg.nii.gz", "case_uncertainty.nii.gz"):
+        out = nib.load(tmp_path / "out" / name)
+        assert np.allclose(out.affine, affine), name
+        assert out.shape == data.shape and nib.aff2axcodes(out.affine) == ("L", "A", "S")
+        assert out.header.get_zooms()[:2] == pytest.approx((0.3, 0.45))
+    seg = np.asarray(nib.load(tmp_path / "out" / "case_seg.nii.gz").dataobj)
+    assert seg.dtype == np.uint8
+    found = seg == 1
+    dice = 2 * (found & disk).sum() / (found.sum() + disk.sum())
+    mirrored = disk[::-1, :]  # where a prediction written without the input's orientation would land
+    assert dice > 0.8, dice
+    assert (found & mirrored).sum() < 0.1 * disk.sum()

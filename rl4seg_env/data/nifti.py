@@ -1,10 +1,13 @@
 """2D NIfTI files: reading and writing single images, a folder dataset described by a CSV manifest, and
 export of any :class:`~rl4seg_env.data.base.SegDataset` to such a folder.
 
-Orientation: nibabel returns arrays x-first, ``(width, height)``, as CAMUS stores them. Everything here
-works in ``(rows, cols)``: :func:`read_nifti_2d` transposes on read and :func:`write_nifti_2d` on write,
-so that row 0 is the top of the image (the apex / probe for echo data). Pixel spacing comes from the
-header zooms (x = column spacing, y = row spacing) and is returned as ``(row_mm, col_mm)``.
+Orientation: nibabel returns the stored voxel array, x-first ``(width, height)`` for CAMUS. Everything here
+works in ``(rows, cols)`` in one orientation whatever the file's (:class:`NiftiGeometry`): for the usual
+x-first file with a diagonal affine that is the stored array transposed, row 0 being the top of the image
+(the apex / probe for echo data); a file stored flipped (e.g. "LAS") or with its axes swapped reads the
+same. Pixel spacing comes from the header zooms and is returned as ``(row_mm, col_mm)``. A map written
+with an input's geometry (:func:`write_nifti_2d`) gets that input's affine, orientation, voxel order and
+header, so it overlays the input in ITK-SNAP or 3D Slicer.
 
 Manifest format (``manifest.csv``)::
 
@@ -23,6 +26,7 @@ import io
 import re
 import warnings
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -52,12 +56,107 @@ _ATRIUM = CAMUS_CLASS_NAMES.index("la")
 # ---------------------------------------------------------------------------------------------------
 # Single files
 # ---------------------------------------------------------------------------------------------------
-def read_nifti_2d(path: str | Path) -> tuple[np.ndarray, tuple[float, float]]:
-    """Read a 2D NIfTI image (``.nii`` or ``.nii.gz``) as ``(rows, cols)``.
+@dataclass(frozen=True)
+class NiftiGeometry:
+    """Where the pixels of a 2D NIfTI image lie in the world, and how its stored voxel array maps to the
+    in-memory ``(rows, cols)`` array: what a map written for this image needs to overlay it in a viewer.
 
-    :param path: the file. A trailing singleton third dimension (``(x, y, 1)``) is accepted and squeezed.
-    :return: ``(array, spacing)``: float32 array of shape (rows, cols) = the stored ``(x, y)`` array
-        transposed, and ``(row_mm, col_mm)`` pixel size from the header zooms.
+    In-memory orientation (whatever the file's): of the two in-plane voxel axes, the one that runs along the
+    lower world axis (R-L before A-P before S-I) gives the columns, increasing towards its positive world
+    direction (R, or A); the other gives the rows, increasing towards A (or S). For the usual CAMUS-style file
+    (x-first storage, diagonal affine, "RAS") this is the stored array transposed, row 0 being the probe.
+
+    :ivar affine: the file's 4x4 voxel-to-world affine (what nibabel's ``img.affine`` returns).
+    :ivar header: a copy of the file's NIfTI header (qform/sform codes, units, description, ...).
+    :ivar stored_shape: the voxel array's shape on disk: ``(x, y)`` or ``(x, y, 1)``.
+    :ivar row_axis: the stored axis (0 or 1) that gives the rows; the other gives the columns.
+    :ivar flips: whether the rows / the columns run against their stored axis.
+    """
+
+    affine: np.ndarray
+    header: Any
+    stored_shape: tuple[int, ...]
+    row_axis: int = 1
+    flips: tuple[bool, bool] = (False, False)
+
+    @classmethod
+    def from_image(cls, img: Any, stored_shape: tuple[int, ...]) -> "NiftiGeometry":
+        """The geometry of a loaded nibabel image whose voxel array has ``stored_shape``."""
+        import nibabel as nib
+
+        affine = np.asarray(img.affine, dtype=np.float64)
+        row_axis, flips = 1, (False, False)
+        try:
+            ornt = nib.orientations.io_orientation(affine)
+        except Exception:  # a singular or non-finite affine: keep the storage order
+            ornt = np.full((3, 2), np.nan)
+        world, sign = ornt[:2, 0], ornt[:2, 1]
+        if np.all(np.isfinite(world)) and world[0] != world[1]:
+            col_axis = int(np.argmin(world))
+            row_axis = 1 - col_axis
+            flips = (bool(sign[row_axis] < 0), bool(sign[col_axis] < 0))
+        return cls(affine=affine, header=img.header.copy(), stored_shape=tuple(int(n) for n in stored_shape),
+                   row_axis=row_axis, flips=flips)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """(rows, cols) of the in-memory array."""
+        return (self.stored_shape[self.row_axis], self.stored_shape[1 - self.row_axis])
+
+    @property
+    def orientation(self) -> str:
+        """The file's axis codes, e.g. ``"RAS"`` or ``"LAS"`` (nibabel's ``aff2axcodes``; ``"?"`` if undefined)."""
+        import nibabel as nib
+
+        try:
+            return "".join(c or "?" for c in nib.orientations.aff2axcodes(self.affine))
+        except Exception:
+            return "?"
+
+    def to_rows_cols(self, stored: np.ndarray) -> np.ndarray:
+        """Stored voxel array ``(x, y)`` (or ``(x, y, 1)``) -> in-memory ``(rows, cols)`` array (a view)."""
+        data = stored.reshape(stored.shape[:2])
+        data = data.T if self.row_axis == 1 else data
+        if self.flips[0]:
+            data = data[::-1, :]
+        if self.flips[1]:
+            data = data[:, ::-1]
+        return data
+
+    def to_stored(self, array: np.ndarray) -> np.ndarray:
+        """In-memory ``(rows, cols)`` array -> the voxel array to store (``stored_shape``), exactly inverting
+        :meth:`to_rows_cols`."""
+        array = np.asarray(array)
+        if array.shape != self.shape:
+            raise ValueError(f"array of shape {array.shape} does not match the image's (rows, cols) {self.shape}")
+        if self.flips[0]:
+            array = array[::-1, :]
+        if self.flips[1]:
+            array = array[:, ::-1]
+        data = array.T if self.row_axis == 1 else array
+        return np.ascontiguousarray(data).reshape(self.stored_shape)
+
+    def spacing(self) -> tuple[float, float]:
+        """(row_mm, col_mm) from the header zooms."""
+        zooms = tuple(float(z) for z in self.header.get_zooms())
+        return (zooms[self.row_axis], zooms[1 - self.row_axis])
+
+
+@dataclass(frozen=True)
+class NiftiImage2D:
+    """A 2D NIfTI image read by :func:`load_nifti_2d`: float32 ``(rows, cols)`` pixels, ``(row_mm, col_mm)``
+    spacing and the :class:`NiftiGeometry` that lets :func:`write_nifti_2d` write maps over it."""
+
+    array: np.ndarray
+    spacing: tuple[float, float]
+    geometry: NiftiGeometry
+
+
+def load_nifti_2d(path: str | Path) -> NiftiImage2D:
+    """Read a 2D NIfTI image (``.nii`` or ``.nii.gz``) in the in-memory orientation of :class:`NiftiGeometry`
+    (whatever the file's orientation), with its spacing and geometry.
+
+    :param path: the file. A trailing singleton third dimension (``(x, y, 1)``) is accepted.
     :raises DataError: missing, unreadable, corrupt or truncated file; wrong number of dimensions;
         non-positive or non-finite pixel spacing. The message names the file.
     """
@@ -73,16 +172,21 @@ def read_nifti_2d(path: str | Path) -> tuple[np.ndarray, tuple[float, float]]:
         zooms = tuple(float(z) for z in img.header.get_zooms())
     except Exception as exc:  # nibabel raises a zoo of types (ImageFileError, EOFError, zlib.error, ...)
         raise DataError(path, f"cannot read NIfTI file ({type(exc).__name__}: {exc})") from exc
-    if data.ndim == 3 and data.shape[2] == 1:
-        data = data[:, :, 0]
-    if data.ndim != 2:
+    if not (data.ndim == 2 or data.ndim == 3 and data.shape[2] == 1):
         raise DataError(path, f"expected a 2D image (x, y) or (x, y, 1), found {data.ndim}D with shape {data.shape}")
     if not np.issubdtype(data.dtype, np.number) or np.issubdtype(data.dtype, np.complexfloating):
         raise DataError(path, f"expected real-valued pixels, found dtype {data.dtype}")
     if len(zooms) < 2 or not all(np.isfinite(z) and z > 0 for z in zooms[:2]):
         raise DataError(path, f"pixel spacing in the header must be positive and finite, found {zooms[:2]}")
-    col_mm, row_mm = zooms[0], zooms[1]
-    return np.ascontiguousarray(data.T, dtype=np.float32), (row_mm, col_mm)
+    geometry = NiftiGeometry.from_image(img, data.shape)
+    array = np.ascontiguousarray(geometry.to_rows_cols(data), dtype=np.float32)
+    return NiftiImage2D(array=array, spacing=geometry.spacing(), geometry=geometry)
+
+
+def read_nifti_2d(path: str | Path) -> tuple[np.ndarray, tuple[float, float]]:
+    """``(array, spacing)`` of :func:`load_nifti_2d`: float32 ``(rows, cols)`` pixels and ``(row_mm, col_mm)``."""
+    image = load_nifti_2d(path)
+    return image.array, image.spacing
 
 
 def _storage_dtype(array: np.ndarray, dtype: Any) -> np.dtype:
@@ -104,17 +208,23 @@ def _storage_dtype(array: np.ndarray, dtype: Any) -> np.dtype:
 def write_nifti_2d(
     path: str | Path,
     array: np.ndarray,
-    spacing: Sequence[float],
+    spacing: Sequence[float] | None = None,
     dtype: Any = None,
+    geometry: NiftiGeometry | None = None,
 ) -> Path:
     """Write a ``(rows, cols)`` array as a 2D NIfTI file, atomically (temporary file, then rename).
 
     :param path: destination; ``.nii.gz`` is gzip-compressed, ``.nii`` is not. Parent folders are created.
-    :param array: (rows, cols) image or label map; stored x-first (transposed), as CAMUS stores its files.
-    :param spacing: ``(row_mm, col_mm)`` pixel size in mm, stored as header zooms ``(x=col_mm, y=row_mm)``.
+    :param array: (rows, cols) image or map in the in-memory orientation of :class:`NiftiGeometry`.
+    :param spacing: ``(row_mm, col_mm)`` pixel size in mm, for a new image (no ``geometry``): stored x-first
+        (transposed, as CAMUS stores its files) with the diagonal affine ``diag(col_mm, row_mm, 1)`` ("RAS",
+        origin 0; qform and sform code "scanner").
     :param dtype: on-disk data type (e.g. ``np.uint8`` for labels). ``None`` (default) keeps the array's
         dtype, except booleans (stored as uint8) and 64-bit integers (narrowed to the smallest of
         uint8/int16/int32 that holds the values).
+    :param geometry: write a map *over an existing image* (e.g. a prediction for an input read with
+        :func:`load_nifti_2d`): the file gets that image's affine, orientation, voxel order, shape and
+        header (its data type and intensity scaling set for ``array``); ``spacing`` is then not needed.
     :return: ``path`` as a :class:`~pathlib.Path`.
     """
     import nibabel as nib
@@ -123,16 +233,30 @@ def write_nifti_2d(
     array = np.asarray(array)
     if array.ndim != 2:
         raise ValueError(f"{path}: expected a 2D (rows, cols) array, got shape {array.shape}")
-    row_mm, col_mm = (float(s) for s in spacing)
-    if not (np.isfinite(row_mm) and np.isfinite(col_mm) and row_mm > 0 and col_mm > 0):
-        raise ValueError(f"{path}: spacing must be positive and finite (row_mm, col_mm), got {tuple(spacing)}")
     store = _storage_dtype(array, dtype)
-    data = np.ascontiguousarray(array.T).astype(store, copy=False)
-    affine = np.diag([col_mm, row_mm, 1.0, 1.0])
-    img = nib.Nifti1Image(data, affine)
-    img.header.set_data_dtype(store)
-    img.header.set_zooms((col_mm, row_mm))
-    img.header.set_xyzt_units("mm")
+    if geometry is not None:
+        if array.shape != geometry.shape:
+            raise ValueError(f"{path}: array of shape {array.shape} does not match the (rows, cols) "
+                             f"{geometry.shape} of the image whose geometry it is written with")
+        header = geometry.header.copy()
+        header.set_data_dtype(store)
+        img = nib.Nifti1Image(geometry.to_stored(array).astype(store, copy=False), geometry.affine, header)
+        img.header.set_slope_inter(1.0, 0.0)  # the values are the map's own (labels stay integers)
+        img.header["cal_min"], img.header["cal_max"] = 0, 0
+    else:
+        if spacing is None:
+            raise ValueError(f"{path}: give the pixel spacing (row_mm, col_mm) or the geometry of an image")
+        row_mm, col_mm = (float(s) for s in spacing)
+        if not (np.isfinite(row_mm) and np.isfinite(col_mm) and row_mm > 0 and col_mm > 0):
+            raise ValueError(f"{path}: spacing must be positive and finite (row_mm, col_mm), got {tuple(spacing)}")
+        data = np.ascontiguousarray(array.T).astype(store, copy=False)
+        affine = np.diag([col_mm, row_mm, 1.0, 1.0])
+        img = nib.Nifti1Image(data, affine)
+        img.set_qform(affine, code="scanner")
+        img.set_sform(affine, code="scanner")
+        img.header.set_data_dtype(store)
+        img.header.set_zooms((col_mm, row_mm))
+        img.header.set_xyzt_units("mm")
     payload = img.to_bytes()
     if path.name.endswith(".gz"):
         payload = gzip.compress(payload, mtime=0)  # mtime=0: identical inputs give identical files
@@ -183,7 +307,7 @@ class FileSegDataset(SegDataset):
         self._fold_atrium = fold_atrium
         self._skipped: list[tuple[str, str]] = []
         self._cache: collections.OrderedDict[int, Sample] = collections.OrderedDict()
-        self._original: dict[int, tuple[tuple[int, int], tuple[float, float]]] = {}
+        self._original: dict[int, NiftiGeometry] = {}
 
     # -- construction -------------------------------------------------------------------------------
     def _drop_or_raise(self, error: DataError) -> None:
@@ -237,14 +361,15 @@ class FileSegDataset(SegDataset):
                 f" ({len(self._skipped)} skipped as bad)" if self._skipped else ""))
 
     # -- reading one sample ---------------------------------------------------------------------------
-    def _read(self, rec: dict[str, Any]) -> tuple[Sample, tuple[tuple[int, int], tuple[float, float]]]:
+    def _read(self, rec: dict[str, Any]) -> tuple[Sample, NiftiGeometry]:
         image_path = rec["image"]
-        image, spacing = read_nifti_2d(image_path)
+        loaded = load_nifti_2d(image_path)
+        image, spacing = loaded.array, loaded.spacing
         check_image(image, image_path)
         label = None
         if self.with_labels:
             label_path = rec["label"]
-            raw, _ = read_nifti_2d(label_path)
+            raw = load_nifti_2d(label_path).array
             if raw.shape != image.shape:  # checked before folding so the message shows the file's shape
                 raise DataError(label_path, f"label shape {raw.shape} does not match image shape {image.shape} "
                                             f"of {image_path}")
@@ -258,7 +383,7 @@ class FileSegDataset(SegDataset):
         h, w = self.image_size
         work_spacing = (spacing[0] * original_shape[0] / h, spacing[1] * original_shape[1] / w)
         sample = Sample(image=image, label=label, spacing=work_spacing, id=rec["id"])
-        return sample, (original_shape, spacing)
+        return sample, loaded.geometry
 
     # -- public interface -------------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -298,13 +423,15 @@ class FileSegDataset(SegDataset):
 
     def original_shape(self, index: int) -> tuple[int, int]:
         """(rows, cols) of sample ``index`` as stored on disk, before resizing (reads it if needed)."""
-        return self._original_meta(index)[0]
+        return self.geometry(index).shape
 
     def original_spacing(self, index: int) -> tuple[float, float]:
         """(row_mm, col_mm) pixel size of sample ``index`` as stored on disk, before resizing."""
-        return self._original_meta(index)[1]
+        return self.geometry(index).spacing()
 
-    def _original_meta(self, index: int) -> tuple[tuple[int, int], tuple[float, float]]:
+    def geometry(self, index: int) -> NiftiGeometry:
+        """Affine, orientation and header of sample ``index``'s image file: write maps for it with
+        ``write_nifti_2d(path, map, geometry=dataset.geometry(index))`` (at :meth:`original_shape`)."""
         index = self._check_index(index)
         if index not in self._original:
             self[index]
@@ -495,6 +622,9 @@ __all__ = [
     "FileSegDataset",
     "NiftiFolderDataset",
     "export_to_nifti_folder",
+    "NiftiGeometry",
+    "NiftiImage2D",
+    "load_nifti_2d",
     "read_nifti_2d",
     "write_manifest",
     "write_nifti_2d",
