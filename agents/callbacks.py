@@ -105,7 +105,8 @@ class RewardRetrainingCallback(BaseCallback):
     """SB3 callback implementing the RL4Seg iterations around ``PixelPPO.learn``.
 
     :param target_dataset: the unlabelled target training set (built with ``with_labels=False``);
-        iteration ``i`` predicts on images ``[(i-1) * images_per_iteration, i * images_per_iteration)``.
+        iteration ``i`` predicts on images ``[(i-1) * images_per_iteration, i * images_per_iteration)``
+        (see ``reuse_images`` for a set smaller than that).
     :param builder: turns predictions into reward samples.
     :param store: on-disk reward-sample store (accumulates across iterations).
     :param train_reward: ``(store, iteration) -> (reward_model, info dict)``: trains a reward network from
@@ -123,6 +124,11 @@ class RewardRetrainingCallback(BaseCallback):
         (checkpoints, evaluation, report).
     :param adapt_norm_stats: re-estimate the actor's batch-norm statistics on the iteration's target images
         before the first iteration (actor and reference policy) and after every iteration's updates.
+    :param reuse_images: when the target set is smaller than ``iterations x images_per_iteration``, predict
+        again on images of earlier iterations (:meth:`iteration_indices`) instead of failing. Their new reward
+        samples are added next to the older ones (different predictions of the same image; the reward
+        network's validation split keeps all samples of one image on one side) and a newly accepted
+        pseudo-label replaces the image's older one.
     :param progress: show progress bars in the builder and reward training.
     :param verbose: 1 prints one line per phase.
     """
@@ -133,7 +139,8 @@ class RewardRetrainingCallback(BaseCallback):
                  schedule: IterationSchedule | None = None, use_anchors: bool = True, start_iteration: int = 1,
                  pseudo_labels: dict[str, np.ndarray] | None = None,
                  on_iteration_end: Callable[[int, "RewardRetrainingCallback"], None] | None = None,
-                 adapt_norm_stats: bool = False, progress: bool = False, verbose: int = 0) -> None:
+                 adapt_norm_stats: bool = False, reuse_images: bool = True, progress: bool = False,
+                 verbose: int = 0) -> None:
         super().__init__(verbose)
         if target_dataset.with_labels:
             raise ValueError("RewardRetrainingCallback must not see target labels: build the target training set "
@@ -150,6 +157,7 @@ class RewardRetrainingCallback(BaseCallback):
         self.pseudo_labels: dict[str, np.ndarray] = dict(pseudo_labels or {})
         self.on_iteration_end = on_iteration_end
         self.adapt_norm_stats = adapt_norm_stats
+        self.reuse_images = reuse_images
         self._images: np.ndarray | None = None
         self.progress = progress
         self.iteration = 0
@@ -181,8 +189,27 @@ class RewardRetrainingCallback(BaseCallback):
 
     # --- iteration boundaries ----------------------------------------------------------------------
     def images_seen(self, iteration: int) -> int:
-        """Target images predicted on by the end of ``iteration`` (bounded by the dataset size)."""
+        """Distinct target images predicted on by the end of ``iteration`` (bounded by the dataset size)."""
         return min(iteration * self.images_per_iteration, len(self.target_dataset))
+
+    def iteration_indices(self, i: int) -> list[int]:
+        """Indices of the target images iteration ``i`` predicts on: the next ``images_per_iteration`` images.
+
+        A target set smaller than ``iterations x images_per_iteration`` runs out: with ``reuse_images``
+        the slice wraps around (fresh images first, then the earliest ones again, re-predicted by the current
+        actor; at most the whole set per iteration); without it, iteration ``i`` gets what is left and an
+        error once nothing is.
+        """
+        n = len(self.target_dataset)
+        if not self.reuse_images:
+            start, stop = self.images_seen(i - 1), self.images_seen(i)
+            if stop <= start:
+                raise ValueError(f"iteration {i}: no new target images left ({n} in the target set, "
+                                 f"{self.images_per_iteration} used per iteration); add images, lower "
+                                 "reward_dataset.images_per_iteration or allow reward_dataset.reuse_images")
+            return list(range(start, stop))
+        per = min(self.images_per_iteration, n)
+        return [k % n for k in range((i - 1) * per, i * per)]
 
     def _begin_iteration(self, i: int) -> None:
         model = self.model
@@ -191,12 +218,15 @@ class RewardRetrainingCallback(BaseCallback):
         record: dict[str, Any] = {"iteration": i}
 
         # 1. reward samples from the actor's predictions on the next slice of target images
-        start, stop = self.images_seen(i - 1), self.images_seen(i)
-        if stop <= start:
-            raise ValueError(f"iteration {i}: no new target images left ({len(self.target_dataset)} in the target "
-                             f"set, {self.images_per_iteration} used per iteration); add images or lower "
-                             "reward_dataset.images_per_iteration")
-        samples = [self.target_dataset[k] for k in range(start, stop)]
+        indices = self.iteration_indices(i)
+        reused = sum(k < self.images_seen(i - 1) for k in indices)
+        if reused:
+            self._log(f"iteration {i}: the target set has {len(self.target_dataset)} images, fewer than "
+                      f"{i} x {self.images_per_iteration}: {reused} of its {len(indices)} images were seen in an "
+                      "earlier iteration and are predicted again by the current actor (reward_dataset.reuse_images)",
+                      always=True)
+        record["images_reused"] = reused
+        samples = [self.target_dataset[k] for k in indices]
         images = np.stack([s.image for s in samples]).astype(np.float32)
         self._images = images
         if self.adapt_norm_stats and i == 1:
@@ -238,7 +268,7 @@ class RewardRetrainingCallback(BaseCallback):
         if self.reward_model is not None:  # None: the env keeps its own (ground-truth) reward - an ablation
             env.env_method("set_reward_model", self.reward_model)
         env.env_method("set_pseudo_labels", self.pseudo_labels if self.use_anchors else {})
-        env.env_method("set_active_indices", list(range(stop)))
+        env.env_method("set_active_indices", list(range(self.images_seen(i))))
 
         # 4. schedule, and shrink-and-perturb between iterations
         model.ent_coef = self.schedule.ent_coef(i)
@@ -274,6 +304,6 @@ class RewardRetrainingCallback(BaseCallback):
         if i >= self.iterations:
             self.finished = True
 
-    def _log(self, message: str) -> None:
-        if self.verbose:
+    def _log(self, message: str, always: bool = False) -> None:
+        if self.verbose or always:
             print(message, flush=True)

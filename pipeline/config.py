@@ -86,6 +86,9 @@ class RewardDatasetSection(PerturbationConfig):
 
     #: new target images predicted per iteration (authors: 2,500)
     images_per_iteration: int = 250
+    #: a target training set smaller than iterations x images_per_iteration: predict again on the images of
+    #: earlier iterations (with the current actor) once the fresh ones run out; false: fail instead
+    reuse_images: bool = True
     #: anatomical criteria: "calibrated" (the echo criteria fitted to the labelled source maps at the working
     #: size, :mod:`reward.anatomy_calibration`), a set of :mod:`reward.anatomy` ("echo" = the paper's
     #: thresholds, "generic", a registered name) or the path of a calibrated-criteria YAML file

@@ -417,7 +417,8 @@ class RL4SegRun:
             updates_per_iteration=p.updates_per_iteration, images_per_iteration=rd.images_per_iteration,
             schedule=p, use_anchors=p.anchors, start_iteration=start,
             pseudo_labels=self.dirs.load_pseudo_labels(start - 1), on_iteration_end=self._on_iteration_end,
-            adapt_norm_stats=p.adapt_norm_stats, progress=self.config.progress, verbose=1)
+            adapt_norm_stats=p.adapt_norm_stats, reuse_images=rd.reuse_images, progress=self.config.progress,
+            verbose=1)
         steps = total_timesteps(range(start, p.iterations + 1), p.updates_per_iteration, env.num_envs, p)
         model.learn(steps, callback=callback, progress_bar=self.config.progress, tb_log_name="ppo",
                     reset_num_timesteps=start == 1)

@@ -243,3 +243,32 @@ def test_rl_can_start_from_the_tent_adapted_actor(pretrained, tmp_path):
     # a resumed run finds everything done and changes nothing
     again = RL4SegRun(resume=True, run_dir=tmp_path / "run").run()
     assert [r["model"] for r in again] == [r["model"] for r in rows]
+
+
+def test_a_small_target_set_is_reused_across_iterations(pretrained, tmp_path, capsys):
+    """24 target images, 3 iterations x 16: fresh images first, then the earliest again; the run says so."""
+    run = _new_run(pretrained, tmp_path / "run", "data.target.n_train=24", "reward_dataset.images_per_iteration=16",
+                   "ppo.iterations=3", "test_time.enabled=false", "evaluation.baselines=[]")
+    rows = run.run()
+    out = capsys.readouterr().out
+    assert "iteration 2: the target set has 24 images, fewer than 2 x 16: 8 of its 16 images were seen" in out
+    assert "iteration 3: the target set has 24 images, fewer than 3 x 16: 16 of its 16 images" in out
+    plain = [r for r in rows if r["model"] == "RL4Seg"]
+    assert [r["images_reused"] for r in plain] == [0, 8, 16]
+    assert [r["images_seen"] for r in plain] == [16, 16, 16]
+
+
+def test_iteration_indices_wrap_around_or_fail_when_asked_to_be_strict():
+    from conftest import TinyDataset
+
+    from agents.callbacks import RewardRetrainingCallback
+
+    def callback(reuse):
+        return RewardRetrainingCallback(TinyDataset(n=5, with_labels=False), None, None, None, iterations=3,
+                                        updates_per_iteration=1, images_per_iteration=3, reuse_images=reuse)
+
+    assert [callback(True).iteration_indices(i) for i in (1, 2, 3)] == [[0, 1, 2], [3, 4, 0], [1, 2, 3]]
+    strict = callback(False)
+    assert [strict.iteration_indices(i) for i in (1, 2)] == [[0, 1, 2], [3, 4]]
+    with pytest.raises(ValueError, match="reward_dataset.reuse_images"):
+        strict.iteration_indices(3)
