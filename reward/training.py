@@ -44,8 +44,10 @@ class RewardTrainConfig:
     require_informative: bool = True
     #: the network counts as informative with at least this many samples
     min_samples: int = 64
-    #: ... and a validation accuracy at least this far above the best constant predictor's
-    min_accuracy_gain: float = 0.01
+    #: ... and removing at least this fraction of the best constant predictor's validation errors
+    #: (1 - (1 - accuracy) / (1 - constant accuracy)); scale-free, unlike an accuracy gain, which a reward
+    #: network for an already good actor (few wrong pixels) cannot reach
+    min_error_reduction: float = 0.2
     #: stop after this many epochs without a lower validation loss (None: never stop early)
     patience: int | None = 3
     #: U-Net widths per level, shallow to deep
@@ -84,9 +86,9 @@ class RewardTrainConfig:
                 raise ValueError(f"RewardTrainConfig.{name} must be >= 1, got {getattr(self, name)}")
         if self.lr <= 0:
             raise ValueError(f"RewardTrainConfig.lr must be > 0, got {self.lr}")
-        if self.min_samples < 0 or self.min_accuracy_gain < 0:
-            raise ValueError("RewardTrainConfig.min_samples and min_accuracy_gain must be >= 0, got "
-                             f"{self.min_samples} and {self.min_accuracy_gain}")
+        if self.min_samples < 0 or not 0 <= self.min_error_reduction <= 1:
+            raise ValueError("RewardTrainConfig.min_samples must be >= 0 and min_error_reduction in [0, 1], got "
+                             f"{self.min_samples} and {self.min_error_reduction}")
         if not 0 < self.val_fraction < 1:
             raise ValueError(f"RewardTrainConfig.val_fraction must be in (0, 1), got {self.val_fraction}")
         if self.patience is not None and self.patience < 1:
@@ -132,11 +134,18 @@ class RewardTrainResult:
     n_val: int = 0
     out_path: str | None = None
 
-    def informative(self, min_samples: int, min_accuracy_gain: float) -> bool:
+    @property
+    def val_error_reduction(self) -> float:
+        """Fraction of the best constant predictor's validation errors the network removes (0 when the
+        constant predictor makes none: then there is nothing to tell apart)."""
+        errors = 1.0 - self.val_majority_accuracy
+        return 0.0 if errors <= 0 else 1.0 - (1.0 - self.val_accuracy) / errors
+
+    def informative(self, min_samples: int, min_error_reduction: float) -> bool:
         """Whether the network's own held-out checks say it tells right from wrong pixels: at least
-        ``min_samples`` samples and a validation accuracy ``min_accuracy_gain`` above the constant predictor."""
-        return (self.n_train + self.n_val >= min_samples
-                and self.val_accuracy >= self.val_majority_accuracy + min_accuracy_gain)
+        ``min_samples`` samples and :attr:`val_error_reduction` >= ``min_error_reduction``."""
+        return (self.n_train + self.n_val >= min_samples and self.val_error_reduction >= min_error_reduction
+                and self.val_accuracy > self.val_majority_accuracy)
 
     def summary(self) -> dict[str, float]:
         """Scalars for logs and reports."""
@@ -145,6 +154,7 @@ class RewardTrainResult:
                 "val_loss": self.val_losses[self.best_epoch] if self.val_losses else float("nan"),
                 "val_ece_before": self.val_ece_before, "val_ece_after": self.val_ece_after,
                 "val_accuracy": self.val_accuracy, "val_majority_accuracy": self.val_majority_accuracy,
+                "val_error_reduction": self.val_error_reduction,
                 "n_train": self.n_train, "n_val": self.n_val}
 
 
