@@ -91,9 +91,10 @@ METHODS: dict[str, Method] = {m.name: m for m in (
 #: metrics of the tables, in display order, with their headers; higher is better except Hausdorff
 METRICS: dict[str, str] = {
     "dice_lv": "Dice LV", "dice_myo": "Dice MYO", "dice_epi": "Dice epi", "dice_mean": "Dice LV+MYO",
-    "hd_lv": "HD LV (mm)", "hd_myo": "HD MYO (mm)", "hd_epi": "HD epi (mm)", "validity_pct": "valid %",
+    "hd_lv": "HD LV (mm)", "hd_myo": "HD MYO (mm)", "hd_epi": "HD epi (mm)", "hd95_epi": "HD95 epi (mm)",
+    "masd_epi": "MASD epi (mm)", "validity_pct": "valid %",
 }
-LOWER_IS_BETTER = ("hd_lv", "hd_myo", "hd_epi")
+LOWER_IS_BETTER = ("hd_lv", "hd_myo", "hd_epi", "hd95_epi", "masd_epi")
 
 
 def method_config(base: LoopConfig, method: Method, seed: int, run_dir: Path) -> LoopConfig:

@@ -27,7 +27,7 @@ from rl4seg_env.metrics import ECHO_STRUCTURES, keep_largest_foreground, segment
 
 @dataclasses.dataclass
 class EvaluationResult:
-    """Per-image rows (``id``, ``dice_*``, ``hd_*``, ``valid``, ``failed``, ``mean_reward``) and their summary."""
+    """Per-image rows (``id``, ``dice_*``, ``hd_*``, ``hd95_*``, ``masd_*``, ``valid``, ``failed``, ``mean_reward``) and their summary."""
 
     per_image: list[dict]
     summary: dict[str, float]
@@ -87,8 +87,9 @@ def summarize(rows: list[dict], structures: dict[str, tuple[int, ...]] | None = 
     out: dict[str, float] = {"n_images": float(len(rows))}
     for name in structures:
         out[f"dice_{name}"] = float(np.mean([r[f"dice_{name}"] for r in rows]))
-        hd = np.array([r[f"hd_{name}"] for r in rows], dtype=float)
-        out[f"hd_{name}"] = float(np.nanmean(hd)) if np.isfinite(hd).any() else float("nan")
+        for metric in ("hd", "hd95", "masd"):
+            values = np.array([r.get(f"{metric}_{name}", np.nan) for r in rows], dtype=float)
+            out[f"{metric}_{name}"] = float(np.nanmean(values)) if np.isfinite(values).any() else float("nan")
     if "dice_lv" in out and "dice_myo" in out:
         out["dice_mean"] = (out["dice_lv"] + out["dice_myo"]) / 2
     out["validity_pct"] = 100.0 * float(np.mean([r["valid"] for r in rows]))
@@ -168,7 +169,7 @@ def load_prediction_folder(folder: str | os.PathLike, dataset: SegDataset) -> np
 
 def evaluation_markdown(summary: dict[str, float], title: str = "Evaluation",
                         structures: dict[str, tuple[int, ...]] | None = None) -> str:
-    """Markdown summary of :func:`evaluate_predictions`: Dice / HD (mm) per structure, validity %, the
+    """Markdown summary of :func:`evaluate_predictions`: Dice / HD / HD95 / MASD (mm) per structure, validity %, the
     failing anatomical criteria, and the reward-network uncertainty metrics when present."""
     structures = ECHO_STRUCTURES if structures is None else structures
 
@@ -176,11 +177,13 @@ def evaluation_markdown(summary: dict[str, float], title: str = "Evaluation",
         return "-" if value is None or not np.isfinite(value) else f"{value:.{digits}f}"
 
     n = int(summary.get("n_images", 0))
-    lines = [f"# {title}", "", f"{n} images.", "", "| structure | Dice | Hausdorff (mm) |", "|---|---|---|"]
+    lines = [f"# {title}", "", f"{n} images.", "",
+             "| structure | Dice | Hausdorff (mm) | HD95 (mm) | MASD (mm) |", "|---|---|---|---|---|"]
     for name in structures:
-        lines.append(f"| {name.upper()} | {fmt(summary.get(f'dice_{name}'))} | {fmt(summary.get(f'hd_{name}'), 2)} |")
+        lines.append(f"| {name.upper()} | {fmt(summary.get(f'dice_{name}'))} | "
+                     + " | ".join(fmt(summary.get(f"{m}_{name}"), 2) for m in ("hd", "hd95", "masd")) + " |")
     if "dice_mean" in summary:
-        lines.append(f"| mean LV+MYO | {fmt(summary['dice_mean'])} | |")
+        lines.append(f"| mean LV+MYO | {fmt(summary['dice_mean'])} | | | |")
     lines += ["", f"Anatomical validity: **{fmt(summary.get('validity_pct'), 1)} %** of the images.", ""]
     failed = {k[len("failed_"):]: v for k, v in summary.items() if k.startswith("failed_")}
     if failed:

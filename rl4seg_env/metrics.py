@@ -1,4 +1,11 @@
-"""Segmentation metrics on label maps: Dice and Hausdorff distance (mm), per structure.
+"""Segmentation metrics on label maps: Dice and surface distances (mm), per structure.
+
+Surface distances follow the usual definitions (medpy's ``hd``, ``hd95`` and ``assd``, cross-checked in
+``tests/test_metrics.py``): a mask's surface is its pixels with a 4-neighbour outside it; for each surface
+pixel of one mask, the Euclidean distance (with the pixel spacing) to the other's surface. Hausdorff (HD)
+is the largest of those distances in both directions, HD95 their 95th percentile (both directions pooled),
+MASD the mean of all of them, both directions pooled (average symmetric surface distance; the mean absolute
+distance of the CAMUS papers).
 
 Structures follow the paper: LV (label 1), MYO (label 2) and epicardium (LV u MYO).
 Functions take numpy label maps (H, W) or batches (B, H, W).
@@ -37,21 +44,46 @@ def dice_per_class(pred: np.ndarray, target: np.ndarray, n_classes: int) -> np.n
     return out[0] if single else out
 
 
-def hausdorff(pred: np.ndarray, target: np.ndarray, spacing: tuple[float, float] = (1.0, 1.0)) -> float:
-    """Symmetric Hausdorff distance in mm between two boolean masks (boundary to boundary).
-
-    ``nan`` when exactly one mask is empty, 0 when both are.
-    """
+def surface_distances(pred: np.ndarray, target: np.ndarray,
+                      spacing: tuple[float, float] = (1.0, 1.0)) -> tuple[np.ndarray, np.ndarray] | None:
+    """Directed surface distances in mm: (from each surface pixel of ``pred`` to ``target``'s surface, and
+    from ``target``'s to ``pred``'s). ``None`` when a mask is empty."""
     pred, target = np.asarray(pred, bool), np.asarray(target, bool)
-    if not pred.any() and not target.any():
-        return 0.0
     if not pred.any() or not target.any():
-        return float("nan")
+        return None
     edge_p = pred & ~ndimage.binary_erosion(pred)
     edge_t = target & ~ndimage.binary_erosion(target)
     to_t = ndimage.distance_transform_edt(~edge_t, sampling=spacing)
     to_p = ndimage.distance_transform_edt(~edge_p, sampling=spacing)
-    return float(max(to_t[edge_p].max(), to_p[edge_t].max()))
+    return to_t[edge_p], to_p[edge_t]
+
+
+def _surface_metric(pred, target, spacing, reduce) -> float:
+    pred, target = np.asarray(pred, bool), np.asarray(target, bool)
+    if not pred.any() and not target.any():
+        return 0.0
+    distances = surface_distances(pred, target, spacing)
+    return float("nan") if distances is None else float(reduce(*distances))
+
+
+def hausdorff(pred: np.ndarray, target: np.ndarray, spacing: tuple[float, float] = (1.0, 1.0)) -> float:
+    """Symmetric Hausdorff distance in mm between two boolean masks (surface to surface).
+
+    ``nan`` when exactly one mask is empty, 0 when both are (as :func:`hd95` and :func:`masd`).
+    """
+    return _surface_metric(pred, target, spacing, lambda a, b: max(a.max(), b.max()))
+
+
+def hd95(pred: np.ndarray, target: np.ndarray, spacing: tuple[float, float] = (1.0, 1.0)) -> float:
+    """95th percentile of the surface distances of both directions, pooled (mm): a Hausdorff distance that
+    one stray pixel does not decide."""
+    return _surface_metric(pred, target, spacing, lambda a, b: np.percentile(np.concatenate([a, b]), 95))
+
+
+def masd(pred: np.ndarray, target: np.ndarray, spacing: tuple[float, float] = (1.0, 1.0)) -> float:
+    """Mean absolute (average symmetric) surface distance in mm: the mean surface distance, both directions
+    pooled."""
+    return _surface_metric(pred, target, spacing, lambda a, b: np.concatenate([a, b]).mean())
 
 
 def keep_largest_foreground(label_map: np.ndarray) -> np.ndarray:
@@ -72,7 +104,8 @@ ECHO_STRUCTURES: dict[str, tuple[int, ...]] = {"lv": (1,), "myo": (2,), "epi": (
 def segmentation_scores(pred: np.ndarray, target: np.ndarray, spacing: tuple[float, float] = (1.0, 1.0),
                         structures: dict[str, tuple[int, ...]] | None = None,
                         largest_component: bool = True) -> dict[str, float]:
-    """Dice and Hausdorff (mm) of one (H, W) prediction per structure, as ``{"dice_lv": ..., "hd_lv": ...}``.
+    """Dice, Hausdorff, HD95 and MASD (mm) of one (H, W) prediction per structure, as ``{"dice_lv": ...,
+    "hd_lv": ..., "hd95_lv": ..., "masd_lv": ...}``.
 
     Follows docs/method.md: keeps the largest foreground component of the prediction first.
     """
@@ -83,5 +116,15 @@ def segmentation_scores(pred: np.ndarray, target: np.ndarray, spacing: tuple[flo
     for name, values in structures.items():
         p, t = np.isin(pred, values), np.isin(target, values)
         out[f"dice_{name}"] = dice(p, t)
-        out[f"hd_{name}"] = hausdorff(p, t, spacing)
+        if not p.any() and not t.any():
+            out[f"hd_{name}"] = out[f"hd95_{name}"] = out[f"masd_{name}"] = 0.0
+            continue
+        distances = surface_distances(p, t, spacing)
+        if distances is None:
+            out[f"hd_{name}"] = out[f"hd95_{name}"] = out[f"masd_{name}"] = float("nan")
+            continue
+        a, b = distances
+        out[f"hd_{name}"] = float(max(a.max(), b.max()))
+        out[f"hd95_{name}"] = float(np.percentile(np.concatenate([a, b]), 95))
+        out[f"masd_{name}"] = float(np.concatenate([a, b]).mean())
     return out
