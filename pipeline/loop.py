@@ -27,6 +27,7 @@ from agents.test_time import tto_predict
 from agents.vec_env import make_sb3_vec_env
 from pipeline.config import RL_INITS, LoopConfig, TestTimeSection, config_to_yaml, load_config
 from pipeline.evaluation import evaluate_predictions
+from pipeline.html_report import write_html_report
 from pipeline.report import plot_metrics, plot_predictions, print_report, write_report
 from pipeline.run_dir import RunDirectory
 from reward.anatomy import Criterion, get_criteria, is_valid, validity_batch
@@ -236,6 +237,14 @@ class RL4SegRun:
             maps = reward_model(images[:k], preds[:k]) if reward_model is not None else None
             labels = np.stack([ds[i].label for i in range(k)])
             plot_predictions(images[:k], preds[:k], maps, self.dirs.figure(figure), labels=labels, title=figure)
+            if reward_model is not None:  # the worst, median and best test images by mean reward (report.html)
+                order = np.argsort([r["mean_reward"] for r in result.per_image], kind="stable")
+                mid = len(order) // 2
+                pick = list(dict.fromkeys([*order[:2], *order[max(mid - 1, 0):mid + 1], *order[-2:]]))
+                plot_predictions(images[pick], preds[pick], reward_model(images[pick], preds[pick]),
+                                 self.dirs.figure(figure.replace("predictions", "cases")),
+                                 labels=np.stack([ds[int(i)].label for i in pick]),
+                                 title=f"{figure}: worst, median and best by mean reward")
         return result.summary
 
     def evaluate_tto(self, actor: torch.nn.Module, reward_model,
@@ -455,6 +464,8 @@ class RL4SegRun:
         write_report(rows, self.run_dir)
         if plots and rows:
             plot_metrics(rows, self.dirs.figure("metrics"))
+        config_text = self.dirs.config_path.read_text() if self.dirs.config_path.is_file() else ""
+        write_html_report(self.run_dir, rows, config_text)
 
 
 def gap_closed(rows: list[dict], test_time: bool = False) -> float | None:

@@ -13,7 +13,8 @@ Layout::
     checkpoints/iter_XXX/          ppo.zip, actor.pt, critic.pt, reward_net.pt (with temperature), pseudo_labels.npz
     reward_dataset/iter_XXX/       reward samples (accumulate across iterations)
     tb/                            TensorBoard logs (pretraining, PPO, reward networks)
-    report.csv, report.md, metrics.png, predictions_iter_XXX.png, reliability_iter_XXX.png
+    report.csv, report.md, report.html, metrics.png, predictions_iter_XXX.png, cases_iter_XXX.png,
+    reliability_iter_XXX.png
 
 Every writer and reader of a run (the loop, the evaluation, the benchmarks, the uncertainty comparison)
 goes through this class; every file is written atomically, and an iteration counts as done only once

@@ -45,8 +45,9 @@ def test_full_loop_writes_run_directory_and_report(pretrained, tmp_path):
     run = _new_run(pretrained, tmp_path / "run")
     rows = run.run()
     d = tmp_path / "run"
-    for name in ("config.yaml", "state.json", "report.csv", "report.md", "metrics.png",
-                 "predictions_iter_000.png", "predictions_iter_002.png", "reliability_iter_002.png"):
+    for name in ("config.yaml", "state.json", "report.csv", "report.md", "report.html", "metrics.png",
+                 "predictions_iter_000.png", "predictions_iter_002.png", "cases_iter_002.png",
+                 "reliability_iter_002.png"):
         assert (d / name).is_file(), name
     for i in (1, 2):
         for name in ("ppo.zip", "actor.pt", "critic.pt", "reward_net.pt", "pseudo_labels.npz"):
