@@ -1,10 +1,13 @@
-"""rl-zoo3-style hyper-parameter files of the RL benchmark: ``algorithm -> env id -> hyper-parameters``.
+"""rl_zoo3 hyper-parameter files of the RL benchmark: ``configs/zoo/<algorithm>.yml``, keyed by env id.
 
-:func:`load_zoo_config` reads one, refuses unknown keys (naming the key and the file) and resolves the
-algorithm classes, learning-rate schedules and policy kwargs; :class:`ZooEntry` is one algorithm's entry.
+The same files train with ``python -m rl_zoo3.train --algo ppo --env RL4SegSmall-v0 --gym-packages rl4seg_env
+--conf-file configs/zoo/ppo.yml``. :func:`load_zoo_config` reads them for ``benchmark_rl.py``, refuses unknown
+keys (naming the key and the file) and resolves the algorithm classes, learning-rate schedules and policy
+kwargs (rl_zoo3's ``"dict(...)"`` strings are parsed, never evaluated); :class:`ZooEntry` is one entry.
 """
 from __future__ import annotations
 
+import ast
 import copy
 import importlib
 import inspect
@@ -24,6 +27,10 @@ from stable_baselines3.common.utils import LinearSchedule
 FULL_ENV_ID = "RL4Seg-v0"
 SMALL_ENV_ID = "RL4SegSmall-v0"
 ENV_IDS = (FULL_ENV_ID, SMALL_ENV_ID)
+#: the named task levels (rl4seg_env.levels): full label-map actions, and their coarse-grid variants
+LEVEL_IDS = tuple(f"RL4Seg-{level}-v0" for level in ("Easy", "Medium", "Hard")) + tuple(
+    f"RL4SegSmall-{level}-v0" for level in ("Easy", "Medium", "Hard"))
+SMALL_LEVEL_IDS = tuple(i for i in LEVEL_IDS if i.startswith("RL4SegSmall-"))
 
 #: built-in algorithms: YAML name -> "module:Class" (sb3-contrib's come with ``pip install rl4seg[bench]``)
 ALGORITHM_CLASSES: dict[str, str] = {
@@ -33,8 +40,8 @@ ALGORITHM_CLASSES: dict[str, str] = {
     "trpo": "sb3_contrib:TRPO",
 }
 
-#: YAML keys that are not constructor arguments
-_ENTRY_KEYS = ("n_envs", "policy", "env_kwargs", "algorithm_class")
+#: YAML keys that are not constructor arguments (n_timesteps: rl_zoo3's budget, not the benchmark's)
+_ENTRY_KEYS = ("n_envs", "n_timesteps", "policy", "env_kwargs", "algorithm_class")
 #: constructor arguments the benchmark sets itself (same for every algorithm)
 _RESERVED_KEYS = ("env", "seed", "device", "verbose", "tensorboard_log", "_init_setup_model")
 #: env kwargs of RL4SegSmall-v0 a YAML may set (the data itself is the benchmark's)
@@ -105,59 +112,81 @@ def import_class(path: str) -> type:
         raise AttributeError(f"module {module_name!r} has no class {class_name!r} (from {path!r})") from error
 
 
-def load_zoo_config(path: str | Path, algorithms: Sequence[str] | None = None,
+def _algorithm_files(source: Path, algorithms: Sequence[str] | None) -> list[tuple[str, Path]]:
+    """(algorithm, file) pairs of a folder of ``<algorithm>.yml`` files or of one such file."""
+    if source.is_file():
+        found = {source.stem: source}
+    elif source.is_dir():
+        found = {p.stem: p for p in sorted(source.glob("*.yml"))}
+    else:
+        raise FileNotFoundError(f"hyper-parameter file or folder {source} does not exist")
+    order = [*[a for a in ALGORITHM_CLASSES if a in found], *[a for a in found if a not in ALGORITHM_CLASSES]]
+    names = order if algorithms is None else list(algorithms)
+    missing = [name for name in names if name not in found]
+    if missing:
+        raise ZooConfigError(f"{source}: no hyper-parameter file for algorithm(s) {missing}; found "
+                             f"{[f'{a}.yml' for a in order]}")
+    return [(name, found[name]) for name in names]
+
+
+def load_zoo_config(source: str | Path, algorithms: Sequence[str] | None = None,
                     skip_unavailable: bool = False) -> dict[str, ZooEntry]:
-    """Read and validate an rl-zoo3-style hyper-parameter file.
+    """Read and validate rl_zoo3 hyper-parameter files: one ``<algorithm>.yml`` per algorithm, keyed by env id.
 
-    Layout: ``{algorithm: {env_id: {n_envs, policy, env_kwargs, <constructor argument>: value}}}`` with
-    one env id per algorithm. ``algorithm`` is a built-in name (:data:`ALGORITHM_CLASSES`) or any name
-    whose section sets ``algorithm_class: "module:Class"`` (a ``BaseAlgorithm`` subclass). Every other key
-    must be a constructor argument of that class, except those the benchmark sets (``env``, ``seed``,
-    ``device``, ``verbose``, ``tensorboard_log``). ``learning_rate: lin_<float>`` is a linear schedule;
-    ``policy_kwargs.activation_fn`` a name (``tanh``, ``relu``, ...).
+    Layout of a file (rl_zoo3's own, so ``python -m rl_zoo3.train --conf-file`` reads it too)::
 
-    :param path: the YAML file.
-    :param algorithms: sections to load, in this order (default ``None``: all, in file order).
+        RL4SegSmall-v0:            # one entry per env id: RL4Seg-v0, RL4SegSmall-v0 or a level id
+          n_timesteps: 100000      # rl_zoo3's budget; the benchmark gives every algorithm its own budget
+          n_envs: 8
+          policy: MlpPolicy
+          env_kwargs: {action_size: 8}
+          policy_kwargs: "dict(net_arch=[256, 256], activation_fn=nn.Tanh)"
+          <constructor argument>: value
+
+    The benchmark uses each algorithm's ``RL4Seg-v0`` or ``RL4SegSmall-v0`` entry; the other entries (the
+    named levels) are checked the same way. ``algorithm`` is a built-in name (:data:`ALGORITHM_CLASSES`) or
+    any name whose entry sets ``algorithm_class: "module:Class"`` (a ``BaseAlgorithm`` subclass). Every
+    other key must be a constructor argument of that class, except those the benchmark sets (``env``,
+    ``seed``, ``device``, ``verbose``, ``tensorboard_log``). ``learning_rate: lin_<float>`` is a linear
+    schedule; ``policy_kwargs`` a mapping or rl_zoo3's ``"dict(...)"`` string, read without ``eval``
+    (literals, ``dict(...)`` and ``nn.<Module>`` names only).
+
+    :param source: a folder of ``<algorithm>.yml`` files (e.g. ``configs/zoo``) or one such file.
+    :param algorithms: algorithms to load, in this order (default ``None``: every file of the folder).
     :param skip_unavailable: when an algorithm's package is not installed (e.g. sb3-contrib), warn and
-        leave it out instead of raising (default ``False``). Only for sections not asked for by name.
+        leave it out instead of raising (default ``False``). Only for algorithms not asked for by name.
     :return: ``{algorithm: ZooEntry}``.
-    :raises FileNotFoundError: no such file.
+    :raises FileNotFoundError: no such file or folder.
     :raises ZooConfigError: bad layout, unknown algorithm, env id or key, wrong value type.
     :raises ImportError: an algorithm's package is missing (with the install command).
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"hyper-parameter file {path} does not exist")
-    data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    if not isinstance(data, dict) or not data:
-        raise ZooConfigError(f"{path}: expected a mapping 'algorithm -> env id -> hyper-parameters', "
-                             f"found {type(data).__name__}")
-    names = list(data) if algorithms is None else list(algorithms)
-    missing = [name for name in names if name not in data]
-    if missing:
-        raise ZooConfigError(f"{path}: no section for algorithm(s) {missing}; the file has {list(data)}")
+    source = Path(source)
     entries: dict[str, ZooEntry] = {}
-    for name in names:
+    for name, path in _algorithm_files(source, algorithms):
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        if not isinstance(data, dict) or not data:
+            raise ZooConfigError(f"{path}: expected a mapping 'env id -> hyper-parameters' (rl_zoo3's layout), "
+                                 f"found {type(data).__name__}")
         try:
-            entries[name] = _parse_entry(path, str(name), data[name])
+            parsed = [_parse_entry(path, name, env_id, params) for env_id, params in data.items()]
         except ImportError as error:
             if skip_unavailable and algorithms is None:
                 warnings.warn(f"skipping {name!r} from {path}: {error}", stacklevel=2)
                 continue
             raise
+        usable = [e for e in parsed if e.env_id in ENV_IDS]
+        if len(usable) != 1:
+            raise ZooConfigError(f"{path}: expected exactly one entry for {' or '.join(ENV_IDS)} (the benchmark's "
+                                 f"env ids), found {[e.env_id for e in usable]}")
+        entries[name] = usable[0]
     return entries
 
 
-def _parse_entry(path: Path, name: str, section: Any) -> ZooEntry:
-    where = f"{path}: {name}"
-    if not isinstance(section, dict) or len(section) != 1:
-        found = list(section) if isinstance(section, dict) else type(section).__name__
-        raise ZooConfigError(f"{where}: expected exactly one env id ({' or '.join(ENV_IDS)}) mapping to "
-                             f"hyper-parameters, found {found}")
-    (env_id, params), = section.items()
-    if env_id not in ENV_IDS:
-        raise ZooConfigError(f"{where}: unknown env id {env_id!r}; expected one of {list(ENV_IDS)}")
-    where = f"{where}.{env_id}"
+def _parse_entry(path: Path, name: str, env_id: Any, params: Any) -> ZooEntry:
+    where = f"{path}: {env_id}"
+    known = (*ENV_IDS, *LEVEL_IDS)
+    if env_id not in known:
+        raise ZooConfigError(f"{where}: unknown env id {env_id!r}; expected one of {list(known)}")
     params = {} if params is None else params
     if not isinstance(params, dict):
         raise ZooConfigError(f"{where}: hyper-parameters must be a mapping, found {type(params).__name__}")
@@ -165,7 +194,7 @@ def _parse_entry(path: Path, name: str, section: Any) -> ZooEntry:
     class_path = params.get("algorithm_class", ALGORITHM_CLASSES.get(name))
     if class_path is None:
         raise ZooConfigError(f"{where}: unknown algorithm {name!r}; built-in ones are {sorted(ALGORITHM_CLASSES)}, "
-                             "or set 'algorithm_class: module:Class' in its section")
+                             "or set 'algorithm_class: module:Class' in its entry")
     try:
         algorithm_class = import_class(str(class_path))
     except ModuleNotFoundError as error:
@@ -180,20 +209,21 @@ def _parse_entry(path: Path, name: str, section: Any) -> ZooEntry:
             continue
         if key in _RESERVED_KEYS:
             raise ZooConfigError(f"{where}: key {key!r} is set by the benchmark, remove it from the file")
-        if key == "n_timesteps":
-            raise ZooConfigError(f"{where}: key 'n_timesteps' is not used: every algorithm gets the same budget "
-                                 "from --budget-steps / --budget-seconds")
         raise ZooConfigError(f"{where}: unknown key {key!r} for {algorithm_class.__name__}; expected one of "
                              f"{sorted(accepted | set(_ENTRY_KEYS))}")
 
     n_envs = params.get("n_envs", 8)
     if isinstance(n_envs, bool) or not isinstance(n_envs, int) or n_envs < 1:
         raise ZooConfigError(f"{where}.n_envs: expected a positive integer, found {n_envs!r}")
-    policy = params.get("policy", "PixelUNetPolicy" if env_id == FULL_ENV_ID else "MlpPolicy")
+    n_timesteps = params.get("n_timesteps", 1)
+    if isinstance(n_timesteps, bool) or not isinstance(n_timesteps, (int, float)) or n_timesteps <= 0:
+        raise ZooConfigError(f"{where}.n_timesteps: expected a positive number, found {n_timesteps!r}")
+    small = env_id == SMALL_ENV_ID or env_id in SMALL_LEVEL_IDS
+    policy = params.get("policy", "MlpPolicy" if small else "PixelUNetPolicy")
     env_kwargs = params.get("env_kwargs") or {}
     if not isinstance(env_kwargs, dict):
         raise ZooConfigError(f"{where}.env_kwargs: expected a mapping, found {type(env_kwargs).__name__}")
-    allowed_env = _SMALL_ENV_KEYS if env_id == SMALL_ENV_ID else ()
+    allowed_env = _SMALL_ENV_KEYS if small else ()
     for key in env_kwargs:
         if key not in allowed_env:
             raise ZooConfigError(f"{where}.env_kwargs: unknown key {key!r} for {env_id}; expected one of "
@@ -203,9 +233,9 @@ def _parse_entry(path: Path, name: str, section: Any) -> ZooEntry:
         hyperparams["learning_rate"] = _learning_rate(hyperparams["learning_rate"], f"{where}.learning_rate")
     if "policy_kwargs" in hyperparams:
         hyperparams["policy_kwargs"] = _policy_kwargs(hyperparams["policy_kwargs"], f"{where}.policy_kwargs")
-    return ZooEntry(algorithm=name, env_id=env_id, algorithm_class=algorithm_class, n_envs=n_envs, policy=policy,
-                    env_kwargs=dict(env_kwargs), hyperparams=hyperparams, raw={env_id: copy.deepcopy(params)},
-                    source=str(path))
+    return ZooEntry(algorithm=name, env_id=str(env_id), algorithm_class=algorithm_class, n_envs=n_envs,
+                    policy=policy, env_kwargs=dict(env_kwargs), hyperparams=hyperparams,
+                    raw={env_id: copy.deepcopy(params)}, source=str(path))
 
 
 def _learning_rate(value: Any, where: str) -> float | LinearSchedule:
@@ -220,21 +250,58 @@ def _learning_rate(value: Any, where: str) -> float | LinearSchedule:
 
 
 def _policy_kwargs(value: Any, where: str) -> dict[str, Any]:
+    if isinstance(value, str):
+        value = parse_kwargs_expression(value, where)
     if not isinstance(value, dict):
-        raise ZooConfigError(f"{where}: expected a mapping (python-expression strings are not evaluated), "
-                             f"found {value!r}")
+        raise ZooConfigError(f"{where}: expected a mapping or a 'dict(...)' string, found {value!r}")
     value = dict(value)
-    if "activation_fn" in value:
+    if isinstance(value.get("activation_fn"), str):
         name = value["activation_fn"]
         if name not in _ACTIVATIONS:
-            raise ZooConfigError(f"{where}.activation_fn: expected one of {sorted(_ACTIVATIONS)}, found {name!r}")
+            raise ZooConfigError(f"{where}.activation_fn: expected one of {sorted(_ACTIVATIONS)} or nn.<Module>, "
+                                 f"found {name!r}")
         value["activation_fn"] = _ACTIVATIONS[name]
     return value
+
+
+def parse_kwargs_expression(text: str, where: str = "policy_kwargs") -> Any:
+    """Read rl_zoo3's ``policy_kwargs`` string (``"dict(net_arch=[64, 64], activation_fn=nn.Tanh)"``) without
+    ``eval``: literals, lists, tuples, ``{...}`` and ``dict(...)`` with keyword arguments, and ``nn.<Name>``
+    (also ``th.nn.`` / ``torch.nn.``) resolving to a ``torch.nn.Module`` subclass. Anything else is refused."""
+    try:
+        tree = ast.parse(text.strip(), mode="eval")
+    except SyntaxError as error:
+        raise ZooConfigError(f"{where}: cannot parse {text!r}: {error.msg}") from error
+
+    def value(node: ast.AST) -> Any:
+        if isinstance(node, ast.Constant):
+            return node.value
+        if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub) and isinstance(node.operand, ast.Constant):
+            return -node.operand.value
+        if isinstance(node, (ast.List, ast.Tuple)):
+            items = [value(e) for e in node.elts]
+            return items if isinstance(node, ast.List) else tuple(items)
+        if isinstance(node, ast.Dict):
+            return {value(k): value(v) for k, v in zip(node.keys, node.values)}
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "dict" and not node.args:
+            return {kw.arg: value(kw.value) for kw in node.keywords}
+        if isinstance(node, ast.Attribute):
+            dotted = ast.unparse(node)
+            for prefix in ("nn.", "th.nn.", "torch.nn."):
+                if dotted.startswith(prefix) and "." not in dotted[len(prefix):]:
+                    module = getattr(torch.nn, dotted[len(prefix):], None)
+                    if inspect.isclass(module) and issubclass(module, torch.nn.Module):
+                        return module
+            raise ZooConfigError(f"{where}: {dotted!r} is not a torch.nn module class")
+        raise ZooConfigError(f"{where}: {ast.unparse(node)!r} is not allowed in {text!r} (literals, dict(...) and "
+                             "nn.<Module> only; nothing is evaluated)")
+
+    return value(tree.body)
 
 
 def pair(size: Any) -> tuple[int, int]:
     return (int(size), int(size)) if np.isscalar(size) else (int(size[0]), int(size[1]))
 
 
-__all__ = ["ALGORITHM_CLASSES", "ENV_IDS", "FULL_ENV_ID", "SMALL_ENV_ID", "ZooConfigError", "ZooEntry", "import_class",
-           "load_zoo_config", "pair"]
+__all__ = ["ALGORITHM_CLASSES", "ENV_IDS", "FULL_ENV_ID", "LEVEL_IDS", "SMALL_ENV_ID", "ZooConfigError", "ZooEntry",
+           "import_class", "load_zoo_config", "pair", "parse_kwargs_expression"]

@@ -8,12 +8,15 @@ Importing the package registers:
   batched :class:`~rl4seg_env.vector.SegVectorEnv`.
 - ``RL4SegSmall-v0``: 32 px images, an 8 x 8 flattened action grid and a 16 x 16 flat observation
   (:class:`~rl4seg_env.wrappers.DownsampledActionWrapper`) for stock Stable-Baselines3 PPO/A2C.
+- the named task levels ``RL4Seg-Easy-v0``, ``RL4Seg-Medium-v0``, ``RL4Seg-Hard-v0`` and their
+  ``RL4SegSmall-<Level>-v0`` variants (:mod:`rl4seg_env.levels`).
 """
 from __future__ import annotations
 
 from gymnasium.envs.registration import register, registry
 
 from rl4seg_env.env import SegEnv
+from rl4seg_env.levels import register_levels
 from rl4seg_env.vector import SegVectorEnv
 from rl4seg_env.wrappers import DownsampledActionWrapper, LearnedRewardWrapper
 
@@ -34,3 +37,4 @@ if "RL4SegSmall-v0" not in registry:
         entry_point="rl4seg_env.wrappers:make_small_env",
         kwargs={"dataset": "synthetic", "reward": "accuracy", "image_size": 32, "action_size": 8, "obs_size": 16},
     )
+register_levels()

@@ -23,7 +23,7 @@ from pipeline.zoo import ZooConfigError, load_zoo_config
 from rl4seg_env.wrappers import coarse_to_full
 
 ROOT = Path(__file__).resolve().parents[1]
-ZOO = ROOT / "configs" / "zoo" / "rl4seg.yml"
+ZOO = ROOT / "configs" / "zoo"
 
 
 
@@ -89,8 +89,8 @@ def test_quick_benchmark_writes_curves_table_and_png(tmp_path: Path) -> None:
 # ------------------------------------------------------------------------------------------------
 # YAML
 # ------------------------------------------------------------------------------------------------
-def write(tmp_path: Path, text: str) -> Path:
-    path = tmp_path / "zoo.yml"
+def write(tmp_path: Path, text: str, algorithm: str = "ppo") -> Path:
+    path = tmp_path / f"{algorithm}.yml"
     path.write_text(text)
     return path
 
@@ -99,24 +99,28 @@ def test_shipped_zoo_config_loads() -> None:
     entries = load_zoo_config(ZOO, ["pixel_ppo", "ppo", "a2c"])
     assert list(entries) == ["pixel_ppo", "ppo", "a2c"]
     assert entries["pixel_ppo"].env_id == "RL4Seg-v0" and entries["pixel_ppo"].full_resolution
+    assert entries["pixel_ppo"].hyperparams["policy_kwargs"] == {"actor_kwargs": {"channels": [16, 32, 64],
+                                                                                  "norm": "batch"}}
     assert entries["ppo"].env_id == "RL4SegSmall-v0" and entries["ppo"].env_kwargs["action_size"] == 8
     assert entries["ppo"].hyperparams["policy_kwargs"]["activation_fn"] is torch.nn.Tanh
     assert entries["a2c"].algorithm_class is A2C
 
 
 @pytest.mark.parametrize("text, message", [
-    ("ppo:\n  RL4SegSmall-v0:\n    n_step: 16\n", "unknown key 'n_step' for PPO"),
-    ("ppo:\n  RL4SegSmall-v0:\n    seed: 3\n", "key 'seed' is set by the benchmark"),
-    ("ppo:\n  RL4SegSmall-v0:\n    n_timesteps: 1000\n", "'n_timesteps' is not used"),
-    ("ppo:\n  CartPole-v1:\n    n_steps: 16\n", "unknown env id 'CartPole-v1'"),
-    ("sac:\n  RL4SegSmall-v0:\n    n_envs: 2\n", "unknown algorithm 'sac'"),
-    ("ppo:\n  RL4SegSmall-v0:\n    env_kwargs: {image_size: 64}\n", "env_kwargs: unknown key 'image_size'"),
-    ("pixel_ppo:\n  RL4Seg-v0:\n    env_kwargs: {action_size: 8}\n", "env_kwargs: unknown key 'action_size'"),
-    ("ppo:\n  RL4SegSmall-v0:\n    policy_kwargs: 'dict(net_arch=[64])'\n", "policy_kwargs: expected a mapping"),
-    ("ppo:\n  RL4SegSmall-v0:\n    policy_kwargs: {activation_fn: swish}\n", "activation_fn: expected one of"),
-    ("ppo:\n  RL4SegSmall-v0:\n    learning_rate: fast\n", "learning_rate: expected a positive number"),
-    ("ppo:\n  RL4SegSmall-v0:\n    n_envs: 0\n", "n_envs: expected a positive integer"),
-    ("ppo:\n  RL4SegSmall-v0: {}\n  RL4Seg-v0: {}\n", "expected exactly one env id"),
+    ("RL4SegSmall-v0:\n  n_step: 16\n", "unknown key 'n_step' for PPO"),
+    ("RL4SegSmall-v0:\n  seed: 3\n", "key 'seed' is set by the benchmark"),
+    ("RL4SegSmall-v0:\n  n_timesteps: -5\n", "n_timesteps: expected a positive number"),
+    ("CartPole-v1:\n  n_steps: 16\n", "unknown env id 'CartPole-v1'"),
+    ("RL4SegSmall-v0:\n  env_kwargs: {image_size: 64}\n", "env_kwargs: unknown key 'image_size'"),
+    ("RL4SegSmall-v0:\n  policy_kwargs: 'dict(net_arch=[64], activation_fn=nn.NotAModule)'\n",
+     "'nn.NotAModule' is not a torch.nn module class"),
+    ("RL4SegSmall-v0:\n  policy_kwargs: '__import__(\"os\").system(\"true\")'\n", "is not allowed"),
+    ("RL4SegSmall-v0:\n  policy_kwargs: 'dict(net_arch=[64]'\n", "cannot parse"),
+    ("RL4SegSmall-v0:\n  policy_kwargs: {activation_fn: swish}\n", "activation_fn: expected one of"),
+    ("RL4SegSmall-v0:\n  learning_rate: fast\n", "learning_rate: expected a positive number"),
+    ("RL4SegSmall-v0:\n  n_envs: 0\n", "n_envs: expected a positive integer"),
+    ("RL4SegSmall-Easy-v0: {}\n", "expected exactly one entry for RL4Seg-v0 or RL4SegSmall-v0"),
+    ("RL4SegSmall-v0: {}\nRL4Seg-v0: {}\n", "expected exactly one entry"),
     ("- ppo\n", "expected a mapping"),
 ])
 def test_zoo_config_errors_name_the_key_and_file(tmp_path: Path, text: str, message: str) -> None:
@@ -126,31 +130,61 @@ def test_zoo_config_errors_name_the_key_and_file(tmp_path: Path, text: str, mess
     assert str(path) in str(error.value)
 
 
+def test_zoo_config_unknown_algorithm_and_level_entries(tmp_path: Path) -> None:
+    with pytest.raises(ZooConfigError, match="unknown algorithm 'sac'"):
+        load_zoo_config(write(tmp_path, "RL4SegSmall-v0:\n  n_envs: 2\n", "sac"))
+    path = write(tmp_path, "RL4SegSmall-v0:\n  policy_kwargs: 'dict(net_arch=dict(pi=[64], vf=[32]))'\n"
+                           "RL4SegSmall-Hard-v0:\n  n_stepz: 3\n")
+    with pytest.raises(ZooConfigError, match="RL4SegSmall-Hard-v0: unknown key 'n_stepz'"):
+        load_zoo_config(path)  # the level entries are checked too
+
+
 def test_zoo_config_missing_file_and_section(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="nope.yml"):
         load_zoo_config(tmp_path / "nope.yml")
-    with pytest.raises(ZooConfigError, match=r"no section for algorithm\(s\) \['trpo'\]"):
-        load_zoo_config(write(tmp_path, "a2c:\n  RL4SegSmall-v0: {}\n"), ["trpo"])
+    write(tmp_path, "RL4SegSmall-v0: {}\n", "a2c")
+    with pytest.raises(ZooConfigError, match=r"no hyper-parameter file for algorithm\(s\) \['trpo'\]"):
+        load_zoo_config(tmp_path, ["trpo"])
 
 
 def test_unavailable_algorithms_are_skipped_only_when_not_asked_for(tmp_path: Path) -> None:
-    path = write(tmp_path, "a2c:\n  RL4SegSmall-v0: {}\nmine:\n  RL4SegSmall-v0:\n"
-                           "    algorithm_class: not_installed_pkg:Algo\n")
+    write(tmp_path, "RL4SegSmall-v0: {}\n", "a2c")
+    write(tmp_path, "RL4SegSmall-v0:\n  algorithm_class: not_installed_pkg:Algo\n", "mine")
     with pytest.warns(UserWarning, match="skipping 'mine'.*not_installed_pkg"):
-        assert list(load_zoo_config(path, skip_unavailable=True)) == ["a2c"]
+        assert list(load_zoo_config(tmp_path, skip_unavailable=True)) == ["a2c"]
     with pytest.raises(ImportError, match="not_installed_pkg"):
-        load_zoo_config(path, ["a2c", "mine"], skip_unavailable=True)
+        load_zoo_config(tmp_path, ["a2c", "mine"], skip_unavailable=True)
 
 
 def test_zoo_config_linear_schedule_and_custom_class(tmp_path: Path) -> None:
-    path = write(tmp_path, "mine:\n  RL4SegSmall-v0:\n    algorithm_class: stable_baselines3:A2C\n"
-                           "    learning_rate: lin_1.0e-3\n    n_envs: 2\n")
+    path = write(tmp_path, "RL4SegSmall-v0:\n  algorithm_class: stable_baselines3:A2C\n"
+                           "  learning_rate: lin_1.0e-3\n  n_envs: 2\n", "mine")
     entry = load_zoo_config(path)["mine"]
     assert entry.algorithm_class is A2C and entry.n_envs == 2
     schedule = entry.hyperparams["learning_rate"]
     assert schedule(1.0) == pytest.approx(1e-3) and schedule(0.5) == pytest.approx(5e-4)
     with pytest.raises(ZooConfigError, match="is not a stable_baselines3 BaseAlgorithm"):
-        load_zoo_config(write(tmp_path, "mine:\n  RL4SegSmall-v0:\n    algorithm_class: numpy:ndarray\n"))
+        load_zoo_config(write(tmp_path, "RL4SegSmall-v0:\n  algorithm_class: numpy:ndarray\n", "mine"))
+
+
+@pytest.mark.parametrize("algo, env_id", [("ppo", "RL4SegSmall-v0"), ("a2c", "RL4SegSmall-v0"),
+                                          ("trpo", "RL4SegSmall-v0"), ("ppo", "RL4SegSmall-Easy-v0")])
+def test_rl_zoo3_trains_from_the_shipped_files(tmp_path: Path, algo: str, env_id: str) -> None:
+    """The acceptance command of the zoo files: rl_zoo3 itself reads them and trains (a few hundred steps)."""
+    import subprocess
+    import sys
+
+    pytest.importorskip("rl_zoo3", reason="rl_zoo3 is in the test extra (and the zoo extra)")
+    result = subprocess.run([sys.executable, "-m", "rl_zoo3.train", "--algo", algo, "--env", env_id,
+                             "--gym-packages", "rl4seg_env", "--conf-file", str(ZOO / f"{algo}.yml"), "-n", "256",
+                             "-f", str(tmp_path), "--seed", "0", "--log-interval", "1"],
+                            capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    run = tmp_path / algo / f"{env_id}_1"
+    assert (run / f"{env_id}.zip").is_file()
+    monitors = sorted(run.glob("*.monitor.csv"))
+    assert monitors and sum(len(p.read_text().splitlines()) - 2 for p in monitors) >= 200  # one row per episode
+    assert "total_timesteps" in result.stdout
 
 
 # ------------------------------------------------------------------------------------------------

@@ -2,7 +2,7 @@
 
 PixelPPO acts on ``RL4Seg-v0`` (full (H, W) label maps, batched env); stock algorithms act on
 ``RL4SegSmall-v0`` (a coarse action grid upsampled to H x W). All train on the same synthetic target
-domain, image size, seeds and budget, with the hyper-parameters of ``configs/zoo/rl4seg.yml``, and are
+domain, image size, seeds and budget, with the rl_zoo3 hyper-parameter files of ``configs/zoo/`` (one ``<algorithm>.yml`` each), and are
 scored during training on one fixed held-out test set (reward = pixel accuracy, mean foreground Dice).
 Writes ``curves.csv``, ``summary.csv``, ``results.md``, ``curves.png`` and ``hyperparams.yml``.
 See ``docs/benchmarking.md``.
@@ -24,7 +24,7 @@ from pipeline.config import CONFIG_DIR
 from pipeline.zoo import load_zoo_config
 from rl4seg_env.data.synthetic import DEFAULT_TARGET
 
-DEFAULT_HYPERPARAMS = str(CONFIG_DIR / "zoo" / "rl4seg.yml")
+DEFAULT_HYPERPARAMS = str(CONFIG_DIR / "zoo")
 #: --quick: a tiny step budget (one PPO update, 16 PixelPPO updates), reproducible; explicit options win
 QUICK = {"budget_steps": 128, "budget_seconds": None, "seeds": [0], "eval_images": 16, "eval_points": 2,
          "output": os.path.join("results", "benchmark_rl_quick")}
@@ -35,9 +35,10 @@ FULL = {"budget_steps": None, "budget_seconds": 60.0, "seeds": [0, 1, 2], "eval_
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="rl4seg-benchmark-rl", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--hyperparams", default=DEFAULT_HYPERPARAMS, help="rl-zoo3-style YAML")
+    parser.add_argument("--hyperparams", default=DEFAULT_HYPERPARAMS,
+                        help="folder of rl_zoo3 hyper-parameter files <algorithm>.yml (or one such file)")
     parser.add_argument("--algos", nargs="+", default=None,
-                        help="YAML sections to run (default: all whose packages are installed)")
+                        help="algorithms to run (default: every file of --hyperparams whose package is installed)")
     parser.add_argument("--preset", default=DEFAULT_TARGET, help="synthetic target domain")
     parser.add_argument("--size", type=int, default=32, help="image size in pixels (H = W)")
     parser.add_argument("--budget-steps", type=int, default=None,
