@@ -37,6 +37,7 @@ from rl4seg_env.data import SegDataset, make_dataset
 from rl4seg_env.data.synthetic import DEFAULT_TARGET
 from rl4seg_env.io import atomic_write_bytes, atomic_write_text
 from agents.vec_env import make_sb3_vec_env
+from pipeline.aggregate import iqm, plot_performance_profiles, stratified_bootstrap_ci
 from pipeline.tables import markdown_table, rows_to_csv
 from pipeline.zoo import ENV_IDS, FULL_ENV_ID, SMALL_ENV_ID, ZooEntry, pair
 from rl4seg_env.vector import SegVectorEnv
@@ -424,15 +425,33 @@ def _mean_std(values: Sequence[float], fmt: str) -> str:
 
 
 def summary_markdown(results: Sequence[RunResult]) -> str:
-    """Markdown table, one row per algorithm, mean ± std (sample std) over its seeds."""
+    """Markdown table, one row per algorithm: mean ± std (sample std) over its seeds, and the interquartile
+    mean of the final scores with its 95% bootstrap interval (:mod:`pipeline.aggregate`)."""
     rows = []
     for algorithm in dict.fromkeys(r.algorithm for r in results):
         runs = [r for r in results if r.algorithm == algorithm]
         rows.append([runs[0].label, runs[0].env_id, runs[0].choices_per_step, len(runs),
                      _mean_std([r.steps for r in runs], ".0f"), _mean_std([r.steps_per_s for r in runs], ".1f"),
-                     _mean_std([r.final_reward for r in runs], ".3f"), _mean_std([r.final_dice for r in runs], ".3f")])
+                     _mean_std([r.final_reward for r in runs], ".3f"), _mean_std([r.final_dice for r in runs], ".3f"),
+                     _iqm_ci([r.final_reward for r in runs]), _iqm_ci([r.final_dice for r in runs])])
     return markdown_table(["algorithm", "env id", "choices / step", "seeds", "env steps", "steps/s", "final reward",
-                           "final Dice"], rows, "llrrrrrr")
+                           "final Dice", "reward IQM [95% CI]", "Dice IQM [95% CI]"], rows, "llrrrrrrrr")
+
+
+def _iqm_ci(values: Sequence[float]) -> str:
+    finite = [v for v in values if np.isfinite(v)]
+    return stratified_bootstrap_ci(finite, iqm).format() if finite else "-"
+
+
+def plot_profiles(results: Sequence[RunResult], path: str | Path) -> Path:
+    """PNG of the performance profiles (final held-out Dice over seeds) with 95% bootstrap bands."""
+    scores = {}
+    for algorithm in dict.fromkeys(r.algorithm for r in results):
+        runs = [r for r in results if r.algorithm == algorithm and np.isfinite(r.final_dice)]
+        if runs:
+            scores[runs[0].label] = np.array([r.final_dice for r in runs])
+    return plot_performance_profiles(scores, path, xlabel="final held-out Dice",
+                                     title="performance profiles (runs = seeds)")
 
 
 def plot_curves(results: Sequence[RunResult], path: str | Path) -> Path:
@@ -472,9 +491,10 @@ def ceiling_lines(entries: Mapping[str, ZooEntry], heldout: HeldOutSet) -> list[
 
 def write_results(results: Sequence[RunResult], entries: Mapping[str, ZooEntry], settings: BenchmarkSettings,
                   out_dir: str | Path, command: str = "") -> dict[str, Path]:
-    """Write ``curves.csv``, ``summary.csv``, ``results.md``, ``curves.png`` and ``hyperparams.yml`` to ``out_dir``.
+    """Write ``curves.csv``, ``summary.csv``, ``results.md``, ``curves.png``, ``profiles.png`` and
+    ``hyperparams.yml`` to ``out_dir``.
 
-    :return: ``{"curves", "summary", "markdown", "png", "hyperparams"}`` -> path.
+    :return: ``{"curves", "summary", "markdown", "png", "profiles", "hyperparams"}`` -> path.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -490,7 +510,8 @@ def write_results(results: Sequence[RunResult], entries: Mapping[str, ZooEntry],
         f"seeds {list(settings.seeds)}, device {settings.device}, torch "
         f"{torch.__version__} ({torch.get_num_threads()} thread(s)). Scores: deterministic actions on "
         f"{settings.eval_images} held-out test images at full resolution; reward = pixel accuracy, Dice = mean "
-        "foreground Dice (LV, MYO). Mean ± std over seeds. Steps/s counts training time only.\n\n"
+        "foreground Dice (LV, MYO). Mean ± std over seeds; IQM = interquartile mean over seeds with its 95% "
+        "stratified-bootstrap interval (Agarwal et al. 2021). Steps/s counts training time only.\n\n"
         + summary_markdown(results))
     ceilings = ceiling_lines(entries, HeldOutSet.synthetic(settings.eval_images, settings.image_size, settings.preset))
     if ceilings:
@@ -500,6 +521,7 @@ def write_results(results: Sequence[RunResult], entries: Mapping[str, ZooEntry],
         "summary": atomic_write_text(out / "summary.csv", rows_to_csv(summary_rows(results), SUMMARY_COLUMNS, ".6g")),
         "markdown": atomic_write_text(out / "results.md", markdown),
         "png": plot_curves(results, out / "curves.png"),
+        "profiles": plot_profiles(results, out / "profiles.png"),
         "hyperparams": atomic_write_text(out / "hyperparams.yml", yaml.safe_dump(
             {name: entry.raw for name, entry in entries.items()}, sort_keys=False)),
     }

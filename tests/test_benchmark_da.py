@@ -151,11 +151,13 @@ def test_suite_table_has_every_shift_and_the_mean_over_shifts(tmp_path):
 
     def entry(method, dice, valid):
         return {"method": method, "n_seeds": 3, "dice_mean_mean": dice, "dice_mean_std": 0.01,
-                "validity_pct_mean": valid}
+                "validity_pct_mean": valid, "dice_mean_by_seed": {0: dice - 0.01, 1: dice, 2: dice + 0.01}}
 
     per_shift = {"a": [entry("tent", 0.80, 70.0), entry("rl4seg", 0.90, 90.0)],
                  "b": [entry("tent", 0.60, 50.0), entry("rl4seg", 0.70, 100.0)]}
     text = write_suite_tables(per_shift, tmp_path, "held-out")
     line = next(x for x in text.splitlines() if x.startswith("| RL4Seg |"))
     assert "0.90" in line and "0.70" in line and "**0.800 / 95%**" in line
+    # IQM over the 3 seeds x 2 shifts (0.69, 0.70, 0.71, 0.89, 0.90, 0.91 -> middle half 0.71, 0.89) and its interval
+    assert "0.800 [" in line.split("|")[-2]
     assert (tmp_path / "suite.csv").read_text().count("\n") == 5  # header + 2 methods x 2 shifts

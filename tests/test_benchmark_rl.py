@@ -46,7 +46,7 @@ def test_quick_benchmark_writes_curves_table_and_png(tmp_path: Path) -> None:
     paths = load_script().main(["--quick", "--algos", "pixel_ppo", "ppo", "a2c", "--output", str(out),
                                 "--verbose", "0"])
     assert {p.name for p in paths.values()} == {"curves.csv", "summary.csv", "results.md", "curves.png",
-                                                "hyperparams.yml"}
+                                                "profiles.png", "hyperparams.yml"}
 
     columns, curves = read_csv(out / "curves.csv")
     assert columns == ["algorithm", "label", "env_id", "seed", "steps", "wall_time_s", "reward", "dice"]
@@ -75,8 +75,12 @@ def test_quick_benchmark_writes_curves_table_and_png(tmp_path: Path) -> None:
     assert float(pixel["final_reward"]) > float(pixel["initial_reward"])
 
     markdown = (out / "results.md").read_text()
-    header = "| algorithm | env id | choices / step | seeds | env steps | steps/s | final reward | final Dice |"
+    header = ("| algorithm | env id | choices / step | seeds | env steps | steps/s | final reward | final Dice | "
+              "reward IQM [95% CI] | Dice IQM [95% CI] |")
     assert header in markdown
+    # one seed: the IQM is that seed's score and the interval collapses onto it
+    d = f"{float(pixel['final_dice']):.3f}"
+    assert f"{d} [{d}, {d}]" in markdown
     for label in ("| PixelPPO |", "| PPO (8x8 actions) |", "| A2C (8x8 actions) |"):
         assert label in markdown
     assert f"{float(pixel['final_dice']):.3f}" in markdown
@@ -84,6 +88,7 @@ def test_quick_benchmark_writes_curves_table_and_png(tmp_path: Path) -> None:
 
     png = (out / "curves.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 20_000
+    assert (out / "profiles.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 # ------------------------------------------------------------------------------------------------
