@@ -303,9 +303,11 @@ class PixelPPO(OnPolicyAlgorithm):
 
                 with torch.no_grad():
                     log_ratio = log_prob - batch.old_log_prob
-                    stats["policy_loss"].append(policy_loss.item())
+                    stats["policy_gradient_loss"].append(-surrogate.item())  # SB3's key and meaning
+                    stats["loss"].append(policy_loss.item() + value_loss.item())
                     stats["value_loss"].append(value_loss.item())
                     stats["entropy"].append(entropy.mean().item())
+                    stats["entropy_loss"].append(-entropy.mean().item())  # SB3's sign convention
                     stats["reward_mean"].append(batch.reward_maps.mean().item())
                     stats["shaped_reward_mean"].append(shaped_reward.mean().item())
                     stats["advantage_mean"].append(advantages.mean().item())
@@ -323,6 +325,7 @@ class PixelPPO(OnPolicyAlgorithm):
         self.logger.record("train/explained_variance",
                            float(explained_variance(buffer.values.ravel(), buffer.reward_maps.ravel())))
         self.logger.record("train/ent_coef", self.ent_coef)
+        self.logger.record("train/clip_range", self.clip_range)
         self.logger.record("train/kl_coef", self.kl_coef)
         self.logger.record("train/actor_lr", self.actor_lr)
         self.logger.record("train/critic_lr", self.critic_lr)

@@ -7,13 +7,14 @@ the info conversion.
 """
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from typing import Any
 
 import gymnasium as gym
 import numpy as np
 from gymnasium.wrappers.vector import DictInfoToList
-from stable_baselines3.common.vec_env import VecEnv
+from stable_baselines3.common.vec_env import VecEnv, VecMonitor
 from stable_baselines3.common.vec_env.base_vec_env import VecEnvIndices, VecEnvObs, VecEnvStepReturn
 
 from rl4seg_env.vector import SegVectorEnv
@@ -89,9 +90,25 @@ class SB3VecEnvAdapter(VecEnv):
         return list(frames) if frames is not None else [None] * self.num_envs
 
 
-def make_sb3_vec_env(num_envs: int = 8, **kwargs: Any) -> SB3VecEnvAdapter:
-    """``SB3VecEnvAdapter(SegVectorEnv(num_envs, **kwargs))``; kwargs as for :class:`SegVectorEnv`."""
-    return SB3VecEnvAdapter(SegVectorEnv(num_envs, **kwargs))
+def make_sb3_vec_env(num_envs: int = 8, monitor: bool = True, monitor_dir: str | os.PathLike | None = None,
+                     **kwargs: Any) -> VecEnv:
+    """``SB3VecEnvAdapter(SegVectorEnv(num_envs, **kwargs))`` under SB3's ``VecMonitor``; kwargs as for
+    :class:`SegVectorEnv`.
+
+    :param monitor: wrap with :class:`~stable_baselines3.common.vec_env.VecMonitor` (default ``True``): each
+        step's infos get SB3's ``episode`` entry (reward, length 1, time), so any SB3 algorithm logs
+        ``rollout/ep_rew_mean`` and ``rollout/ep_len_mean`` as on any other env.
+    :param monitor_dir: also write the episodes to ``monitor_dir/monitor.csv`` (SB3's Monitor format,
+        readable by ``stable_baselines3.common.monitor.load_results`` and rl_zoo3's plotting scripts).
+    """
+    env: VecEnv = SB3VecEnvAdapter(SegVectorEnv(num_envs, **kwargs))
+    if monitor or monitor_dir is not None:
+        filename = None
+        if monitor_dir is not None:
+            os.makedirs(monitor_dir, exist_ok=True)
+            filename = os.path.join(os.fspath(monitor_dir), "monitor.csv")
+        env = VecMonitor(env, filename=filename)
+    return env
 
 
 __all__ = ["SB3VecEnvAdapter", "make_sb3_vec_env"]

@@ -191,7 +191,8 @@ def test_tensorboard_has_scalars_and_image_panel(dataset, tmp_path):
     scalars = set(accumulator.Tags()["scalars"])
     for tag in ("rollout/reward_mean", "rollout/dice_mean", "train/reward_mean", "train/advantage_mean",
                 "train/kl_ref", "train/ratio_mean", "train/clip_fraction", "train/entropy", "train/value_loss",
-                "train/policy_loss", "train/approx_kl"):
+                "train/policy_gradient_loss", "train/entropy_loss", "train/loss", "train/approx_kl",
+                "rollout/ep_rew_mean", "rollout/ep_len_mean"):
         assert tag in scalars, (tag, sorted(scalars))
     assert "train/panel" in accumulator.Tags()["images"]
     panel = accumulator.Images("train/panel")[-1]
@@ -317,12 +318,18 @@ def test_policy_outputs_have_pixel_shapes(dataset):
     assert model.policy.actor.training and not model.policy.reference_policy.training
 
 
-def test_batched_env_adapter(dataset):
+def test_batched_env_adapter(dataset, tmp_path):
     """The natively batched env (one reward call per step for all images) works like DummyVecEnv."""
     from agents.vec_env import make_sb3_vec_env
 
-    env = make_sb3_vec_env(4, dataset=dataset, reward="accuracy")
+    env = make_sb3_vec_env(4, monitor_dir=tmp_path, dataset=dataset, reward="accuracy")
     model = PixelPPO("PixelUNetPolicy", env, n_steps=2, policy_kwargs=SMALL, seed=0, device="cpu")
     model.learn(16)
     assert model.num_timesteps == 16 and model.rollout_buffer.reward_maps.shape == (2, 4, SIZE, SIZE)
     assert model.predict(images_and_labels(dataset)[0][:5])[0].shape == (5, SIZE, SIZE)
+    # SB3's VecMonitor: one-step episodes in monitor.csv and in the episode buffer behind rollout/ep_rew_mean
+    from stable_baselines3.common.monitor import load_results
+
+    episodes = load_results(str(tmp_path))
+    assert len(episodes) == 16 and (episodes["l"] == 1).all() and episodes["r"].between(0, 1).all()
+    assert len(model.ep_info_buffer) == 16
