@@ -39,7 +39,7 @@ from rl4seg_env.io import atomic_write_bytes, atomic_write_text
 from agents.vec_env import make_sb3_vec_env
 from pipeline.aggregate import iqm, plot_performance_profiles, stratified_bootstrap_ci
 from pipeline.tables import markdown_table, rows_to_csv
-from pipeline.zoo import ENV_IDS, FULL_ENV_ID, SMALL_ENV_ID, ZooEntry, pair
+from pipeline.zoo import ENV_IDS, FULL_ENV_ID, LEVEL_IDS, ZooEntry, pair
 from rl4seg_env.vector import SegVectorEnv
 from rl4seg_env.wrappers import DownsampledActionWrapper, coarse_to_full, make_small_env
 
@@ -159,9 +159,9 @@ def make_predictor(model: BaseAlgorithm, heldout: HeldOutSet, env_id: str = FULL
     :param env_kwargs: the small wrapper's ``action_size``, ``obs_size``, ``flatten_obs`` if not the
         ``RL4SegSmall-v0`` defaults (8, 16, ``True``).
     """
-    if env_id not in ENV_IDS:
-        raise ValueError(f"env_id must be one of {list(ENV_IDS)}, found {env_id!r}")
-    if env_id == FULL_ENV_ID:
+    if env_id not in (*ENV_IDS, *LEVEL_IDS):
+        raise ValueError(f"env_id must be one of {list(ENV_IDS + LEVEL_IDS)}, found {env_id!r}")
+    if not env_id.startswith("RL4SegSmall"):
         return lambda obs: np.asarray(model.predict(obs, deterministic=True)[0])
     kwargs = {"action_size": 8, "obs_size": 16, **(env_kwargs or {})}
     wrapper: DownsampledActionWrapper = make_small_env(heldout.dataset, reward=None, **kwargs)
@@ -281,6 +281,8 @@ class BenchmarkSettings:
     :param eval_images: held-out test images (default 32).
     :param eval_points: evaluations per run besides the initial one (default 10).
     :param device: torch device of every model (default ``"cpu"``).
+    :param reward: the training env's ground-truth reward, ``"accuracy"`` (default) or ``"dice"``; the
+        held-out scores are always pixel accuracy and Dice.
     """
 
     preset: str = DEFAULT_TARGET
@@ -291,6 +293,7 @@ class BenchmarkSettings:
     eval_images: int = 32
     eval_points: int = 10
     device: str = "cpu"
+    reward: str = "accuracy"
 
     def __post_init__(self) -> None:
         if self.budget_steps is None and self.budget_seconds is None:
@@ -345,12 +348,12 @@ class RunResult:
 
 def make_train_env(entry: ZooEntry, settings: BenchmarkSettings, seed: int) -> VecEnv:
     """The training ``VecEnv`` of ``entry``: the batched full env or stock SB3 envs of the small wrapper."""
-    data = {"preset": settings.preset, "image_size": settings.image_size, "split": "train"}
+    data = {"preset": settings.preset, "image_size": settings.image_size, "split": "train", "reward": settings.reward}
     if entry.full_resolution:
         env = make_sb3_vec_env(entry.n_envs, dataset="synthetic", **data)
         env.seed(seed)
         return env
-    return make_vec_env(SMALL_ENV_ID, n_envs=entry.n_envs, seed=seed, env_kwargs={**data, **entry.env_kwargs})
+    return make_vec_env(entry.env_id, n_envs=entry.n_envs, seed=seed, env_kwargs={**data, **entry.small_env_kwargs})
 
 
 def run_algorithm(entry: ZooEntry, settings: BenchmarkSettings, seed: int, heldout: HeldOutSet,
@@ -359,7 +362,7 @@ def run_algorithm(entry: ZooEntry, settings: BenchmarkSettings, seed: int, heldo
     env = make_train_env(entry, settings, seed)
     model = entry.algorithm_class(entry.policy, env, seed=seed, device=settings.device, verbose=0,
                                   **copy.deepcopy(entry.hyperparams))
-    predict = make_predictor(model, heldout, entry.env_id, entry.env_kwargs)
+    predict = make_predictor(model, heldout, entry.env_id, entry.small_env_kwargs)
     callback = HeldOutEvalCallback(predict, heldout, settings.eval_points, settings.budget_steps,
                                    settings.budget_seconds, verbose=verbose)
     total = settings.budget_steps if settings.budget_steps is not None else 10**12
@@ -368,7 +371,7 @@ def run_algorithm(entry: ZooEntry, settings: BenchmarkSettings, seed: int, heldo
     if entry.full_resolution:
         choices = settings.image_size ** 2
     else:
-        h, w = pair(entry.env_kwargs.get("action_size", 8))
+        h, w = pair(entry.small_env_kwargs.get("action_size", 8))
         choices = h * w
     return RunResult(entry.algorithm, entry.label, entry.env_id, seed, int(model.num_timesteps),
                      callback.train_seconds, callback.records, choices)
@@ -480,7 +483,8 @@ def plot_curves(results: Sequence[RunResult], path: str | Path) -> Path:
 
 def ceiling_lines(entries: Mapping[str, ZooEntry], heldout: HeldOutSet) -> list[str]:
     """One Markdown bullet per coarse action grid in ``entries``: the best score any such agent can reach."""
-    grids = dict.fromkeys(pair(e.env_kwargs.get("action_size", 8)) for e in entries.values() if not e.full_resolution)
+    grids = dict.fromkeys(pair(e.small_env_kwargs.get("action_size", 8)) for e in entries.values()
+                          if not e.full_resolution)
     lines = []
     for grid in grids:
         best = heldout.coarse_ceiling(grid)
@@ -506,7 +510,8 @@ def write_results(results: Sequence[RunResult], entries: Mapping[str, ZooEntry],
     markdown = (
         "# RL benchmark on the rl4seg env\n\n"
         + (f"`{command}`\n\n" if command else "")
-        + f"Target domain `{settings.preset}`, {settings.image_size} px, budget {budget} per algorithm and seed, "
+        + f"Target domain `{settings.preset}`, {settings.image_size} px, training reward `{settings.reward}`, budget "
+        f"{budget} per algorithm and seed, "
         f"seeds {list(settings.seeds)}, device {settings.device}, torch "
         f"{torch.__version__} ({torch.get_num_threads()} thread(s)). Scores: deterministic actions on "
         f"{settings.eval_images} held-out test images at full resolution; reward = pixel accuracy, Dice = mean "

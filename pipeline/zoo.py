@@ -87,8 +87,21 @@ class ZooEntry:
 
     @property
     def full_resolution(self) -> bool:
-        """``True`` when the agent acts with a full (H, W) label map."""
-        return self.env_id == FULL_ENV_ID
+        """``True`` when the agent acts with a full (H, W) label map (``RL4Seg-v0`` or ``RL4Seg-<Level>-v0``)."""
+        return not self.env_id.startswith("RL4SegSmall")
+
+    @property
+    def small_env_kwargs(self) -> dict[str, Any]:
+        """The small wrapper's ``action_size`` / ``obs_size`` / ``flatten_obs``: the env id's registered values
+        (a level's grid) overridden by the entry's ``env_kwargs``; empty for full-resolution entries."""
+        if self.full_resolution:
+            return {}
+        import gymnasium as gym
+
+        import rl4seg_env  # noqa: F401  (registers the ids)
+
+        registered = {k: v for k, v in gym.spec(self.env_id).kwargs.items() if k in _SMALL_ENV_KEYS}
+        return {**registered, **self.env_kwargs}
 
     @property
     def label(self) -> str:
@@ -96,7 +109,7 @@ class ZooEntry:
         name = self.algorithm_class.__name__
         if self.full_resolution:
             return name
-        h, w = pair(self.env_kwargs.get("action_size", 8))
+        h, w = pair(self.small_env_kwargs.get("action_size", 8))
         return f"{name} ({h}x{w} actions)"
 
 
@@ -130,7 +143,7 @@ def _algorithm_files(source: Path, algorithms: Sequence[str] | None) -> list[tup
 
 
 def load_zoo_config(source: str | Path, algorithms: Sequence[str] | None = None,
-                    skip_unavailable: bool = False) -> dict[str, ZooEntry]:
+                    skip_unavailable: bool = False, level: str | None = None) -> dict[str, ZooEntry]:
     """Read and validate rl_zoo3 hyper-parameter files: one ``<algorithm>.yml`` per algorithm, keyed by env id.
 
     Layout of a file (rl_zoo3's own, so ``python -m rl_zoo3.train --conf-file`` reads it too)::
@@ -155,6 +168,8 @@ def load_zoo_config(source: str | Path, algorithms: Sequence[str] | None = None,
     :param algorithms: algorithms to load, in this order (default ``None``: every file of the folder).
     :param skip_unavailable: when an algorithm's package is not installed (e.g. sb3-contrib), warn and
         leave it out instead of raising (default ``False``). Only for algorithms not asked for by name.
+    :param level: use each algorithm's entry for the named level (``"Easy"``, ``"Medium"``, ``"Hard"``:
+        ``RL4Seg-<Level>-v0`` or ``RL4SegSmall-<Level>-v0``) instead of its base entry.
     :return: ``{algorithm: ZooEntry}``.
     :raises FileNotFoundError: no such file or folder.
     :raises ZooConfigError: bad layout, unknown algorithm, env id or key, wrong value type.
@@ -174,10 +189,12 @@ def load_zoo_config(source: str | Path, algorithms: Sequence[str] | None = None,
                 warnings.warn(f"skipping {name!r} from {path}: {error}", stacklevel=2)
                 continue
             raise
-        usable = [e for e in parsed if e.env_id in ENV_IDS]
+        wanted = ENV_IDS if level is None else (f"RL4Seg-{level}-v0", f"RL4SegSmall-{level}-v0")
+        usable = [e for e in parsed if e.env_id in wanted]
         if len(usable) != 1:
-            raise ZooConfigError(f"{path}: expected exactly one entry for {' or '.join(ENV_IDS)} (the benchmark's "
-                                 f"env ids), found {[e.env_id for e in usable]}")
+            raise ZooConfigError(f"{path}: expected exactly one entry for {' or '.join(wanted)} (the benchmark's "
+                                 f"env ids{'' if level is None else ' of level ' + level}), found "
+                                 f"{[e.env_id for e in usable]}")
         entries[name] = usable[0]
     return entries
 

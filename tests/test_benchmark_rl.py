@@ -285,3 +285,21 @@ def test_time_budget_stops_training_and_excludes_evaluation(heldout: HeldOutSet)
 def test_settings_need_a_budget() -> None:
     with pytest.raises(ValueError, match="set a budget"):
         BenchmarkSettings(budget_steps=None, budget_seconds=None)
+
+
+def test_level_entries_take_the_level_grid_and_data() -> None:
+    from pipeline.commands.benchmark_rl import parse_args
+
+    entries = load_zoo_config(ZOO, ["pixel_ppo", "ppo"], level="Hard")
+    assert entries["pixel_ppo"].env_id == "RL4Seg-Hard-v0" and entries["pixel_ppo"].full_resolution
+    assert entries["ppo"].env_id == "RL4SegSmall-Hard-v0" and not entries["ppo"].full_resolution
+    assert entries["ppo"].small_env_kwargs == {"action_size": 16, "obs_size": 32}
+    assert entries["ppo"].label == "PPO (16x16 actions)"
+    settings = BenchmarkSettings(image_size=128, preset="target_artifact", reward="dice", budget_steps=8, seeds=(0,))
+    env = make_train_env(entries["ppo"], settings, 0)
+    assert env.action_space.shape == (256,) and env.observation_space.shape == (32 * 32,)
+    assert env.get_attr("image_size")[0] == (128, 128)
+    env.close()
+    assert parse_args(["--level", "Hard"]).level == "Hard"
+    with pytest.raises(SystemExit):
+        parse_args(["--level", "Impossible"])

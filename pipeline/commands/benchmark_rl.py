@@ -22,6 +22,7 @@ import torch
 from pipeline.benchmark_rl import BenchmarkSettings, run_benchmark, summary_markdown, write_results
 from pipeline.config import CONFIG_DIR
 from pipeline.zoo import load_zoo_config
+from rl4seg_env.levels import LEVELS
 from rl4seg_env.data.synthetic import DEFAULT_TARGET
 
 DEFAULT_HYPERPARAMS = str(CONFIG_DIR / "zoo")
@@ -39,6 +40,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="folder of rl_zoo3 hyper-parameter files <algorithm>.yml (or one such file)")
     parser.add_argument("--algos", nargs="+", default=None,
                         help="algorithms to run (default: every file of --hyperparams whose package is installed)")
+    parser.add_argument("--level", choices=list(LEVELS), default=None,
+                        help="a named task level (rl4seg_env.levels): its preset, size, reward and each algorithm's "
+                             "level entry (RL4Seg-<Level>-v0 / RL4SegSmall-<Level>-v0); replaces --preset/--size")
     parser.add_argument("--preset", default=DEFAULT_TARGET, help="synthetic target domain")
     parser.add_argument("--size", type=int, default=32, help="image size in pixels (H = W)")
     parser.add_argument("--budget-steps", type=int, default=None,
@@ -69,10 +73,14 @@ def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    entries = load_zoo_config(args.hyperparams, args.algos, skip_unavailable=True)
-    settings = BenchmarkSettings(preset=args.preset, image_size=args.size, budget_steps=args.budget_steps,
-                                 budget_seconds=args.budget_seconds, seeds=tuple(args.seeds),
-                                 eval_images=args.eval_images, eval_points=args.eval_points, device=args.device)
+    entries = load_zoo_config(args.hyperparams, args.algos, skip_unavailable=True, level=args.level)
+    data = {"preset": args.preset, "image_size": args.size}
+    if args.level is not None:
+        env = LEVELS[args.level]["env"]
+        data = {"preset": env["preset"], "image_size": env["image_size"], "reward": env["reward"]}
+    settings = BenchmarkSettings(**data, budget_steps=args.budget_steps, budget_seconds=args.budget_seconds,
+                                 seeds=tuple(args.seeds), eval_images=args.eval_images, eval_points=args.eval_points,
+                                 device=args.device)
     results = run_benchmark(entries, settings, verbose=args.verbose)
     command = "python scripts/benchmark_rl.py " + " ".join(
         shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
