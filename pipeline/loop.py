@@ -47,17 +47,27 @@ class RL4SegRun:
 
     :param config: the run's configuration (ignored when resuming: the run's own ``config.yaml`` is used).
     :param run_dir: output folder (default ``config.run_dir``).
-    :param resume: continue an interrupted run in ``run_dir``.
+    :param resume: continue an interrupted run in ``run_dir``: temporary files of interrupted writes are
+        removed and every file the resume relies on is read first (:meth:`RunDirectory.verify`).
+    :param from_iteration: with ``resume``, forget the iterations after this one first (e.g. after a
+        :class:`~pipeline.run_dir.DamagedRunError` names a damaged file of a later iteration).
     """
 
     def __init__(self, config: LoopConfig | None = None, run_dir: str | os.PathLike | None = None,
-                 resume: bool = False) -> None:
+                 resume: bool = False, from_iteration: int | None = None) -> None:
+        if from_iteration is not None and not resume:
+            raise ValueError("from_iteration needs resume=True")
         if resume:
             if run_dir is None:
                 raise ValueError("resume needs the run directory")
             self.dirs = RunDirectory(run_dir)
             self.dirs.require_run()
             self.dirs.lock()
+            try:
+                self._prepare_resume(from_iteration)
+            except BaseException:
+                self.dirs.unlock()
+                raise
             self.config = load_config(self.dirs.config_path)
             self.config.run_dir = str(self.dirs.root)  # the folder it was resumed from, wherever it moved
         else:
@@ -73,6 +83,15 @@ class RL4SegRun:
             torch.set_num_threads(self.config.num_threads)
         self.state = self.dirs.load_state()
         self._t0 = time.time()
+
+    def _prepare_resume(self, from_iteration: int | None) -> None:
+        stray = self.dirs.remove_temp_files()
+        if stray:
+            print(f"[rl4seg] removed {len(stray)} temporary file(s) left by interrupted writes", flush=True)
+        if from_iteration is not None:
+            self.dirs.roll_back(from_iteration)
+            print(f"[rl4seg] resuming from iteration {from_iteration}: later iterations were removed", flush=True)
+        self.dirs.verify()  # every file the resume relies on is readable, or a DamagedRunError names it
 
     @property
     def run_dir(self) -> Path:

@@ -35,7 +35,11 @@ except ImportError:  # not POSIX: runs are not locked
 
 import numpy as np
 
-from rl4seg_env.io import atomic_save_npz, atomic_write_text
+from rl4seg_env.io import TEMP_FILE_GLOB, atomic_save_npz, atomic_write_text
+
+
+class DamagedRunError(RuntimeError):
+    """A file a resume relies on is missing or unreadable; the message names it and says what to do."""
 
 
 class RunLockedError(RuntimeError):
@@ -214,6 +218,121 @@ class RunDirectory:
             raise ValueError(f"{self.root}: no RL4Seg iteration completed yet "
                              f"({self.STATE}: completed_iterations={done})")
         return done
+
+    # --- integrity ------------------------------------------------------------------------------------
+    def remove_temp_files(self) -> list[Path]:
+        """Delete the temporary files that writes interrupted by a kill left behind; returns them."""
+        stray = [p for p in self.root.rglob(TEMP_FILE_GLOB) if p.is_file()]
+        stray += [p for p in self.checkpoints.rglob(".ppo.zip.tmp.zip") if p.is_file()]
+        for path in stray:
+            path.unlink(missing_ok=True)
+        return stray
+
+    def verify(self) -> None:
+        """Check every file a resume relies on (:meth:`damaged_files`).
+
+        :raises DamagedRunError: naming the damaged files and the iteration to resume from instead.
+        """
+        done = int(self.load_state()["completed_iterations"])
+        damaged = self.damaged_files(done)
+        if not damaged:
+            return
+        lines = [f"{path}: {problem}" for path, problem, _ in damaged]
+        first = min(iteration for _, _, iteration in damaged)
+        if first >= 1:
+            advice = (f"resume from iteration {first - 1}, the last one whose files are intact: rl4seg-train --resume "
+                      f"{self.root} --from-iteration {first - 1}")
+        else:
+            advice = "a file of the run's first phases is damaged: start a new run"
+        raise DamagedRunError(f"{self.root}: damaged file(s), the run cannot resume as it is:\n  "
+                              + "\n  ".join(lines) + f"\n{advice}")
+
+    def damaged_files(self, upto: int) -> list[tuple[Path, str, int]]:
+        """Check every file a resume relies on, by reading it: the source actor, the shape auto-encoder and
+        baselines when present, and each completed iteration's checkpoints, pseudo-labels and reward samples.
+
+        :param upto: the last completed iteration.
+        :return: ``(file, problem, iteration)`` for each damaged file (iteration 0: not an iteration's file).
+        """
+        import zipfile
+
+        import torch
+
+        def torch_file(path: Path) -> str | None:
+            try:
+                torch.load(path, map_location="cpu", weights_only=True)
+            except Exception as exc:
+                return f"unreadable checkpoint ({type(exc).__name__}: {str(exc).splitlines()[0][:120]})"
+            return None
+
+        def zip_file(path: Path) -> str | None:
+            try:
+                with zipfile.ZipFile(path) as z:
+                    bad = z.testzip()
+                    if bad is not None or "data" not in z.namelist():
+                        return f"damaged archive ({bad or 'no data entry'})"
+            except (zipfile.BadZipFile, OSError) as exc:
+                return f"damaged archive ({type(exc).__name__}: {exc})"
+            return None
+
+        def npz_file(path: Path) -> str | None:
+            try:
+                with np.load(path, allow_pickle=False) as z:
+                    for key in z.files:
+                        z[key]
+            except Exception as exc:
+                return f"unreadable arrays ({type(exc).__name__}: {exc})"
+            return None
+
+        def json_file(path: Path) -> str | None:
+            try:
+                json.loads(path.read_text())
+            except (OSError, ValueError) as exc:
+                return f"unreadable JSON ({type(exc).__name__}: {exc})"
+            return None
+
+        checks: list[tuple[Path, Any, int, bool]] = [
+            (self.source_actor, torch_file, 0, False), (self.shape_ae, torch_file, 0, False),
+            (self.tent_actor, torch_file, 0, False), (self.adabn_actor, torch_file, 0, False)]
+        for i in range(0 if self.actor(0) != self.source_actor else 1, upto + 1):
+            d = self.iteration_dir(i)
+            checks.append((d / "actor.pt", torch_file, i, True))
+            if i >= 1:
+                checks += [(d / "critic.pt", torch_file, i, True), (d / "ppo.zip", zip_file, i, True),
+                           (d / "pseudo_labels.npz", npz_file, i, True), (d / "reward_net.pt", torch_file, i, False)]
+                samples = self.reward_dataset / f"iter_{i:03d}"
+                checks.append((samples / "done.json", json_file, i, False))
+                checks += [(shard, npz_file, i, True) for shard in sorted(samples.glob("shard_*.npz"))]
+        damaged = []
+        for path, check, iteration, required in checks:
+            if not path.is_file():
+                if required:
+                    damaged.append((path, "missing", iteration))
+                continue
+            problem = check(path)
+            if problem:
+                damaged.append((path, problem, iteration))
+        return damaged
+
+    def roll_back(self, iteration: int) -> dict[str, Any]:
+        """Forget the iterations after ``iteration`` (their checkpoints, reward samples and report rows), so
+        that a resume continues from it; returns the new state."""
+        import shutil
+
+        state = self.load_state()
+        done = int(state["completed_iterations"])
+        if not 0 <= iteration <= done:
+            raise ValueError(f"{self.root}: cannot resume from iteration {iteration}: completed iterations are "
+                             f"0..{done}")
+        for i in range(iteration + 1, done + 1):
+            for folder in (self.iteration_dir(i), self.reward_dataset / f"iter_{i:03d}"):
+                (folder / "done.json").unlink(missing_ok=True)  # invisible first, then removed
+                shutil.rmtree(folder, ignore_errors=True)
+        state["completed_iterations"] = iteration
+        state["rows"] = [r for r in state.get("rows", []) if r.get("iteration") != "selected"
+                         and not (isinstance(r.get("iteration"), int) and r["iteration"] > iteration)]
+        self.save_state(state)
+        return state
 
     # --- pseudo-labels ------------------------------------------------------------------------------------
     def save_pseudo_labels(self, iteration: int, pseudo_labels: dict[str, np.ndarray]) -> Path:

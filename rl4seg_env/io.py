@@ -13,12 +13,26 @@ from typing import Any
 import numpy as np
 
 
+def _umask_file_mode() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+#: mode of the files this module writes: the one ``open()`` gives (0644 under the usual umask 022)
+_FILE_MODE = _umask_file_mode()
+
+#: names of the temporary files an interrupted atomic write leaves behind
+TEMP_FILE_GLOB = ".*.tmp"
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     """Write ``data`` to ``path`` atomically (parent folders are created)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, _FILE_MODE)  # mkstemp's 0600 -> what open() would give under the process umask
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()

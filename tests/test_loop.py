@@ -273,3 +273,48 @@ def test_iteration_indices_wrap_around_or_fail_when_asked_to_be_strict():
     assert [strict.iteration_indices(i) for i in (1, 2)] == [[0, 1, 2], [3, 4]]
     with pytest.raises(ValueError, match="reward_dataset.reuse_images"):
         strict.iteration_indices(3)
+
+
+def test_resume_names_each_damaged_file_and_can_resume_from_an_intact_iteration(pretrained, tmp_path, capsys):
+    """Truncated checkpoints, samples and pseudo-labels are named on resume with the iteration to resume from;
+    --from-iteration forgets the later iterations; stray temporary files are removed; files are 0644."""
+    import os
+    import stat
+
+    from pipeline.commands import train
+    from pipeline.run_dir import DamagedRunError
+
+    d = tmp_path / "run"
+    _new_run(pretrained, d, "ppo.iterations=2", "test_time.enabled=false", "evaluation.baselines=[]").run()
+    it2 = d / "checkpoints" / "iter_002"
+    stray = it2 / ".actor.pt.abc123.tmp"
+    stray.write_bytes(b"half a checkpoint")
+    for name in ("actor.pt", "ppo.zip", "pseudo_labels.npz", "reward_net.pt"):
+        path = it2 / name
+        original = path.read_bytes()
+        path.write_bytes(original[: len(original) // 2])
+        with pytest.raises(DamagedRunError) as error:
+            RL4SegRun(resume=True, run_dir=d)
+        message = str(error.value)
+        assert f"{path}:" in message and "--from-iteration 1" in message, message
+        path.write_bytes(original)
+    shard = next((d / "reward_dataset" / "iter_001").glob("shard_*.npz"))
+    original = shard.read_bytes()
+    shard.write_bytes(original[:100])
+    assert train.main(["--resume", str(d)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and f"{shard}:" in err
+    assert "--from-iteration 0" in err  # a sample of iteration 1 is damaged: only iteration 0 is intact
+    shard.write_bytes(original)
+    # forget iteration 2 and resume from 1: iteration 2 runs again, each report row once, no temp file left
+    rows = RL4SegRun(resume=True, run_dir=d, from_iteration=1).run()
+    assert not stray.exists()
+    assert [r["iteration"] for r in rows if r["model"] == "RL4Seg"] == [1, 2]
+    assert len([r for r in rows if r["iteration"] == "selected"]) == 1
+    assert not list(d.rglob("*.tmp"))
+    mode = stat.S_IMODE(os.stat(d / "state.json").st_mode)
+    umask = os.umask(0)
+    os.umask(umask)
+    assert mode == 0o666 & ~umask  # atomic writes get the mode open() would give, not mkstemp's 0600
+    with pytest.raises(ValueError, match="cannot resume from iteration 5"):
+        RL4SegRun(resume=True, run_dir=d, from_iteration=5)

@@ -5,6 +5,7 @@
     rl4seg-train ppo.iterations=2 data.image_size=32 run_dir=runs/small
     rl4seg-train --print-config ppo.iterations=2            # the resolved config, then exit
     rl4seg-train --resume runs/default                      # continue an interrupted run
+    rl4seg-train --resume runs/default --from-iteration 1   # ... forgetting iterations 2.. (e.g. a damaged one)
 
 ``python scripts/train_loop.py`` is the same command. ``--config quick`` names a config shipped with the
 package (default, quick, camus, paper). Config errors exit with status 2 and name the key and its source.
@@ -17,7 +18,7 @@ from pathlib import Path
 
 from pipeline.config import CONFIG_DIR, ConfigError, config_to_yaml, default_config_path, load_config
 from pipeline.loop import RL4SegRun
-from pipeline.run_dir import RunLockedError
+from pipeline.run_dir import DamagedRunError, RunLockedError
 
 
 def resolve_config_path(name: str | None) -> Path:
@@ -37,9 +38,13 @@ def main(argv: list[str] | None = None) -> int:
                         help="YAML config, or the name of a shipped one: default, quick, camus, paper "
                              "(default: default)")
     parser.add_argument("--resume", metavar="RUN_DIR", default=None, help="continue the run in RUN_DIR")
+    parser.add_argument("--from-iteration", type=int, default=None, metavar="N",
+                        help="with --resume: forget the iterations after N first (e.g. when one is damaged)")
     parser.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and exit")
     parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. ppo.iterations=2")
     args = parser.parse_args(argv)
+    if args.from_iteration is not None and not args.resume:
+        parser.error("--from-iteration goes with --resume RUN_DIR")
     try:
         if args.resume:
             if args.overrides or args.config:
@@ -47,14 +52,14 @@ def main(argv: list[str] | None = None) -> int:
             if args.print_config:
                 print(config_to_yaml(load_config(Path(args.resume) / "config.yaml")), end="")
                 return 0
-            run = RL4SegRun(resume=True, run_dir=args.resume)
+            run = RL4SegRun(resume=True, run_dir=args.resume, from_iteration=args.from_iteration)
         else:
             config = load_config(resolve_config_path(args.config), args.overrides)
             if args.print_config:
                 print(config_to_yaml(config), end="")
                 return 0
             run = RL4SegRun(config)
-    except (ConfigError, FileExistsError, FileNotFoundError, RunLockedError) as exc:
+    except (ConfigError, FileExistsError, FileNotFoundError, RunLockedError, DamagedRunError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     run.run()
