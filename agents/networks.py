@@ -260,3 +260,32 @@ def predict(actor: nn.Module, images: np.ndarray, batch_size: int = 32, device: 
         probs = [np.zeros((0, int(getattr(actor, "out_channels", 1)), *size), np.float32)]
     out = np.concatenate(preds)
     return (out, np.concatenate(probs)) if return_probs else out
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """The torch device to run on: ``"auto"`` is CUDA when available, else the CPU; an explicitly requested
+    accelerator that is not there is an error (never a silent fall back to the CPU).
+
+    :raises ValueError: e.g. ``device="cuda"`` on a machine without CUDA, or an unknown device name.
+    """
+    if isinstance(device, torch.device):
+        name = str(device)
+    else:
+        name = str(device).strip().lower()
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(name)
+    except RuntimeError as exc:
+        raise ValueError(f"device: unknown device {device!r} (cpu, cuda, cuda:N, mps or auto)") from exc
+    if resolved.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device: {device!r} requested but CUDA is not available on this machine "
+                             "(use device=cpu or device=auto)")
+        if resolved.index is not None and resolved.index >= torch.cuda.device_count():
+            raise ValueError(f"device: {device!r} requested but this machine has {torch.cuda.device_count()} "
+                             "CUDA device(s)")
+    if resolved.type == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+        raise ValueError(f"device: {device!r} requested but MPS is not available on this machine")
+    return resolved
+

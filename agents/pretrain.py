@@ -39,14 +39,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from stable_baselines3.common.utils import get_device
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from torch.utils.tensorboard import SummaryWriter
 from tqdm.auto import tqdm
 
-from agents.networks import UNet, save_unet, unet_kwargs
+from agents.networks import UNet, resolve_device, save_unet, unet_kwargs
 from rl4seg_env.data.base import SegDataset
 from rl4seg_env.io import atomic_torch_save, plain_values, read_checkpoint
 from rl4seg_env.metrics import dice_per_class
@@ -312,7 +311,7 @@ def pretrain_segmentation(train: SegDataset, val: SegDataset, out_path: str | Pa
 
     out_path = Path(out_path)
     last_path = last_checkpoint_path(out_path)
-    device = get_device(config.device)  # SB3's rule, as everywhere: "auto" -> CUDA if available
+    device = resolve_device(config.device)  # "auto" -> CUDA if available; a missing one is an error
     state = (read_checkpoint(last_path, "pretraining state", ("state_dict", "unet_kwargs", "optimizer", "history"))
              if resume and last_path.exists() else None)
 

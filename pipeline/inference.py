@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from agents.networks import load_unet, predict
+from agents.networks import load_unet, predict, resolve_device
 from agents.ppo import PixelPPO
 from agents.test_time import TTOConfig, tto_predict
 from pipeline.report import plot_predictions
@@ -66,7 +66,7 @@ class Segmenter:
         actor_path = Path(actor_path)
         if not actor_path.is_file():
             raise FileNotFoundError(f"actor checkpoint not found: {actor_path}")
-        self.device = torch.device(device)
+        self.device = resolve_device(device)
         self.batch_size = batch_size
         self.actor, self.image_size = load_actor(actor_path, self.device)
         self.actor.eval()

@@ -16,10 +16,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from stable_baselines3.common.utils import get_device
 
 from agents.callbacks import RewardRetrainingCallback, total_timesteps
-from agents.networks import load_unet, predict, save_unet
+from agents.networks import load_unet, predict, resolve_device, save_unet
 from pipeline.baselines import AdaBNConfig, TentConfig, adabn, tent
 from agents.ppo import PixelPPO
 from agents.pretrain import pretrain_segmentation
@@ -74,11 +73,12 @@ class RL4SegRun:
             if config is None:
                 raise ValueError("a config is needed to start a new run")
             self.config = config
+            resolve_device(config.device)  # before anything is written
             self.dirs = RunDirectory(run_dir or config.run_dir)
             self.config.run_dir = str(self.dirs.root)
             self.dirs.create(config_to_yaml(self.config))
         self.dirs.checkpoints.mkdir(parents=True, exist_ok=True)
-        self.device = get_device(self.config.device)  # "auto": CUDA when available, else CPU
+        self.device = resolve_device(self.config.device)  # "auto": CUDA if available; a missing one is an error
         if self.config.num_threads > 0:
             torch.set_num_threads(self.config.num_threads)
         self.state = self.dirs.load_state()

@@ -117,3 +117,31 @@ def test_predictions_keep_the_input_geometry_and_lie_over_its_voxels(tmp_path):
     mirrored = disk[::-1, :]  # where a prediction written without the input's orientation would land
     assert dice > 0.8, dice
     assert (found & mirrored).sum() < 0.1 * disk.sum()
+
+
+def test_bad_inputs_are_one_line_errors_or_skipped_and_listed(tmp_path, actor, capsys):
+    """A corrupt file, a 1 x 1 image, a missing accelerator: one line naming the problem and exit 2 (the
+    traceback only with --debug); --on-error skip predicts the good files and lists the bad ones."""
+    from pipeline.commands import predict
+    from rl4seg_env.data.nifti import write_nifti_2d
+
+    folder = tmp_path / "in"
+    write_nifti_2d(folder / "good.nii.gz", np.random.default_rng(0).random((40, 48)).astype(np.float32), (0.3, 0.3))
+    write_nifti_2d(folder / "dot.nii.gz", np.ones((1, 1), np.float32), (0.3, 0.3))
+    (folder / "broken.nii.gz").write_bytes(b"\x1f\x8b not a nifti")
+    args = ["--actor", str(actor), "--input", str(folder), "--size", "32", "--no-png"]
+    assert predict.main([*args, "--out", str(tmp_path / "a")]) == 2
+    err = capsys.readouterr().err
+    assert any(line.startswith("error: ") and "broken.nii.gz" in line for line in err.splitlines())
+    assert "Traceback" not in err
+    assert predict.main([*args, "--out", str(tmp_path / "b"), "--on-error", "skip"]) == 0
+    captured = capsys.readouterr()
+    assert "skipped 2 bad input(s)" in captured.err and "too small to segment" in captured.err
+    assert sorted(p.name for p in (tmp_path / "b").glob("*_seg.nii.gz")) == ["good_seg.nii.gz"]
+    import torch
+
+    if not torch.cuda.is_available():
+        assert predict.main([*args, "--out", str(tmp_path / "c"), "--device", "cuda"]) == 2
+        assert "CUDA is not available" in capsys.readouterr().err
+    with pytest.raises(Exception):  # --debug: the exception itself
+        predict.main([*args, "--out", str(tmp_path / "d"), "--debug"])

@@ -15,6 +15,8 @@ Outputs in --results: results.md, results.csv (mean/std per method), per_seed.cs
 """
 from __future__ import annotations
 
+from pipeline.commands import cli
+
 import argparse
 import shlex
 import sys
@@ -26,6 +28,7 @@ from pipeline.benchmark_da import METHODS, SUITES, DABenchmark, summarize, write
 from pipeline.config import CONFIG_DIR, ConfigError, apply_overrides, load_config
 
 
+@cli
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="rl4seg-benchmark-da", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -12,6 +12,8 @@ See ``docs/benchmarking.md``.
 """
 from __future__ import annotations
 
+from pipeline.commands import cli
+
 import argparse
 import os
 import shlex
@@ -69,6 +71,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+@cli
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     if args.threads:

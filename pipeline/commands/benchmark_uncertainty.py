@@ -12,6 +12,8 @@ uncertainty.md, uncertainty.csv and reliability_<method>.png for each method.
 """
 from __future__ import annotations
 
+from pipeline.commands import cli
+
 import argparse
 import sys
 from pathlib import Path
@@ -50,6 +52,7 @@ def to_markdown(rows: list[dict], title: str, command: str) -> str:
     return "\n".join(lines)
 
 
+@cli
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run_dir", help="run directory of scripts/train_loop.py")

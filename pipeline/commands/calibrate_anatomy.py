@@ -10,6 +10,8 @@ Each criterion keeps the paper's bound when >= --quantile of the maps pass it, e
 """
 from __future__ import annotations
 
+from pipeline.commands import cli
+
 import argparse
 import sys
 
@@ -18,6 +20,7 @@ from reward.anatomy_calibration import DEFAULT_QUANTILE, calibrate_criteria, sav
 from rl4seg_env.data import DataError
 
 
+@cli
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="rl4seg-calibrate-anatomy", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -16,6 +16,8 @@ writes them) and resized to the working size (--size) with nearest neighbour.
 """
 from __future__ import annotations
 
+from pipeline.commands import cli
+
 import argparse
 import sys
 from pathlib import Path
@@ -41,6 +43,7 @@ def working_size(args: argparse.Namespace) -> int:
     return (actor_image_size(args.actor) if args.actor else None) or 64
 
 
+@cli
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="rl4seg-evaluate", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)

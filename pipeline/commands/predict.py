@@ -9,6 +9,8 @@
 """
 from __future__ import annotations
 
+from pipeline.commands import cli
+
 import argparse
 import sys
 from pathlib import Path
@@ -18,6 +20,7 @@ from pipeline.inference import Segmenter, export_predictions, manifest_for_files
 from rl4seg_env.data import make_dataset
 
 
+@cli
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="rl4seg-predict", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--actor", required=True, help="actor.pt or ppo.zip")
@@ -30,7 +33,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--size", type=int, default=None, help="working size in pixels (default: the actor's training size when its checkpoint "
                    "records it, else 64)")
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N, mps or auto (a missing accelerator is an error)")
+    p.add_argument("--on-error", choices=("raise", "skip"), default="raise",
+                   help="a bad input file: stop with its error (raise) or leave it out and list it at the end (skip)")
     p.add_argument("--no-png", action="store_true")
     p.add_argument("--tto", action="store_true",
                    help="test-time optimisation of predictions that fail the anatomical criteria (needs --reward)")
@@ -68,9 +73,14 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: input not found: {src_path}", file=sys.stderr)
             return 2
         ds = make_dataset("nifti", manifest=manifest, split=args.split, image_size=size, with_labels=False,
-                          class_names=tuple(f"class{i}" for i in range(seg.n_classes)))
+                          class_names=tuple(f"class{i}" for i in range(seg.n_classes)), on_error=args.on_error)
     written = export_predictions(seg, ds, out, png=not args.no_png)
     print(f"wrote {len(written)} files for {len(ds)} images to {out}")
+    skipped = getattr(ds, "skipped", [])
+    if skipped:
+        print(f"skipped {len(skipped)} bad input(s):", file=sys.stderr)
+        for path, problem in skipped:
+            print(f"  {path}: {problem}", file=sys.stderr)
     return 0
 
 

@@ -11,6 +11,8 @@ same command on the target domain's labels (e.g. ``--preset target_noise``).
 """
 from __future__ import annotations
 
+from pipeline.commands import cli
+
 import argparse
 import sys
 import time
@@ -22,6 +24,7 @@ from agents.pretrain import LOSSES, PretrainConfig, pretrain_segmentation
 from rl4seg_env.data import DATASETS, DataError, DatasetConfig, dataset_from_config
 
 
+@cli
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     d = p.add_argument_group("data")

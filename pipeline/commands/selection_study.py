@@ -9,6 +9,8 @@ this study is for tuning on development shifts only). Prints one Markdown table.
 """
 from __future__ import annotations
 
+from pipeline.commands import cli
+
 import argparse
 import sys
 
@@ -19,6 +21,7 @@ from pipeline.run_dir import RunDirectory
 from pipeline.tables import markdown_table
 
 
+@cli
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("runs", nargs="+", help="run directories of rl4seg-train")

@@ -12,6 +12,8 @@ package (default, quick, camus, paper). Config errors exit with status 2 and nam
 """
 from __future__ import annotations
 
+from pipeline.commands import cli
+
 import argparse
 import sys
 from pathlib import Path
@@ -31,6 +33,7 @@ def resolve_config_path(name: str | None) -> Path:
     return path
 
 
+@cli
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="rl4seg-train", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)

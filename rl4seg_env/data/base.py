@@ -118,11 +118,19 @@ def resize_label(label: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return np.rint(out).astype(np.uint8)
 
 
+#: the smallest image side accepted: below it there is no heart to segment (and a 1 x 1 map would score Dice 1)
+MIN_IMAGE_SIDE = 8
+
+
 def check_image(image: np.ndarray, path: object, ndim: int = 2) -> np.ndarray:
-    """Refuse wrong dimensionality and NaN/Inf pixels, naming ``path``."""
+    """Refuse wrong dimensionality, degenerate sizes (a side under :data:`MIN_IMAGE_SIDE` pixels) and NaN/Inf
+    pixels, naming ``path``."""
     image = np.asarray(image)
     if image.ndim != ndim:
         raise DataError(path, f"expected a {ndim}D image, found {image.ndim}D with shape {image.shape}")
+    if min(image.shape[-2:]) < MIN_IMAGE_SIDE:
+        raise DataError(path, f"image of {image.shape[-2]} x {image.shape[-1]} pixels is too small to segment "
+                              f"(at least {MIN_IMAGE_SIDE} x {MIN_IMAGE_SIDE})")
     if not np.issubdtype(image.dtype, np.number):
         raise DataError(path, f"image has non-numeric dtype {image.dtype}")
     if not np.all(np.isfinite(image)):
