@@ -449,8 +449,10 @@ class RL4SegRun:
             adapt_norm_stats=p.adapt_norm_stats, reuse_images=rd.reuse_images, progress=self.config.progress,
             verbose=1)
         steps = total_timesteps(range(start, p.iterations + 1), p.updates_per_iteration, env.num_envs, p)
+        # one TensorBoard run per run directory (tb/ppo_1), continued by every resume
+        fresh = start == 1 and not (self.dirs.tensorboard() / "ppo_1").exists()
         model.learn(steps, callback=callback, progress_bar=self.config.progress, tb_log_name="ppo",
-                    reset_num_timesteps=start == 1)
+                    reset_num_timesteps=fresh)
         env.close()
 
     # --- everything -----------------------------------------------------------------------------------

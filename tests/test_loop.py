@@ -124,6 +124,8 @@ def test_resume_after_kill_loses_only_the_iteration_in_progress(pretrained, tmp_
     assert len(store) == sum(store.report(i)["n_samples"] for i in (1, 2)) == rows[1]["n_samples"] + rows[2]["n_samples"]
     data = store.load()
     assert len(data["ids"]) == len(store)  # no duplicated shards
+    # one TensorBoard run for the PPO phase, continued by the resume
+    assert sorted(p.name for p in (d / "tb").glob("ppo_*")) == ["ppo_1"]
 
 
 def test_training_never_opens_target_label_files(pretrained, tmp_path, monkeypatch):
