@@ -169,9 +169,9 @@ class EvalSection:
     #: label-free baselines reported next to RL4Seg on the same source model and test images ("adabn", "tent";
     #: "TENT + TTO" rows follow each iteration when test_time is enabled)
     baselines: list[str] = field(default_factory=lambda: ["adabn", "tent"])
-    #: label-free score that picks the reported iteration ("RL4Seg selected" rows) among 0 (the source model)
-    #: .. N, on the unlabelled target validation images: "confidence" (mean max softmax probability; chosen on
-    #: the development suite, docs/protocol.md), "validity" (% anatomically valid), "agreement" (Dice with the
+    #: label-free score that picks the reported iteration ("RL4Seg selected" rows) among 0 (the model RL
+    #: starts from, ppo.init) .. N, on the unlabelled target validation images: "confidence" (mean max softmax
+    #: probability; chosen on the development suite, docs/protocol.md), "validity" (% anatomically valid), "agreement" (Dice with the
     #: previous iteration's predictions) or "last" (the last iteration, the paper's choice)
     selection: str = "confidence"
 
