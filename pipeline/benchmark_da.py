@@ -33,7 +33,7 @@ import torch
 import yaml
 
 from agents.networks import load_unet
-from pipeline.aggregate import iqm, stratified_bootstrap_ci
+from pipeline.aggregate import iqm, plot_performance_profiles, stratified_bootstrap_ci
 from pipeline.baselines import (AdaBNConfig, SelfTrainingConfig, SelfTrainingResult, TentConfig, adabn,
                                 self_training, tent)
 from pipeline.config import LoopConfig, apply_overrides, config_to_dict, config_to_yaml
@@ -92,10 +92,11 @@ METHODS: dict[str, Method] = {m.name: m for m in (
 #: metrics of the tables, in display order, with their headers; higher is better except Hausdorff
 METRICS: dict[str, str] = {
     "dice_lv": "Dice LV", "dice_myo": "Dice MYO", "dice_epi": "Dice epi", "dice_mean": "Dice LV+MYO",
-    "hd_lv": "HD LV (mm)", "hd_myo": "HD MYO (mm)", "hd_epi": "HD epi (mm)", "hd95_epi": "HD95 epi (mm)",
+    "hd_lv": "HD LV (mm)", "hd_myo": "HD MYO (mm)", "hd_epi": "HD epi (mm)", "hd95_lv": "HD95 LV (mm)",
+    "hd95_myo": "HD95 MYO (mm)", "hd95_epi": "HD95 epi (mm)", "masd_lv": "MASD LV (mm)", "masd_myo": "MASD MYO (mm)",
     "masd_epi": "MASD epi (mm)", "validity_pct": "valid %",
 }
-LOWER_IS_BETTER = ("hd_lv", "hd_myo", "hd_epi", "hd95_epi", "masd_epi")
+LOWER_IS_BETTER = ("hd_lv", "hd_myo", "hd_epi", "hd95_lv", "hd95_myo", "hd95_epi", "masd_lv", "masd_myo", "masd_epi")
 
 
 def method_config(base: LoopConfig, method: Method, seed: int, run_dir: Path) -> LoopConfig:
@@ -338,6 +339,11 @@ class DABenchmark:
                      pretrain_minutes=pretrain)
         if summary:
             plot_results(summary, self.results_dir / "results.png")
+            profiles = {e["label"]: np.array([v for v in e["dice_mean_by_seed"].values() if math.isfinite(v)])
+                        for e in summary}
+            plot_performance_profiles({k: v for k, v in profiles.items() if len(v)},
+                                      self.results_dir / "profiles.png", xlabel="Dice LV+MYO (target test)",
+                                      title="performance profiles (runs = seeds)")
         return rows
 
 
@@ -428,7 +434,7 @@ def _suite_iqm(per_shift: dict[str, list[dict]], method: str) -> str:
 def _cell(mean: float, std: float, key: str) -> str:
     if not math.isfinite(mean):
         return "-"
-    digits = 1 if key.startswith("hd_") or key == "validity_pct" else 2 if key == "minutes" else 3
+    digits = 1 if key.startswith(("hd_", "hd95_", "masd_")) or key == "validity_pct" else 2 if key == "minutes" else 3
     return f"{mean:.{digits}f}" + (f" ± {std:.{digits}f}" if math.isfinite(std) else "")
 
 

@@ -35,13 +35,13 @@ def quick_results(tmp_path_factory):
 
 def test_quick_benchmark_writes_table_csv_and_chart(quick_results):
     d = quick_results
-    for name in ("results.md", "results.csv", "per_seed.csv", "results.png", "config.yaml"):
+    for name in ("results.md", "results.csv", "per_seed.csv", "results.png", "profiles.png", "config.yaml"):
         assert (d / name).is_file(), name
     with open(d / "results.csv") as f:
         rows = list(csv.DictReader(f))
     # quick.yaml disables the shape auto-encoder, so that ablation would repeat RL4Seg: skipped, and said so
     assert [r["method"] for r in rows] == [m for m in METHODS_RUN if m != "rl4seg_no_shape_ae"]
-    for key in ("dice_lv", "dice_myo", "dice_epi", "hd_lv", "hd_epi", "validity_pct"):
+    for key in ("dice_lv", "dice_myo", "dice_epi", "hd_lv", "hd_epi", "hd95_myo", "masd_epi", "validity_pct"):
         assert f"{key}_mean" in rows[0] and f"{key}_std" in rows[0], key
     for r in rows:
         assert 0.0 <= float(r["dice_epi_mean"]) <= 1.0 and 0.0 <= float(r["validity_pct_mean"]) <= 100.0
