@@ -141,3 +141,22 @@ def test_nifti_dataset_needs_a_manifest(tmp_path, capsys):
 
     assert evaluate.main(["--predictions", str(tmp_path), "--dataset", "nifti", "--out", str(tmp_path / "e")]) == 2
     assert "--dataset nifti needs --manifest" in capsys.readouterr().err
+
+
+def test_on_error_skip_scores_the_good_files_and_lists_the_bad(tmp_path, dataset, capsys):
+    from pipeline.commands import evaluate
+    from rl4seg_env.data.nifti import export_to_nifti_folder
+
+    manifest = export_to_nifti_folder({"test": dataset}, tmp_path / "data", progress=False)
+    bad = sorted((tmp_path / "data" / "images").glob("*.nii.gz"))[0]
+    bad.write_bytes(b"\x1f\x8b truncated")
+    save_unet(UNet(1, 3, (4, 8)).eval(), str(tmp_path / "actor.pt"), image_size=[SIZE, SIZE])
+    args = ["--actor", str(tmp_path / "actor.pt"), "--dataset", "nifti", "--manifest", str(manifest), "--split",
+            "test", "--size", str(SIZE)]
+    assert evaluate.main([*args, "--out", str(tmp_path / "a")]) == 2
+    assert bad.name in capsys.readouterr().err
+    assert evaluate.main([*args, "--out", str(tmp_path / "b"), "--on-error", "skip"]) == 0
+    summary, rows = read_outputs(tmp_path / "b")
+    assert len(rows) == len(dataset) - 1 and "skipped 1 bad input(s)" in capsys.readouterr().err
+    skipped = json.loads((tmp_path / "b" / "summary.json").read_text())["metadata"]["skipped"]
+    assert len(skipped) == 1 and bad.name in skipped[0]

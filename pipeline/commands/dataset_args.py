@@ -16,6 +16,8 @@ def add_dataset_arguments(parser: argparse.ArgumentParser, preset: str, split: s
     parser.add_argument("--split", default=split, help=f"split to read (default: {split})")
     parser.add_argument("--n", type=int, default=None, help="first N images of the split (default: all)")
     parser.add_argument("--keep-atrium", action="store_true", help="keep the left atrium as class 3")
+    parser.add_argument("--on-error", choices=("raise", "skip"), default="raise",
+                        help="a bad file (camus, nifti): stop with its error, or leave the sample out and list it")
 
 
 def dataset_from_args(args: argparse.Namespace, size: int, with_labels: bool = True) -> SegDataset:
@@ -32,4 +34,4 @@ def dataset_from_args(args: argparse.Namespace, size: int, with_labels: bool = T
     domain = DatasetConfig(dataset=args.dataset, preset=args.preset if args.dataset == "synthetic" else "source",
                            root=args.root, manifest=args.manifest, seed=args.seed)
     return dataset_from_config(domain, args.split, size, with_labels=with_labels, keep_atrium=args.keep_atrium,
-                               n_images=args.n)
+                               n_images=args.n, on_error=getattr(args, "on_error", "raise"))

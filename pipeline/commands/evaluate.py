@@ -97,7 +97,12 @@ def main(argv: list[str] | None = None) -> int:
                 "preset": args.preset if args.dataset == "synthetic" else None, "root": args.root,
                 "manifest": args.manifest, "split": args.split, "n_images": len(ds),
                 "image_size": list(ds.image_size), "criteria": args.criteria}
+    metadata["skipped"] = [f"{path}: {problem}" for path, problem in ds.skipped]
     paths = write_evaluation(result, args.out, metadata, title=f"Evaluation on {args.dataset} {args.split}")
+    if ds.skipped:
+        print(f"skipped {len(ds.skipped)} bad input(s) (listed in summary.json):", file=sys.stderr)
+        for path, problem in ds.skipped:
+            print(f"  {path}: {problem}", file=sys.stderr)
     if reward_model is not None:
         labels = np.stack([ds[i].label for i in range(len(ds))])
         acc = accumulate_uncertainty({"reward": 1.0 - reward_model(images, preds)}, preds, labels, ds.n_classes)

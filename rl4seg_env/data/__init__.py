@@ -75,20 +75,23 @@ class DatasetConfig:
 
 
 def dataset_from_config(config: DatasetConfig, split: str, image_size: int | tuple[int, int],
-                        with_labels: bool, keep_atrium: bool = False, n_images: int | None = None) -> SegDataset:
+                        with_labels: bool, keep_atrium: bool = False, n_images: int | None = None,
+                        on_error: str = "raise") -> SegDataset:
     """One split of the domain ``config`` at the working ``image_size``.
 
     :param n_images: number of images (default: the config's size for this split; None = all).
     :param with_labels: False builds a dataset that never reads label files (target training data).
+    :param on_error: file-backed datasets: ``"raise"`` on the first bad file, or ``"skip"`` bad files (listed
+        in the dataset's ``skipped``).
     """
     n = config.n_images(split) if n_images is None else n_images
     common = dict(image_size=image_size, keep_atrium=keep_atrium, with_labels=with_labels)
     if config.dataset == "synthetic":
         return SyntheticEcho(preset=config.preset, split=split, n_images=n, seed=config.seed, **common)
     if config.dataset == "camus":
-        ds = CamusDataset(root=config.root, split=split, **common)
+        ds = CamusDataset(root=config.root, split=split, on_error=on_error, **common)
     else:
-        ds = NiftiFolderDataset(manifest=config.manifest, split=split, **common)
+        ds = NiftiFolderDataset(manifest=config.manifest, split=split, on_error=on_error, **common)
     return ds if n is None or n >= len(ds) else SubsetDataset(ds, range(n))
 
 
