@@ -306,7 +306,7 @@ class RL4SegRun:
     def adapted_actor(self, name: str) -> torch.nn.Module:
         """The label-free baseline ``name`` ("adabn" or "tent") applied to the source actor with the unlabelled
         target training images; made once and kept in ``checkpoints/adabn.pt`` / ``tent.pt``."""
-        path = {"adabn": self.dirs.adabn_actor, "tent": self.dirs.tent_actor}[name]
+        path = self.dirs.baseline_actor(name)
         if path.is_file():
             return load_unet(str(path), map_location=self.device)[0]
         actor, _ = load_unet(str(self.dirs.source_actor), map_location=self.device)
@@ -405,7 +405,7 @@ class RL4SegRun:
                                        "minutes": (time.time() - self._t0) / 60})
         # the baselines a user would pick instead, with the same test-time optimisation
         for base in dict.fromkeys(["tent", self.config.ppo.init]) if use_tto else ():
-            path = {"adabn": self.dirs.adabn_actor, "tent": self.dirs.tent_actor}.get(base)
+            path = self.dirs.baseline_actor(base)
             if path is not None and path.is_file():
                 actor, _ = load_unet(str(path), map_location=self.device)
                 self.state["rows"].append({"iteration": iteration, "model": f"{RL_INITS[base]} + TTO",

@@ -102,6 +102,10 @@ class RunDirectory:
         """The AdaBN baseline of the report."""
         return self.checkpoints / "adabn.pt"
 
+    def baseline_actor(self, name: str) -> Path | None:
+        """The checkpoint of the label-free baseline ``name`` ("adabn" or "tent"; None for any other name)."""
+        return {"adabn": self.adabn_actor, "tent": self.tent_actor}.get(name)
+
     @property
     def shape_ae(self) -> Path:
         return self.checkpoints / "shape_ae.pt"
