@@ -29,14 +29,6 @@ def iqm(scores: np.ndarray) -> float:
     return float(stats.trim_mean(values, 0.25))
 
 
-def mean(scores: np.ndarray) -> float:
-    return float(np.mean(scores))
-
-
-def median(scores: np.ndarray) -> float:
-    return float(np.median(scores))
-
-
 def _as_runs_by_tasks(scores: np.ndarray | Sequence[float]) -> np.ndarray:
     array = np.asarray(scores, dtype=float)
     if array.ndim == 1:
@@ -60,6 +52,12 @@ class Interval:
         return f"{self.value:{spec}} [{self.low:{spec}}, {self.high:{spec}}]"
 
 
+def _resample(array: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """One stratified-bootstrap replicate of a (runs, tasks) array: runs drawn with replacement per task."""
+    runs, tasks = array.shape
+    return array[rng.integers(0, runs, size=(runs, tasks)), np.arange(tasks)[None, :]]
+
+
 def stratified_bootstrap_ci(scores: np.ndarray | Sequence[float], statistic: Statistic = iqm, reps: int = 2000,
                             confidence: float = 0.95, seed: int = 0) -> Interval:
     """Percentile confidence interval of ``statistic`` under the stratified bootstrap.
@@ -74,12 +72,7 @@ def stratified_bootstrap_ci(scores: np.ndarray | Sequence[float], statistic: Sta
     if not 0 < confidence < 1 or reps < 1:
         raise ValueError(f"confidence must be in (0, 1) and reps >= 1, got {confidence} and {reps}")
     rng = np.random.default_rng(seed)
-    runs, tasks = array.shape
-    replicates = np.empty(reps)
-    columns = np.arange(tasks)[None, :]
-    for k in range(reps):
-        rows = rng.integers(0, runs, size=(runs, tasks))  # resample runs within each task
-        replicates[k] = statistic(array[rows, columns])
+    replicates = np.array([statistic(_resample(array, rng)) for _ in range(reps)])
     alpha = (1 - confidence) / 2
     low, high = np.quantile(replicates, [alpha, 1 - alpha])
     return Interval(statistic(array), float(low), float(high))
@@ -106,9 +99,7 @@ def plot_performance_profiles(scores: Mapping[str, np.ndarray], path: str | Path
     ax = figure.subplots()
     rng = np.random.default_rng(seed)
     for i, (name, array) in enumerate(arrays.items()):
-        runs, tasks = array.shape
-        curves = np.stack([performance_profile(array[rng.integers(0, runs, (runs, tasks)), np.arange(tasks)[None]],
-                                               thresholds) for _ in range(reps)])
+        curves = np.stack([performance_profile(_resample(array, rng), thresholds) for _ in range(reps)])
         ax.plot(thresholds, performance_profile(array, thresholds), color=f"C{i}", label=name)
         ax.fill_between(thresholds, *np.quantile(curves, [0.025, 0.975], axis=0), color=f"C{i}", alpha=0.15)
     ax.set(xlabel=xlabel, ylabel="fraction of runs with score > x", ylim=(-0.02, 1.02), title=title)
@@ -121,5 +112,4 @@ def plot_performance_profiles(scores: Mapping[str, np.ndarray], path: str | Path
     return atomic_write_bytes(path, buffer.getvalue())
 
 
-__all__ = ["Interval", "iqm", "mean", "median", "performance_profile", "plot_performance_profiles",
-           "stratified_bootstrap_ci"]
+__all__ = ["Interval", "iqm", "performance_profile", "plot_performance_profiles", "stratified_bootstrap_ci"]

@@ -58,6 +58,22 @@ def surface_distances(pred: np.ndarray, target: np.ndarray,
     return to_t[edge_p], to_p[edge_t]
 
 
+def _max_distance(a: np.ndarray, b: np.ndarray) -> float:
+    return float(max(a.max(), b.max()))
+
+
+def _percentile_95(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.percentile(np.concatenate([a, b]), 95))
+
+
+def _mean_distance(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.concatenate([a, b]).mean())
+
+
+#: report prefix -> reduction of the two directed surface-distance arrays
+SURFACE_METRICS = {"hd": _max_distance, "hd95": _percentile_95, "masd": _mean_distance}
+
+
 def _surface_metric(pred, target, spacing, reduce) -> float:
     pred, target = np.asarray(pred, bool), np.asarray(target, bool)
     if not pred.any() and not target.any():
@@ -71,19 +87,19 @@ def hausdorff(pred: np.ndarray, target: np.ndarray, spacing: tuple[float, float]
 
     ``nan`` when exactly one mask is empty, 0 when both are (as :func:`hd95` and :func:`masd`).
     """
-    return _surface_metric(pred, target, spacing, lambda a, b: max(a.max(), b.max()))
+    return _surface_metric(pred, target, spacing, _max_distance)
 
 
 def hd95(pred: np.ndarray, target: np.ndarray, spacing: tuple[float, float] = (1.0, 1.0)) -> float:
     """95th percentile of the surface distances of both directions, pooled (mm): a Hausdorff distance that
     one stray pixel does not decide."""
-    return _surface_metric(pred, target, spacing, lambda a, b: np.percentile(np.concatenate([a, b]), 95))
+    return _surface_metric(pred, target, spacing, _percentile_95)
 
 
 def masd(pred: np.ndarray, target: np.ndarray, spacing: tuple[float, float] = (1.0, 1.0)) -> float:
     """Mean absolute (average symmetric) surface distance in mm: the mean surface distance, both directions
     pooled."""
-    return _surface_metric(pred, target, spacing, lambda a, b: np.concatenate([a, b]).mean())
+    return _surface_metric(pred, target, spacing, _mean_distance)
 
 
 def keep_largest_foreground(label_map: np.ndarray) -> np.ndarray:
@@ -116,15 +132,9 @@ def segmentation_scores(pred: np.ndarray, target: np.ndarray, spacing: tuple[flo
     for name, values in structures.items():
         p, t = np.isin(pred, values), np.isin(target, values)
         out[f"dice_{name}"] = dice(p, t)
-        if not p.any() and not t.any():
-            out[f"hd_{name}"] = out[f"hd95_{name}"] = out[f"masd_{name}"] = 0.0
-            continue
-        distances = surface_distances(p, t, spacing)
-        if distances is None:
-            out[f"hd_{name}"] = out[f"hd95_{name}"] = out[f"masd_{name}"] = float("nan")
-            continue
-        a, b = distances
-        out[f"hd_{name}"] = float(max(a.max(), b.max()))
-        out[f"hd95_{name}"] = float(np.percentile(np.concatenate([a, b]), 95))
-        out[f"masd_{name}"] = float(np.concatenate([a, b]).mean())
+        # one distance computation for the three surface metrics (the conventions of _surface_metric)
+        both_empty = not p.any() and not t.any()
+        distances = None if both_empty else surface_distances(p, t, spacing)
+        for metric, reduce in SURFACE_METRICS.items():
+            out[f"{metric}_{name}"] = 0.0 if both_empty else float("nan") if distances is None else reduce(*distances)
     return out
