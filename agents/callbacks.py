@@ -27,6 +27,7 @@ from stable_baselines3.common.callbacks import BaseCallback
 
 from agents.networks import reestimate_norm_statistics
 from agents.policies import shrink_perturb
+from agents.random_state import restore_random_state
 
 
 class RewardSampleStore(Protocol):
@@ -129,6 +130,11 @@ class RewardRetrainingCallback(BaseCallback):
         samples are added next to the older ones (different predictions of the same image; the reward
         network's validation split keeps all samples of one image on one side) and a newly accepted
         pseudo-label replaces the image's older one.
+    :param reward_model: when resuming, the last informative reward network of the completed iterations
+        (kept if the next iteration's network fails its checks, as in the uninterrupted run).
+    :param random_state: when resuming, :func:`agents.random_state.capture_random_state`'s capture at the end
+        of the last completed iteration; restored at the start of training, so that the resumed run draws the
+        same episodes and actions as the uninterrupted one.
     :param progress: show progress bars in the builder and reward training.
     :param verbose: 1 prints one line per phase.
     """
@@ -139,8 +145,8 @@ class RewardRetrainingCallback(BaseCallback):
                  schedule: IterationSchedule | None = None, use_anchors: bool = True, start_iteration: int = 1,
                  pseudo_labels: dict[str, np.ndarray] | None = None,
                  on_iteration_end: Callable[[int, "RewardRetrainingCallback"], None] | None = None,
-                 adapt_norm_stats: bool = False, reuse_images: bool = True, progress: bool = False,
-                 verbose: int = 0) -> None:
+                 adapt_norm_stats: bool = False, reuse_images: bool = True, reward_model: Any = None,
+                 random_state: dict[str, Any] | None = None, progress: bool = False, verbose: int = 0) -> None:
         super().__init__(verbose)
         if target_dataset.with_labels:
             raise ValueError("RewardRetrainingCallback must not see target labels: build the target training set "
@@ -163,7 +169,8 @@ class RewardRetrainingCallback(BaseCallback):
         self.iteration = 0
         self.updates_done = 0
         self.finished = False
-        self.reward_model: Any = None
+        self.reward_model: Any = reward_model
+        self.random_state = random_state
         #: whether ``reward_model`` passed its held-out checks (False: only an uninformative one exists yet)
         self.reward_informative = True
         #: per-iteration scalars: builder report, reward training info, timings
@@ -171,6 +178,8 @@ class RewardRetrainingCallback(BaseCallback):
 
     # --- SB3 hooks ---------------------------------------------------------------------------------
     def _on_training_start(self) -> None:
+        if self.random_state is not None:
+            restore_random_state(self.random_state, self.model)
         self._begin_iteration(self.start_iteration)
 
     def _on_rollout_start(self) -> None:

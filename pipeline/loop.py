@@ -22,6 +22,7 @@ from agents.networks import load_unet, predict, resolve_device, save_unet
 from pipeline.baselines import AdaBNConfig, TentConfig, adabn, tent
 from agents.ppo import PixelPPO
 from agents.pretrain import pretrain_segmentation
+from agents.random_state import capture_random_state
 from agents.test_time import tto_predict
 from agents.vec_env import make_sb3_vec_env
 from pipeline.config import RL_INITS, LoopConfig, TestTimeSection, config_to_yaml, load_config
@@ -33,7 +34,7 @@ from reward.anatomy import Criterion, get_criteria, is_valid, validity_batch
 from reward.anatomy_calibration import calibrate_criteria, save_calibrated_criteria
 from reward.builder import RewardDatasetBuilder, RewardSampleDataset, RewardSampleStore
 from reward.correctors import Corrector, ShapeAutoEncoder, train_shape_autoencoder
-from reward.network import LearnedReward
+from reward.network import LearnedReward, load_reward_net
 from reward.training import train_reward_network
 from reward.uncertainty import UncertaintyAccumulator, plot_reliability_diagram
 from rl4seg_env.data import SegDataset, dataset_from_config
@@ -360,6 +361,19 @@ class RL4SegRun:
                                        or result.informative(cfg.min_samples, cfg.min_error_reduction))}
         return LearnedReward(result.net, device=self.device), info
 
+    def _resumed_reward_model(self, start: int) -> LearnedReward | None:
+        """The reward network the uninterrupted run would hold when iteration ``start`` begins: the last one
+        that passed its held-out checks, else the first one trained (``None`` before iteration 2)."""
+        rows = {r["iteration"]: r for r in self.state["rows"]
+                if isinstance(r.get("iteration"), int) and not r.get("test_time") and r["iteration"] >= 1}
+        trained = [i for i in range(1, start) if self.dirs.reward_net(i).is_file()]
+        if not trained:
+            return None
+        informative = [i for i in trained if rows.get(i, {}).get("reward_informative", True)]
+        net, _ = load_reward_net(self.dirs.reward_net(informative[-1] if informative else trained[0]),
+                                 map_location=self.device)
+        return LearnedReward(net, device=self.device)
+
     def _make_model(self, env, actor_path: Path) -> PixelPPO:
         p, n = self.config.ppo, self.config.network
         done = self.state["completed_iterations"]
@@ -411,6 +425,8 @@ class RL4SegRun:
                 self.state["rows"].append({"iteration": iteration, "model": f"{RL_INITS[base]} + TTO",
                                            "test_time": True, **self.evaluate_tto(actor, callback.reward_model)})
         self._select()
+        # where the uninterrupted run goes on: a resume restores these generators and env episodes
+        self.dirs.save_random_state(iteration, capture_random_state(model))
         self.state["completed_iterations"] = iteration
         self._save_state()  # the iteration is done from here on
         self._write_report()
@@ -446,8 +462,9 @@ class RL4SegRun:
             updates_per_iteration=p.updates_per_iteration, images_per_iteration=rd.images_per_iteration,
             schedule=p, use_anchors=p.anchors, start_iteration=start,
             pseudo_labels=self.dirs.load_pseudo_labels(start - 1), on_iteration_end=self._on_iteration_end,
-            adapt_norm_stats=p.adapt_norm_stats, reuse_images=rd.reuse_images, progress=self.config.progress,
-            verbose=1)
+            adapt_norm_stats=p.adapt_norm_stats, reuse_images=rd.reuse_images,
+            reward_model=self._resumed_reward_model(start), random_state=self.dirs.load_random_state(start - 1)
+            if start > 1 else None, progress=self.config.progress, verbose=1)
         steps = total_timesteps(range(start, p.iterations + 1), p.updates_per_iteration, env.num_envs, p)
         # one TensorBoard run per run directory (tb/ppo_1), continued by every resume
         fresh = start == 1 and not (self.dirs.tensorboard() / "ppo_1").exists()

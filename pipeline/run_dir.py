@@ -10,7 +10,8 @@ Layout::
     checkpoints/shape_ae.pt        shape auto-encoder trained on source label maps
     checkpoints/tent.pt, adabn.pt  the TENT and AdaBN baselines of the report
     checkpoints/iter_000/actor.pt  the actor RL started from, when not the source one (ppo.init: adabn / tent)
-    checkpoints/iter_XXX/          ppo.zip, actor.pt, critic.pt, reward_net.pt (with temperature), pseudo_labels.npz
+    checkpoints/iter_XXX/          ppo.zip, actor.pt, critic.pt, reward_net.pt (with temperature), pseudo_labels.npz,
+                                   random_state.json (generators and env episodes at the iteration's end)
     reward_dataset/iter_XXX/       reward samples (accumulate across iterations)
     tb/                            TensorBoard logs (pretraining, PPO, reward networks)
     report.csv, report.md, report.html, metrics.png, predictions_iter_XXX.png, cases_iter_XXX.png,
@@ -130,6 +131,27 @@ class RunDirectory:
 
     def ppo_model(self, iteration: int) -> Path:
         return self.iteration_dir(iteration) / "ppo.zip"
+
+    def random_state(self, iteration: int) -> Path:
+        """The generators' and training env's state at the end of ``iteration`` (a resume restores it)."""
+        return self.iteration_dir(iteration) / "random_state.json"
+
+    def save_random_state(self, iteration: int, state: dict[str, Any]) -> Path:
+        return atomic_write_text(self.random_state(iteration), json.dumps(state))
+
+    def load_random_state(self, iteration: int) -> dict[str, Any] | None:
+        """:meth:`save_random_state`'s state, ``None`` for a run written before random states were kept.
+
+        :raises ValueError: the file is corrupt (the message names it).
+        """
+        path = self.random_state(iteration)
+        if not path.is_file():
+            return None
+        try:
+            return json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            raise ValueError(f"{path}: unreadable random state ({type(exc).__name__}: {exc}); resume from the "
+                             f"previous iteration (--resume {self.root} --from-iteration {iteration - 1})") from exc
 
     def figure(self, name: str) -> Path:
         return self.root / f"{name}.png"
@@ -303,7 +325,8 @@ class RunDirectory:
             checks.append((d / "actor.pt", torch_file, i, True))
             if i >= 1:
                 checks += [(d / "critic.pt", torch_file, i, True), (d / "ppo.zip", zip_file, i, True),
-                           (d / "pseudo_labels.npz", npz_file, i, True), (d / "reward_net.pt", torch_file, i, False)]
+                           (d / "pseudo_labels.npz", npz_file, i, True), (d / "reward_net.pt", torch_file, i, False),
+                           (d / "random_state.json", json_file, i, False)]
                 samples = self.reward_dataset / f"iter_{i:03d}"
                 checks.append((samples / "done.json", json_file, i, False))
                 checks += [(shard, npz_file, i, True) for shard in sorted(samples.glob("shard_*.npz"))]

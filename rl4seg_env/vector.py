@@ -12,7 +12,7 @@ Stable-Baselines3: the env works with any RL library).
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import gymnasium as gym
@@ -100,6 +100,39 @@ class SegVectorEnv(DatasetEpisodes, VectorEnv):
     def set_reward_model(self, reward_model: RewardModel) -> None:
         """Set or swap the learned reward model in place."""
         self._reward_model = _check_reward_model(reward_model)
+
+    def get_episode_state(self) -> dict[str, Any]:
+        """What decides the next episodes, as JSON values: each sub-env's generator state and the dataset
+        indices of the current episodes (``None`` before the first reset). See :meth:`set_episode_state`."""
+        return {"rngs": [None if rng is None else rng.bit_generator.state for rng in self._rngs],
+                "indices": None if self._indices is None else self._indices.tolist()}
+
+    def set_episode_state(self, state: Mapping[str, Any]) -> np.ndarray | None:
+        """Restore :meth:`get_episode_state`'s generators and current episodes (a resumed run goes on exactly
+        where the captured one stood); returns the current observations (B, H, W, 1), ``None`` when the
+        state was captured before the first reset.
+
+        :raises ValueError: a state for another number of sub-envs or with indices outside the dataset.
+        """
+        rngs, indices = state["rngs"], state["indices"]
+        if len(rngs) != self.num_envs or (indices is not None and len(indices) != self.num_envs):
+            raise ValueError(f"episode state for {len(rngs)} sub-envs, this env has {self.num_envs}")
+        restored: list[np.random.Generator | None] = []
+        for rng_state in rngs:
+            if rng_state is None:
+                restored.append(None)
+                continue
+            bit_generator = getattr(np.random, rng_state["bit_generator"])()
+            bit_generator.state = rng_state
+            restored.append(np.random.Generator(bit_generator))
+        self._rngs = restored
+        if indices is None:
+            self._indices, self._samples = None, []
+            return None
+        indices = np.asarray(indices, dtype=np.int64)
+        if indices.min() < 0 or indices.max() >= len(self._dataset):
+            raise ValueError(f"episode state indices must lie in 0..{len(self._dataset) - 1}, found {indices.tolist()}")
+        return self._start(indices)
 
     # -- gymnasium vector API ---------------------------------------------------------------
     def reset(self, *, seed: int | Sequence[int | None] | None = None, options: dict[str, Any] | None = None

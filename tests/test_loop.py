@@ -320,3 +320,62 @@ def test_resume_names_each_damaged_file_and_can_resume_from_an_intact_iteration(
     assert mode == 0o666 & ~umask  # atomic writes get the mode open() would give, not mkstemp's 0600
     with pytest.raises(ValueError, match="cannot resume from iteration 5"):
         RL4SegRun(resume=True, run_dir=d, from_iteration=5)
+
+
+def _report_without_timings(run_dir):
+    with open(run_dir / "report.csv") as f:
+        rows = list(csv.DictReader(f))
+    timing = [k for k in rows[0] if k == "minutes" or k.endswith("_seconds")]
+    return [{k: v for k, v in row.items() if k not in timing} for row in rows], timing
+
+
+def test_a_kill_at_a_random_moment_of_iteration_2_resumes_to_the_uninterrupted_report(pretrained, tmp_path):
+    """SIGKILL of a training process somewhere in iteration 2 (reward set, reward net, PPO or evaluation),
+    then --resume: the report equals the uninterrupted run's except its timing columns (the generators and
+    the env's episodes are restored from the end of iteration 1)."""
+    import os
+    import random
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from pipeline.config import save_config
+
+    def start(run_dir, resume=False):
+        if not resume:
+            _seed_run_dir(pretrained, run_dir)
+            save_config(_config(run_dir, "ppo.iterations=3"), run_dir / "config.yaml")
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+        return subprocess.Popen([sys.executable, "scripts/train_loop.py", "--resume", str(run_dir)], env=env,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+    def completed(run_dir):
+        try:
+            return json.loads((run_dir / "state.json").read_text())["completed_iterations"]
+        except (OSError, ValueError, KeyError):
+            return 0
+
+    plain = start(tmp_path / "plain")
+    ends: dict[int, float] = {}
+    while plain.poll() is None:  # time iteration 2 of the uninterrupted run, to aim the kill inside it
+        ends.setdefault(completed(tmp_path / "plain"), time.monotonic())
+        time.sleep(0.02)
+    t_iteration = ends[2] - ends[1]
+    assert plain.returncode == 0, plain.stderr.read()
+    expected, timing = _report_without_timings(tmp_path / "plain")
+    assert timing and any(r["iteration"] == "3" for r in expected)
+
+    delay = random.Random().uniform(0.0, 0.9) * t_iteration
+    killed = start(tmp_path / "killed")
+    while completed(tmp_path / "killed") < 1:
+        assert killed.poll() is None, killed.stderr.read()
+        time.sleep(0.01)
+    time.sleep(delay)
+    killed.send_signal(signal.SIGKILL)
+    killed.wait(timeout=30)
+    assert completed(tmp_path / "killed") == 1, f"the kill {delay:.2f} s into iteration 2 came too late"
+    resumed = start(tmp_path / "killed", resume=True)
+    assert resumed.wait(timeout=600) == 0, resumed.stderr.read()
+    actual, _ = _report_without_timings(tmp_path / "killed")
+    assert actual == expected, f"killed {delay:.2f} s into iteration 2 ({t_iteration:.2f} s long)"

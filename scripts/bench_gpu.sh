@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# One prepared GPU check (docs/scaling.md): the smoke config, the default config and one reduced
+# iteration of the paper config on device=cuda (DEVICE=cpu to try it here), each under its own time limit, every log line
+# time-stamped (seconds since the start of that run) so the per-phase wall times can be read off.
+#
+#   bash scripts/bench_gpu.sh OUT_DIR [QUICK_S DEFAULT_S PAPER_S]
+set -u
+out=${1:?usage: bench_gpu.sh OUT_DIR [QUICK_S DEFAULT_S PAPER_S]}
+quick_s=${2:-90}; default_s=${3:-300}; paper_s=${4:-150}
+mkdir -p "$out"
+export PYTHONUNBUFFERED=1
+runs=$(mktemp -d)
+py=${PYTHON:-python3}; device=${DEVICE:-cuda}
+
+stamp() {  # prefix each line with the seconds elapsed since this function started
+    "$py" -u -c 'import sys, time
+t0 = time.time()
+for line in sys.stdin:
+    print(f"{time.time() - t0:7.1f} {line}", end="", flush=True)'
+}
+
+run() {  # NAME SECONDS ARGS... : one loop run, its log in $out/NAME.log, its report copied next to it
+    local name=$1 limit=$2; shift 2
+    echo "== $name (limit ${limit} s): $*"
+    timeout "$limit" "$py" scripts/train_loop.py "$@" run_dir="$runs/$name" progress=false 2>&1 | stamp \
+        > "$out/$name.log"
+    local rc=${PIPESTATUS[0]}
+    tail -n 25 "$out/$name.log"
+    cp "$runs/$name/report.csv" "$out/$name.report.csv" 2>/dev/null
+    echo "== $name: exit ${rc}"
+    return "$rc"
+}
+
+nvidia-smi -L 2>/dev/null || echo "no nvidia-smi"
+"$py" - <<'PY'
+import torch
+print("torch", torch.__version__, "cuda", torch.cuda.is_available(),
+      torch.cuda.get_device_name(0) if torch.cuda.is_available() else "-")
+PY
+run quick "$quick_s" --config quick device="$device" || exit 1
+run default "$default_s" device="$device"
+run paper_1iter "$paper_s" --config paper device="$device" \
+    data.source.n_train=800 data.source.n_val=80 data.target.n_train=1000 data.target.n_val=64 \
+    data.target.n_test=128 evaluation.n_test=128 pretrain.epochs=3 shape_ae.epochs=3 \
+    reward_dataset.images_per_iteration=500 reward_net.epochs=3 ppo.iterations=1 ppo.updates_per_iteration=25
+exit 0
