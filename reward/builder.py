@@ -24,7 +24,7 @@ import copy
 import dataclasses
 import json
 import shutil
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -316,17 +316,70 @@ class RewardDatasetBuilder:
 
 class RewardSampleDataset(torch.utils.data.Dataset):
     """Torch view of a :class:`RewardSampleStore`: ``(image (1,H,W) float32, pred (H,W) int64,
-    target (H,W) float32 = pred == reference)``."""
+    target (H,W) float32 = pred == reference)``, read lazily so that memory stays flat in the store's size.
 
-    def __init__(self, store: RewardSampleStore) -> None:
-        data = store.load()
-        self.images, self.preds, self.references = data["images"], data["preds"], data["references"]
-        self.kinds, self.ids = data["kinds"], data["ids"]
+    Only the ``ids`` and ``kinds`` of every sample are held in memory (a few bytes each); images and label maps
+    are decoded shard by shard into a least-recently-used cache of at most ``cache_mb`` megabytes (at least
+    one shard). Access in shard order (``shard_of``) decodes each shard once per pass; the reward-network
+    training shuffles in blocks of :attr:`block_shards` shards for that reason
+    (:class:`reward.training.ShardBlockSampler`).
+
+    :param store: the sample store (its completed iterations, read when the dataset is made).
+    :param cache_mb: bound of the decoded-shard cache (default 64 MB: 8 shards of 512 samples at 64 px,
+        one shard at 256 px).
+    :raises ValueError: the store is empty or a shard is unreadable (the message names the file).
+    """
+
+    def __init__(self, store: RewardSampleStore, cache_mb: float = 64.0) -> None:
+        self.files = store.shards()
+        if not self.files:
+            raise ValueError(f"{store.root}: the reward dataset is empty (no completed iteration with samples)")
+        ids, kinds, shard_of, row_of = [], [], [], []
+        for s, f in enumerate(self.files):
+            with self._open(f) as z:
+                ids.append(z["ids"])
+                kinds.append(z["kinds"])
+                if s == 0:
+                    pixels = int(np.prod(z["preds"].shape[1:]))  # every shard holds maps of one size
+            shard_of.append(np.full(len(ids[-1]), s, dtype=np.int32))
+            row_of.append(np.arange(len(ids[-1]), dtype=np.int32))
+        shard_bytes = max(len(i) for i in ids) * pixels * 4  # float16 image + two uint8 maps per sample
+        self.ids, self.kinds = np.concatenate(ids), np.concatenate(kinds)
+        #: index of the shard file (in :attr:`files`) holding each sample, and its row there
+        self.shard_of, self.row_of = np.concatenate(shard_of), np.concatenate(row_of)
+        #: shards the cache holds at once (the shuffling block of the reward-network training)
+        self.block_shards = max(1, int(cache_mb * 2**20 // max(shard_bytes, 1)))
+        self._cache: OrderedDict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = OrderedDict()
+
+    @staticmethod
+    def _open(path: Path):
+        try:
+            return np.load(path, allow_pickle=False)
+        except Exception as exc:
+            raise ValueError(f"{path}: unreadable reward-sample shard ({type(exc).__name__}: {exc})") from exc
+
+    def _shard(self, s: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        if s in self._cache:
+            self._cache.move_to_end(s)
+            return self._cache[s]
+        try:
+            with self._open(self.files[s]) as z:
+                arrays = (z["images"], z["preds"], z["references"])
+        except ValueError:  # already names the file
+            raise
+        except Exception as exc:  # a member that fails to decode
+            raise ValueError(f"{self.files[s]}: unreadable reward-sample shard ({type(exc).__name__}: {exc})") from exc
+        self._cache[s] = arrays
+        while len(self._cache) > self.block_shards:
+            self._cache.popitem(last=False)
+        return arrays
 
     def __len__(self) -> int:
-        return len(self.images)
+        return len(self.ids)
 
     def __getitem__(self, i: int):
-        pred = self.preds[i]
-        return (torch.from_numpy(self.images[i][None].astype(np.float32)), torch.from_numpy(pred.astype(np.int64)),
-                torch.from_numpy((pred == self.references[i]).astype(np.float32)))
+        images, preds, references = self._shard(int(self.shard_of[i]))
+        row = int(self.row_of[i])
+        pred = preds[row]
+        return (torch.from_numpy(images[row][None].astype(np.float32)), torch.from_numpy(pred.astype(np.int64)),
+                torch.from_numpy((pred == references[row]).astype(np.float32)))

@@ -196,6 +196,36 @@ class _Subset(torch.utils.data.Dataset):
         return self.samples[int(self.indices[i])]
 
 
+class ShardBlockSampler(torch.utils.data.Sampler[int]):
+    """A fresh shuffled order of ``len(shard_of)`` positions each pass, shuffled in blocks of shards: the
+    shards in a random order, taken ``block_shards`` at a time, the positions of each block shuffled together.
+
+    With a lazily read sample set (:class:`reward.builder.RewardSampleDataset`) whose cache holds
+    ``block_shards`` shards, each shard is decoded once per pass; when every shard fits in one block this is a
+    plain shuffle.
+
+    :param shard_of: shard of each position (e.g. ``dataset.shard_of[subset_indices]``).
+    :param block_shards: shards per block (>= 1).
+    :param generator: torch generator that seeds each pass's order.
+    """
+
+    def __init__(self, shard_of: np.ndarray, block_shards: int, generator: torch.Generator | None = None) -> None:
+        self.shard_of = np.asarray(shard_of)
+        self.block_shards = max(1, int(block_shards))
+        self.generator = generator
+
+    def __len__(self) -> int:
+        return len(self.shard_of)
+
+    def __iter__(self):
+        seed = int(torch.randint(0, 2**31 - 1, (1,), generator=self.generator))
+        rng = np.random.default_rng(seed)
+        shards = rng.permutation(np.unique(self.shard_of))
+        for start in range(0, len(shards), self.block_shards):
+            block = np.flatnonzero(np.isin(self.shard_of, shards[start:start + self.block_shards]))
+            yield from rng.permutation(block).tolist()
+
+
 def train_reward_network(samples: Any, n_classes: int, config: RewardTrainConfig | None = None,
                          out_path: str | os.PathLike | None = None, **metadata: Any) -> RewardTrainResult:
     """Train a reward network from scratch, keep the best-on-validation weights, then temperature-scale it.
@@ -262,7 +292,10 @@ def _train(samples: Any, n_classes: int, config: RewardTrainConfig, device: torc
 
     gen = torch.Generator().manual_seed(config.seed)
     loader_kw = {"batch_size": config.batch_size, "collate_fn": _collate, "num_workers": config.num_workers}
-    train_loader = torch.utils.data.DataLoader(_Subset(samples, train_idx), shuffle=True, generator=gen,
+    # a lazily read sample set is shuffled in blocks of the shards its cache holds (each decoded once a pass)
+    order = (ShardBlockSampler(samples.shard_of[train_idx], samples.block_shards, gen)
+             if hasattr(samples, "shard_of") else torch.utils.data.RandomSampler(train_idx, generator=gen))
+    train_loader = torch.utils.data.DataLoader(_Subset(samples, train_idx), sampler=order,
                                                # a last batch of one sample would break batch norm
                                                drop_last=len(train_idx) % config.batch_size == 1, **loader_kw)
     val_loader = torch.utils.data.DataLoader(_Subset(samples, val_idx), shuffle=False, **loader_kw)

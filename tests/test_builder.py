@@ -108,3 +108,51 @@ def test_invalid_but_correctable_gives_corrected_sample(tmp_path):
     data = store.load()
     assert np.all(data["references"][:, 0:2, 0:2] == 1)  # reference = corrected map
     assert set(data["kinds"]) == {"corrected"}
+
+
+def _filled_store(root, n_iterations=3, per_iteration=10, shard_size=4):
+    """A store of random samples: 3 iterations x 10 samples in shards of 4 (3 shards per iteration)."""
+    from reward.builder import BuildReport
+
+    store = RewardSampleStore(root, shard_size=shard_size)
+    rng = np.random.default_rng(0)
+    for it in range(1, n_iterations + 1):
+        writer = store.begin(it)
+        for k in range(per_iteration):
+            writer.add(rng.random((H, W)).astype(np.float32), rng.integers(0, 3, (H, W)), rng.integers(0, 3, (H, W)),
+                       "pseudo_label", f"im{it}_{k // 2}")
+        writer.commit(BuildReport(it, images_seen=per_iteration, samples_by_kind={"pseudo_label": per_iteration}))
+    return store
+
+
+def test_reward_samples_are_read_lazily_through_a_bounded_cache(tmp_path):
+    store = _filled_store(tmp_path)
+    everything = store.load()
+    ds = RewardSampleDataset(store, cache_mb=2 * 4 * H * W * 4 / 2**20)  # room for two shards of 4
+    assert len(ds) == 30 and ds.block_shards == 2 and len(ds.files) == 9
+    assert ds.ids.tolist() == everything["ids"].tolist()
+    for i in [0, 29, 5, 17, 3, 22, 11]:
+        image, pred, target = ds[i]
+        assert len(ds._cache) <= 2
+        assert np.array_equal(image[0].numpy(), everything["images"][i])
+        assert np.array_equal(pred.numpy(), everything["preds"][i])
+        assert np.array_equal(target.numpy(), everything["preds"][i] == everything["references"][i])
+    shard = ds.files[4]
+    shard.write_bytes(shard.read_bytes()[:50])
+    with pytest.raises(ValueError, match=f"{shard}: unreadable reward-sample shard"):
+        RewardSampleDataset(store)
+
+
+def test_shard_block_sampler_shuffles_within_blocks_of_shards():
+    from reward.training import ShardBlockSampler
+
+    shard_of = np.repeat(np.arange(7), 5)
+    gen = torch.Generator().manual_seed(0)
+    sampler = ShardBlockSampler(shard_of, block_shards=3, generator=gen)
+    first, second = list(sampler), list(sampler)
+    assert sorted(first) == sorted(second) == list(range(35)) and first != second
+    for order in (first, second):  # blocks of 3, 3, 1 shards, in that order, each block contiguous
+        shards = shard_of[order]
+        assert [len(set(shards[a:b])) for a, b in ((0, 15), (15, 30), (30, 35))] == [3, 3, 1]
+    # every shard in one block: a plain shuffle of all positions
+    assert sorted(ShardBlockSampler(shard_of, block_shards=7, generator=gen)) == list(range(35))

@@ -291,7 +291,7 @@ def test_resume_names_each_damaged_file_and_can_resume_from_an_intact_iteration(
     it2 = d / "checkpoints" / "iter_002"
     stray = it2 / ".actor.pt.abc123.tmp"
     stray.write_bytes(b"half a checkpoint")
-    for name in ("actor.pt", "ppo.zip", "pseudo_labels.npz", "reward_net.pt"):
+    for name in ("actor.pt", "ppo.zip", "pseudo_labels.npz", "reward_net.pt", "random_state.json"):
         path = it2 / name
         original = path.read_bytes()
         path.write_bytes(original[: len(original) // 2])
