@@ -341,8 +341,11 @@ def pretrain_segmentation(train: SegDataset, val: SegDataset, out_path: str | Pa
     writer = None
     if config.tensorboard_log is not None:
         writer = SummaryWriter(log_dir=str(config.tensorboard_log))
+    # worker processes generate / read images while the device trains (num_workers: the loop config's
+    # pretrain.num_workers); page-locked batches copy to a GPU asynchronously
     loader = DataLoader(SegTorchDataset(train), batch_size=config.batch_size, shuffle=True,
-                        num_workers=config.num_workers, generator=torch.Generator())
+                        num_workers=config.num_workers, generator=torch.Generator(),
+                        pin_memory=torch.device(device).type == "cuda", persistent_workers=config.num_workers > 0)
     class_names = list(train.class_names)
     stopped_early = config.patience is not None and since_best >= config.patience
     start_epoch = len(history) + 1
@@ -403,7 +406,7 @@ def _train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.opti
     total, seen = 0.0, 0
     bar = tqdm(loader, desc=desc, unit="batch", leave=False, disable=not config.progress)
     for images, labels in bar:
-        images, labels = images.to(device), labels.to(device)
+        images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
         if config.augment:
             images, labels = augment_batch(images, labels, aug_gen, config.gamma_range, config.contrast_range,
                                            config.max_shift)

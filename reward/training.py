@@ -6,6 +6,7 @@ on the validation logits (calibration pixels: foreground by default) with ECE be
 """
 from __future__ import annotations
 
+import itertools
 import math
 import os
 from collections.abc import Mapping, Sequence
@@ -28,8 +29,13 @@ from reward.uncertainty import expected_calibration_error
 class RewardTrainConfig:
     """Settings of :func:`train_reward_network` (defaults: the authors' optimiser, CPU-sized network)."""
 
-    #: maximum number of passes over the training split
+    #: maximum number of passes over the training split (with ``max_steps``: of validation rounds)
     epochs: int = 10
+    #: None: ``epochs`` full passes, so the time grows with the accumulated reward set; an int bounds the
+    #: training to this many gradient steps whatever the set's size: ``epochs`` rounds of
+    #: ``ceil(max_steps / epochs)`` steps (the loader cycled, reshuffled at each pass), each round followed
+    #: by the validation and early-stopping check of an epoch
+    max_steps: int | None = None
     #: samples per optimisation step
     batch_size: int = 32
     #: Adam learning rate (authors: 1e-3)
@@ -91,6 +97,8 @@ class RewardTrainConfig:
                              f"{self.min_samples} and {self.min_error_reduction}")
         if not 0 < self.val_fraction < 1:
             raise ValueError(f"RewardTrainConfig.val_fraction must be in (0, 1), got {self.val_fraction}")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise ValueError(f"RewardTrainConfig.max_steps must be >= 1 or null, got {self.max_steps}")
         if self.patience is not None and self.patience < 1:
             raise ValueError(f"RewardTrainConfig.patience must be >= 1 or null, got {self.patience}")
         if self.split_by not in ("image", "sample"):
@@ -312,12 +320,13 @@ def _train(samples: Any, n_classes: int, config: RewardTrainConfig, device: torc
 
     result = RewardTrainResult(net=net, temperature=1.0, n_train=len(train_idx), n_val=len(val_idx))
     best_loss, best_state, stale = math.inf, None, 0
+    rounds, steps_per_round = _training_rounds(train_loader, config.max_steps, config.epochs)
     epochs = tqdm(range(config.epochs), desc="reward net", unit="epoch", disable=not config.progress, leave=False)
     for epoch in epochs:
         net.train()
         total, count = 0.0, 0
-        for images, preds, targets in tqdm(train_loader, desc=f"epoch {epoch + 1}", leave=False, unit="batch",
-                                           disable=not config.progress):
+        for images, preds, targets in tqdm(next(rounds), desc=f"epoch {epoch + 1}", leave=False, unit="batch",
+                                           total=steps_per_round, disable=not config.progress):
             images, preds, targets = images.to(device), preds.to(device), targets.to(device)
             loss = F.binary_cross_entropy_with_logits(net(images, preds)[:, 0], targets)
             optimizer.zero_grad(set_to_none=True)
@@ -378,6 +387,22 @@ def _validation_loss(net: RewardNet, loader: torch.utils.data.DataLoader, device
             total += float(F.binary_cross_entropy_with_logits(logits, targets.to(device), reduction="sum"))
             count += targets.numel()
     return total / max(count, 1)
+
+
+def _training_rounds(loader: torch.utils.data.DataLoader, max_steps: int | None, epochs: int):
+    """``(iterator of rounds, steps per round)``: each round an iterable of batches; a full pass of ``loader``
+    without ``max_steps``, else ``ceil(max_steps / epochs)`` batches of the loader cycled (a new shuffled
+    pass whenever one ends)."""
+    if max_steps is None:
+        return (loader for _ in range(epochs)), len(loader)
+    per_round = -(-max_steps // epochs)
+
+    def cycled():
+        while True:
+            yield from loader
+
+    batches = cycled()
+    return (itertools.islice(batches, per_round) for _ in range(epochs)), per_round
 
 
 def _collect_validation(net: RewardNet, loader: torch.utils.data.DataLoader, device: torch.device,

@@ -302,3 +302,22 @@ def test_the_validation_split_keeps_the_samples_of_one_image_together():
     # one image only: nothing to group, the split falls back to samples
     val_1, train_1 = split_indices(5, 0.2, seed=0, groups=["a"] * 5)
     assert len(val_1) == 1 and len(train_1) == 4
+
+
+def test_a_step_budget_bounds_training_whatever_the_set_size(monkeypatch) -> None:
+    steps = []
+    original = torch.optim.Adam.step
+    monkeypatch.setattr(torch.optim.Adam, "step", lambda self, *a, **k: (steps.append(1), original(self, *a, **k))[1])
+    for n in (12, 60):  # 11 and 54 training samples: 2 and 7 batches per pass
+        steps.clear()
+        config = RewardTrainConfig(epochs=3, batch_size=8, max_steps=10, patience=None, channels=SMALL,
+                                   progress=False, split_by="sample")
+        result = train_reward_network(disc_toy(n, size=16, seed=2), N_CLASSES, config)
+        # 3 rounds of ceil(10 / 3) = 4 steps, each followed by a validation
+        assert len(steps) == 12 and len(result.val_losses) == 3
+    steps.clear()
+    config = RewardTrainConfig(epochs=3, batch_size=8, channels=SMALL, progress=False, patience=None, split_by="sample")
+    train_reward_network(disc_toy(60, size=16, seed=2), N_CLASSES, config)
+    assert len(steps) == 3 * 7  # no budget: full passes
+    with pytest.raises(ValueError, match="max_steps must be >= 1"):
+        RewardTrainConfig(max_steps=0)
