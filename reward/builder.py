@@ -325,12 +325,12 @@ class RewardSampleDataset(torch.utils.data.Dataset):
     (:class:`reward.training.ShardBlockSampler`).
 
     :param store: the sample store (its completed iterations, read when the dataset is made).
-    :param cache_mb: bound of the decoded-shard cache (default 64 MB: 8 shards of 512 samples at 64 px,
+    :param cache_mb: bound of the decoded-shard cache (default 32 MB: 4 shards of 512 samples at 64 px,
         one shard at 256 px).
     :raises ValueError: the store is empty or a shard is unreadable (the message names the file).
     """
 
-    def __init__(self, store: RewardSampleStore, cache_mb: float = 64.0) -> None:
+    def __init__(self, store: RewardSampleStore, cache_mb: float = 32.0) -> None:
         self.files = store.shards()
         if not self.files:
             raise ValueError(f"{store.root}: the reward dataset is empty (no completed iteration with samples)")
