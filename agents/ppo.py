@@ -25,6 +25,7 @@ from stable_baselines3.common.utils import explained_variance, obs_as_tensor
 from stable_baselines3.common.vec_env import VecEnv
 
 from agents.buffers import PixelRolloutBuffer
+from agents.distributed import average_gradients
 from agents.policies import PixelActorCriticPolicy, pixel_action_classes, shrink_perturb
 
 __all__ = ["PixelPPO", "shrink_perturb"]
@@ -292,6 +293,7 @@ class PixelPPO(OnPolicyAlgorithm):
                 policy_loss = -surrogate - self.ent_coef * entropy.mean()
                 self.policy.actor_optimizer.zero_grad()
                 policy_loss.backward()
+                average_gradients(actor.parameters())  # torchrun: every process steps with the global mean
                 if self.max_grad_norm is not None:
                     torch.nn.utils.clip_grad_norm_(actor.parameters(), self.max_grad_norm)
                 self.policy.actor_optimizer.step()
@@ -299,6 +301,7 @@ class PixelPPO(OnPolicyAlgorithm):
                 value_loss = self.vf_coef * F.mse_loss(values, batch.reward_maps)
                 self.policy.critic_optimizer.zero_grad()
                 value_loss.backward()
+                average_gradients(self.policy.critic.parameters())
                 self.policy.critic_optimizer.step()
 
                 with torch.no_grad():

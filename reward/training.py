@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from agents.distributed import RankSlice, average_gradients, per_process_batch
+from agents.distributed import context as distributed_context
 from reward.network import RewardNet, fit_temperature, save_reward_net
 from reward.uncertainty import expected_calibration_error
 
@@ -301,13 +303,18 @@ def _train(samples: Any, n_classes: int, config: RewardTrainConfig, device: torc
                                        getattr(samples, "ids", None) if config.split_by == "image" else None)
 
     gen = torch.Generator().manual_seed(config.seed)
+    ctx = distributed_context()
     loader_kw = {"batch_size": config.batch_size, "collate_fn": _collate, "num_workers": config.num_workers}
     # a lazily read sample set is shuffled in blocks of the shards its cache holds (each decoded once a pass)
     order = (ShardBlockSampler(samples.shard_of[train_idx], samples.block_shards, gen)
              if hasattr(samples, "shard_of") else torch.utils.data.RandomSampler(train_idx, generator=gen))
+    train_kw = dict(loader_kw)
+    if ctx.enabled:  # torchrun: each process trains on its share of every batch, gradients averaged
+        order = RankSlice(order, ctx)
+        train_kw["batch_size"] = per_process_batch(config.batch_size, ctx, "reward_net.batch_size")
     train_loader = torch.utils.data.DataLoader(_Subset(samples, train_idx), sampler=order,
                                                # a last batch of one sample would break batch norm
-                                               drop_last=len(train_idx) % config.batch_size == 1, **loader_kw)
+                                               drop_last=len(order) % train_kw["batch_size"] == 1, **train_kw)
     val_loader = torch.utils.data.DataLoader(_Subset(samples, val_idx), shuffle=False, **loader_kw)
 
     net = RewardNet(n_classes, seg_encoding=config.seg_encoding, channels=config.channels,
@@ -333,6 +340,7 @@ def _train(samples: Any, n_classes: int, config: RewardTrainConfig, device: torc
             loss = F.binary_cross_entropy_with_logits(net(images, preds)[:, 0], targets)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            average_gradients(net.parameters())
             optimizer.step()
             total += loss.item() * len(images)
             count += len(images)

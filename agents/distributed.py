@@ -1,0 +1,143 @@
+"""Data-parallel training across processes with ``torch.distributed`` (``torchrun``), rank 0 the writer.
+
+One process per device; every process holds the whole model and trains on its share of each batch; the
+gradients are averaged across processes before every optimiser step (an all-reduce), so all processes keep
+identical weights, exactly as :class:`torch.nn.parallel.DistributedDataParallel` does, without wrapping the
+model (SB3 policies and the reward network keep their types and checkpoints). With equal shares, the
+averaged gradient is the gradient of the global batch's mean loss: a run on N processes with per-process
+batches of ``B / N`` takes the same steps as one process with batches of ``B``, up to floating-point
+summation order, as long as the networks' normalisation does not depend on the batch (batch norm in training
+mode computes its statistics per process, as DDP's does by default).
+
+    ctx = init_distributed()          # reads torchrun's RANK / WORLD_SIZE / LOCAL_RANK; gloo on CPU, nccl on CUDA
+    ...
+    loss.backward(); average_gradients(model.parameters()); optimizer.step()
+
+Outside ``torchrun`` (no ``WORLD_SIZE`` in the environment) nothing is initialised and every helper is a
+no-op for one process.
+"""
+from __future__ import annotations
+
+import datetime
+import os
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+#: seconds a collective waits for the other processes before failing (a crashed rank stops the others)
+DEFAULT_TIMEOUT_S = 600.0
+
+
+@dataclass(frozen=True)
+class DistributedContext:
+    """Where this process stands: its rank among ``world_size`` processes and the backend (None: one process)."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    backend: str | None = None
+
+    @property
+    def is_main(self) -> bool:
+        """True on the process that writes files (rank 0)."""
+        return self.rank == 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+
+def context() -> DistributedContext:
+    """The current process group's context (one process when none is initialised)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return DistributedContext()
+    return DistributedContext(dist.get_rank(), dist.get_world_size(),
+                              int(os.environ.get("LOCAL_RANK", dist.get_rank())), dist.get_backend())
+
+
+def init_distributed(device: str | torch.device = "auto", backend: str | None = None,
+                     timeout_s: float = DEFAULT_TIMEOUT_S) -> DistributedContext:
+    """Join the process group ``torchrun`` set up (``WORLD_SIZE`` > 1 in the environment); else one process.
+
+    :param device: the run's device; with CUDA each process takes ``cuda:LOCAL_RANK``.
+    :param backend: ``None`` picks ``nccl`` for CUDA and ``gloo`` otherwise.
+    :param timeout_s: how long a collective waits for the other processes.
+    :raises RuntimeError: ``WORLD_SIZE`` > 1 but torch was built without distributed support.
+    """
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return DistributedContext()
+    if not dist.is_available():
+        raise RuntimeError("WORLD_SIZE > 1 but this torch build has no torch.distributed support")
+    if dist.is_initialized():
+        return context()
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    cuda = str(device).startswith("cuda") or (str(device) == "auto" and torch.cuda.is_available())
+    if cuda:
+        torch.cuda.set_device(local_rank)
+    dist.init_process_group(backend or ("nccl" if cuda else "gloo"),
+                            timeout=datetime.timedelta(seconds=timeout_s))
+    return context()
+
+
+def average_gradients(parameters: Iterable[torch.nn.Parameter]) -> None:
+    """Replace each parameter's gradient by its mean over all processes (one flat all-reduce); no-op for one
+    process. Parameters without a gradient on this process count as zero gradients."""
+    ctx = context()
+    if not ctx.enabled:
+        return
+    params = [p for p in parameters if p.requires_grad]
+    if not params:
+        return
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+    flat /= ctx.world_size
+    offset = 0
+    for p, g in zip(params, grads):
+        n = g.numel()
+        p.grad = flat[offset:offset + n].view_as(g).clone()
+        offset += n
+
+
+def broadcast_module(module: torch.nn.Module, src: int = 0) -> None:
+    """Copy rank ``src``'s parameters and buffers to every process (no-op for one process)."""
+    if not context().enabled:
+        return
+    for tensor in [*module.parameters(), *module.buffers()]:
+        dist.broadcast(tensor.data, src=src)
+
+
+class RankSlice(torch.utils.data.Sampler[int]):
+    """This process's share of another sampler's order: positions ``rank, rank + N, ...`` of each pass,
+    the pass cut to a multiple of ``N`` so every process takes the same number of steps. Every process must
+    draw the same order (same seed). Batches of ``B / N`` on N processes then hold, together, exactly the
+    samples of the one-process batches of ``B``."""
+
+    def __init__(self, sampler: Iterable[int], ctx: DistributedContext | None = None) -> None:
+        self.sampler, self.ctx = sampler, ctx or context()
+
+    def __len__(self) -> int:
+        return len(self.sampler) // self.ctx.world_size  # type: ignore[arg-type]
+
+    def __iter__(self) -> Iterator[int]:
+        order = list(self.sampler)
+        order = order[: len(order) - len(order) % self.ctx.world_size]
+        return iter(order[self.ctx.rank::self.ctx.world_size])
+
+
+def per_process_batch(batch_size: int, ctx: DistributedContext | None = None, what: str = "batch_size") -> int:
+    """``batch_size / world_size``.
+
+    :raises ValueError: the global batch does not split evenly (the message names ``what``).
+    """
+    ctx = ctx or context()
+    if batch_size % ctx.world_size:
+        raise ValueError(f"{what}={batch_size} must be a multiple of the number of processes ({ctx.world_size})")
+    return batch_size // ctx.world_size
+
+
+__all__ = ["DistributedContext", "RankSlice", "average_gradients", "broadcast_module", "context",
+           "init_distributed", "per_process_batch"]

@@ -1,0 +1,70 @@
+"""One process of tests/test_distributed.py, started as torchrun would (RANK, WORLD_SIZE, MASTER_ADDR/PORT):
+``python tests/distributed_worker.py TASK OUT`` writes this rank's weights to ``OUT.rank<r>.pt`` after one
+PPO update (TASK ``ppo``) or one reward-network epoch (TASK ``reward``) on a fixed global batch."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+
+from agents.distributed import init_distributed  # noqa: E402
+
+GLOBAL_BATCH, SIZE, N_CLASSES = 4, 16, 3
+
+
+def ppo_update(ctx) -> dict[str, torch.Tensor]:
+    from stable_baselines3.common.logger import configure
+
+    from agents.ppo import PixelPPO
+    from agents.vec_env import make_sb3_vec_env
+    from conftest import TinyDataset
+
+    per_rank = GLOBAL_BATCH // ctx.world_size
+    env = make_sb3_vec_env(per_rank, dataset=TinyDataset(n=8, size=(SIZE, SIZE)))
+    unet = {"channels": [4, 8], "norm": "group"}
+    model = PixelPPO("PixelUNetPolicy", env, n_steps=1, batch_size=per_rank, n_epochs=2, seed=0, image_log_interval=0,
+                     policy_kwargs={"actor_kwargs": unet, "critic_kwargs": unet})
+    model.set_logger(configure(None, []))
+    model.kl_coef, model.ent_coef = 0.1, 0.01
+    # the global batch: images 0..3 with fixed actions and rewards; this rank holds its contiguous share
+    rng = np.random.default_rng(0)
+    actions = rng.integers(0, N_CLASSES, (GLOBAL_BATCH, SIZE, SIZE)).astype(np.uint8)
+    rewards = rng.random((GLOBAL_BATCH, SIZE, SIZE)).astype(np.float32)
+    mine = slice(ctx.rank * per_rank, (ctx.rank + 1) * per_rank)
+    obs = np.stack([(env.venv.venv.get_sample(i).image * 255).astype(np.uint8)[..., None]
+                    for i in range(GLOBAL_BATCH)])[mine]
+    policy = model.policy
+    with torch.no_grad():
+        obs_t = torch.as_tensor(obs)
+        act_t = torch.as_tensor(actions[mine]).long()
+        dist = policy.get_distribution(obs_t)
+        model.rollout_buffer.reset()
+        model.rollout_buffer.add(obs, actions[mine], rewards[mine], policy.predict_values(obs_t),
+                                 dist.log_prob(act_t), policy.reference_log_prob(obs_t, act_t))
+    model.train()
+    return {f"actor.{k}": v for k, v in policy.actor.state_dict().items()} | \
+        {f"critic.{k}": v for k, v in policy.critic.state_dict().items()}
+
+
+def reward_epoch(ctx) -> dict[str, torch.Tensor]:
+    from reward.training import RewardTrainConfig, train_reward_network
+    from test_reward_network import disc_toy
+
+    samples = [(torch.from_numpy(i[None]), torch.from_numpy(p), torch.from_numpy(t))
+               for i, p, t in disc_toy(40, size=SIZE, seed=0)]
+    config = RewardTrainConfig(epochs=1, batch_size=8, channels=(4, 8), norm="group", split_by="sample",
+                               patience=None, progress=False, seed=0)
+    return train_reward_network(samples, N_CLASSES, config).net.state_dict()
+
+
+if __name__ == "__main__":
+    task, out = sys.argv[1], sys.argv[2]
+    torch.set_num_threads(1)
+    ctx = init_distributed("cpu")
+    state = {"ppo": ppo_update, "reward": reward_epoch}[task](ctx)
+    torch.save({k: v.detach().cpu() for k, v in state.items()}, f"{out}.rank{ctx.rank}.pt")
