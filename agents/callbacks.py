@@ -25,6 +25,8 @@ import numpy as np
 import torch
 from stable_baselines3.common.callbacks import BaseCallback
 
+from agents.distributed import broadcast_object, per_process_batch
+from agents.distributed import context as distributed_context
 from agents.networks import reestimate_norm_statistics
 from agents.policies import shrink_perturb
 from agents.random_state import restore_random_state
@@ -242,10 +244,14 @@ class RewardRetrainingCallback(BaseCallback):
             # target-normalise the starting actor and its reference copy alike (unlabelled images only)
             for net in (model.policy.actor, model.policy.reference_policy):
                 reestimate_norm_statistics(net, torch.as_tensor(images[:, None], device=model.device))
-        if self.store.is_complete(i):  # interrupted after the samples were written: rebuild, never duplicate
-            self.store.discard(i)
-        report, accepted = self.builder.build(model.policy.actor, images, [s.id for s in samples], self.store, i,
-                                              progress=self.progress)
+        ctx = distributed_context()
+        report = accepted = None
+        if ctx.is_main:  # under torchrun rank 0 writes the samples; every process gets its report and labels
+            if self.store.is_complete(i):  # interrupted after the samples were written: rebuild, never duplicate
+                self.store.discard(i)
+            report, accepted = self.builder.build(model.policy.actor, images, [s.id for s in samples], self.store, i,
+                                                  progress=self.progress)
+        report, accepted = broadcast_object((report, accepted))
         self.pseudo_labels.update(accepted)
         record.update(report.as_dict())
         record["pseudo_labels_total"] = len(self.pseudo_labels)
@@ -282,8 +288,9 @@ class RewardRetrainingCallback(BaseCallback):
         # 4. schedule, and shrink-and-perturb between iterations
         model.ent_coef = self.schedule.ent_coef(i)
         model.kl_coef = self.schedule.kl_coef(i)
-        model.batch_size = self.schedule.batch_size(i)
-        model.n_steps = rollout_steps(self.schedule.batch_size(i), model.n_envs)
+        # under torchrun each process takes its share of the rollout and of every minibatch
+        model.batch_size = per_process_batch(self.schedule.batch_size(i), ctx, "the rollout batch (ppo.batch_size_base)")
+        model.n_steps = rollout_steps(model.batch_size, model.n_envs)
         if i > 1 and (self.schedule.shrink != 1.0 or self.schedule.perturb_sigma > 0):
             gen = torch.Generator().manual_seed(1_000 + i)
             for net in (model.policy.actor, model.policy.critic):
@@ -291,7 +298,7 @@ class RewardRetrainingCallback(BaseCallback):
                 # the shrunk weights no longer match the normalisation statistics used by rollouts (eval
                 # mode): re-estimate them on this iteration's target images
                 reestimate_norm_statistics(net, torch.as_tensor(images[:, None], device=model.device))
-        record.update(ent_coef=model.ent_coef, kl_coef=model.kl_coef, batch_size=model.batch_size,
+        record.update(ent_coef=model.ent_coef, kl_coef=model.kl_coef, batch_size=self.schedule.batch_size(i),
                       prepare_seconds=time.time() - t0)
         record["_t_start"] = time.time()
         self.records[i] = record

@@ -22,6 +22,7 @@ import datetime
 import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -110,6 +111,21 @@ def broadcast_module(module: torch.nn.Module, src: int = 0) -> None:
         dist.broadcast(tensor.data, src=src)
 
 
+def barrier() -> None:
+    """Wait for every process (no-op for one process)."""
+    if context().enabled:
+        dist.barrier()
+
+
+def broadcast_object(obj: Any = None, src: int = 0) -> Any:
+    """Rank ``src``'s ``obj`` on every process (picklable; no-op for one process)."""
+    if not context().enabled:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]
+
+
 class RankSlice(torch.utils.data.Sampler[int]):
     """This process's share of another sampler's order: positions ``rank, rank + N, ...`` of each pass,
     the pass cut to a multiple of ``N`` so every process takes the same number of steps. Every process must
@@ -139,5 +155,5 @@ def per_process_batch(batch_size: int, ctx: DistributedContext | None = None, wh
     return batch_size // ctx.world_size
 
 
-__all__ = ["DistributedContext", "RankSlice", "average_gradients", "broadcast_module", "context",
-           "init_distributed", "per_process_batch"]
+__all__ = ["DistributedContext", "RankSlice", "average_gradients", "barrier", "broadcast_module", "broadcast_object",
+           "context", "init_distributed", "per_process_batch"]

@@ -198,6 +198,24 @@ class TestTimeSection(TTOConfig):
 
 
 @dataclass
+class DistributedSection:
+    """What a ``torchrun`` run needs set by hand (ranks, world size and addresses come from torchrun)."""
+
+    #: ``null``: ``nccl`` on CUDA, ``gloo`` otherwise
+    backend: str | None = None
+    #: how long a process waits for the others at a collective; rank 0 alone pretrains and evaluates while
+    #: the others wait, so this must cover the longest of those phases (a crash of one process stops all of
+    #: them through torchrun whatever this is)
+    timeout_minutes: float = 240.0
+
+    def __post_init__(self) -> None:
+        if self.backend not in (None, "gloo", "nccl", "mpi"):
+            raise ValueError(f"DistributedSection.backend must be gloo, nccl, mpi or null, got {self.backend!r}")
+        if self.timeout_minutes <= 0:
+            raise ValueError(f"DistributedSection.timeout_minutes must be > 0, got {self.timeout_minutes}")
+
+
+@dataclass
 class LoopConfig:
     """Everything ``rl4seg-train`` runs: source pretraining, N RL4Seg iterations, evaluation."""
 
@@ -217,6 +235,7 @@ class LoopConfig:
     ppo: PPOSection = field(default_factory=PPOSection)
     evaluation: EvalSection = field(default_factory=EvalSection)
     test_time: TestTimeSection = field(default_factory=TestTimeSection)
+    distributed: DistributedSection = field(default_factory=DistributedSection)
     #: train the reward net on ground-truth target rewards instead (ablation; reads target labels!)
     oracle_reward: bool = False
 

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from agents.callbacks import RewardRetrainingCallback, total_timesteps
+from agents.distributed import barrier, init_distributed, per_process_batch
 from agents.networks import load_unet, predict, resolve_device, save_unet
 from pipeline.baselines import AdaBNConfig, TentConfig, adabn, tent
 from agents.ppo import PixelPPO
@@ -57,9 +58,34 @@ class RL4SegRun:
                  resume: bool = False, from_iteration: int | None = None) -> None:
         if from_iteration is not None and not resume:
             raise ValueError("from_iteration needs resume=True")
+        if resume and run_dir is None:
+            raise ValueError("resume needs the run directory")
+        if not resume and config is None:
+            raise ValueError("a config is needed to start a new run")
+        # under torchrun: one process per device; rank 0 alone writes the run directory, the others follow
         if resume:
-            if run_dir is None:
-                raise ValueError("resume needs the run directory")
+            RunDirectory(run_dir).require_run()
+        settings = load_config(RunDirectory(run_dir).config_path) if resume else config
+        d = settings.distributed
+        self.ctx = init_distributed(settings.device, d.backend, 60 * d.timeout_minutes)
+        if self.ctx.is_main:
+            self._open_run_directory(config, run_dir, resume, from_iteration)
+        barrier()  # the run directory exists (or rank 0 failed, and torchrun stops every process)
+        if not self.ctx.is_main:
+            self.dirs = RunDirectory(run_dir or config.run_dir)
+            self.config = load_config(self.dirs.config_path)
+            self.config.run_dir = str(self.dirs.root)
+        self.device = resolve_device(self.config.device)  # "auto": CUDA if available; a missing one is an error
+        if self.device.type == "cuda" and self.ctx.enabled:
+            self.device = torch.device("cuda", self.ctx.local_rank)
+        if self.config.num_threads > 0:
+            torch.set_num_threads(self.config.num_threads)
+        self.state = self.dirs.load_state()
+        self._t0 = time.time()
+
+    def _open_run_directory(self, config: LoopConfig | None, run_dir: str | os.PathLike | None, resume: bool,
+                            from_iteration: int | None) -> None:
+        if resume:
             self.dirs = RunDirectory(run_dir)
             self.dirs.require_run()
             self.dirs.lock()
@@ -71,19 +97,12 @@ class RL4SegRun:
             self.config = load_config(self.dirs.config_path)
             self.config.run_dir = str(self.dirs.root)  # the folder it was resumed from, wherever it moved
         else:
-            if config is None:
-                raise ValueError("a config is needed to start a new run")
             self.config = config
             resolve_device(config.device)  # before anything is written
             self.dirs = RunDirectory(run_dir or config.run_dir)
             self.config.run_dir = str(self.dirs.root)
             self.dirs.create(config_to_yaml(self.config))
         self.dirs.checkpoints.mkdir(parents=True, exist_ok=True)
-        self.device = resolve_device(self.config.device)  # "auto": CUDA if available; a missing one is an error
-        if self.config.num_threads > 0:
-            torch.set_num_threads(self.config.num_threads)
-        self.state = self.dirs.load_state()
-        self._t0 = time.time()
 
     def _prepare_resume(self, from_iteration: int | None) -> None:
         stray = self.dirs.remove_temp_files()
@@ -99,7 +118,8 @@ class RL4SegRun:
         return self.dirs.root
 
     def _save_state(self) -> None:
-        self.dirs.save_state(self.state)
+        if self.ctx.is_main:
+            self.dirs.save_state(self.state)
 
     # --- data -----------------------------------------------------------------------------------------
     def dataset(self, role: str, split: str, with_labels: bool, n_images: int | None = None) -> SegDataset:
@@ -347,10 +367,12 @@ class RL4SegRun:
         if self.config.oracle_reward:
             return None, {}  # ablation: the env's ground-truth reward stays in place
         n = self.config.network
+        main = self.ctx.is_main
         cfg = dataclasses.replace(self.config.reward_net, channels=n.channels, norm=n.norm, device=str(self.device),
-                                  seed=self.config.seed + iteration, progress=self.config.progress,
-                                  tensorboard_dir=str(self.dirs.tensorboard(f"reward_iter_{iteration:03d}")))
-        out = self.dirs.reward_net(iteration)
+                                  seed=self.config.seed + iteration, progress=self.config.progress and main,
+                                  tensorboard_dir=str(self.dirs.tensorboard(f"reward_iter_{iteration:03d}"))
+                                  if main else None)
+        out = self.dirs.reward_net(iteration) if main else None  # every process trains it, rank 0 saves it
         result = train_reward_network(RewardSampleDataset(store), self.n_classes, cfg, out_path=out,
                                       iteration=iteration)
         info = {"ece_before": result.val_ece_before, "ece_after": result.val_ece_after,
@@ -383,12 +405,18 @@ class RL4SegRun:
         return PixelPPO("PixelUNetPolicy", env, n_steps=1, batch_size=p.batch_size_base, n_epochs=p.n_epochs,
                         clip_range=p.clip_range, max_grad_norm=p.max_grad_norm, use_pseudo_labels=p.anchors,
                         update_actor_norm_stats=p.update_norm_stats_in_ppo,
-                        image_log_interval=p.image_log_interval, tensorboard_log=str(self.dirs.tensorboard()),
+                        image_log_interval=p.image_log_interval,
+                        tensorboard_log=str(self.dirs.tensorboard()) if self.ctx.is_main else None,
                         seed=self.config.seed, device=self.device,
                         policy_kwargs={"actor_kwargs": unet, "critic_kwargs": unet, "pretrained_actor": str(actor_path),
                                        "actor_lr": p.actor_lr, "critic_lr": p.critic_lr})
 
     def _on_iteration_end(self, iteration: int, callback: RewardRetrainingCallback) -> None:
+        if self.ctx.is_main:  # checkpoints, evaluation and report: rank 0; the other processes wait for it
+            self._finish_iteration(iteration, callback)
+        barrier()
+
+    def _finish_iteration(self, iteration: int, callback: RewardRetrainingCallback) -> None:
         model = callback.model
         d = self.dirs.iteration_dir(iteration, create=True)
         tmp = d / ".ppo.zip.tmp.zip"
@@ -445,13 +473,18 @@ class RL4SegRun:
             # ablation "ground-truth reward instead of the learned one": the only training path that reads
             # target labels, and only when asked for explicitly
             labelled = self.dataset("target", "train", with_labels=True)
-            env = make_sb3_vec_env(num_envs=p.batch_size_base, dataset=labelled, reward="accuracy")
+        # under torchrun each process steps its share of the rollout images (its own episodes)
+        n_envs = per_process_batch(p.batch_size_base, self.ctx, "ppo.batch_size_base")
+        if self.config.oracle_reward:
+            env = make_sb3_vec_env(num_envs=n_envs, dataset=labelled, reward="accuracy")
         else:
-            env = make_sb3_vec_env(num_envs=p.batch_size_base, dataset=self.datasets["target_train"], reward=None)
-        env.seed(self.config.seed)
+            env = make_sb3_vec_env(num_envs=n_envs, dataset=self.datasets["target_train"], reward=None)
+        env.seed(self.config.seed + 1000 * self.ctx.rank)
         model = self._make_model(env, actor_path)
+        if self.ctx.enabled:  # same initial weights everywhere, different sampled actions per process
+            torch.manual_seed(self.config.seed + self.ctx.rank)
         store = RewardSampleStore(self.dirs.reward_dataset)
-        for stale in [i for i in store.completed_iterations() if i >= start]:
+        for stale in [i for i in store.completed_iterations() if i >= start] if self.ctx.is_main else ():
             store.discard(stale)  # written by an iteration that did not complete: rebuilt, never duplicated
         builder = RewardDatasetBuilder(
             Corrector(ae, n_classes=self.n_classes), functools.partial(validity_batch, criteria=self.criteria),
@@ -464,11 +497,12 @@ class RL4SegRun:
             pseudo_labels=self.dirs.load_pseudo_labels(start - 1), on_iteration_end=self._on_iteration_end,
             adapt_norm_stats=p.adapt_norm_stats, reuse_images=rd.reuse_images,
             reward_model=self._resumed_reward_model(start), random_state=self.dirs.load_random_state(start - 1)
-            if start > 1 else None, progress=self.config.progress, verbose=1)
+            if start > 1 and self.ctx.is_main else None, progress=self.config.progress and self.ctx.is_main,
+            verbose=int(self.ctx.is_main))
         steps = total_timesteps(range(start, p.iterations + 1), p.updates_per_iteration, env.num_envs, p)
         # one TensorBoard run per run directory (tb/ppo_1), continued by every resume
         fresh = start == 1 and not (self.dirs.tensorboard() / "ppo_1").exists()
-        model.learn(steps, callback=callback, progress_bar=self.config.progress, tb_log_name="ppo",
+        model.learn(steps, callback=callback, progress_bar=self.config.progress and self.ctx.is_main, tb_log_name="ppo",
                     reset_num_timesteps=fresh)
         env.close()
 
@@ -482,10 +516,20 @@ class RL4SegRun:
             self.dirs.unlock()
 
     def _run(self) -> list[dict]:
-        source = self.pretrain_source()
-        ae = self.train_shape_ae()
-        self._baselines(source)
-        self.run_iterations(self.initial_actor(), ae)
+        if self.ctx.is_main:  # the phases before RL run on rank 0; the other processes wait, then read them
+            source = self.pretrain_source()
+            ae = self.train_shape_ae()
+            self._baselines(source)
+            init = self.initial_actor()
+        barrier()
+        if not self.ctx.is_main:
+            self.state = self.dirs.load_state()
+            ae = self.train_shape_ae()  # loads rank 0's
+            init = self.dirs.actor(0)
+        self.run_iterations(init, ae)
+        barrier()
+        if not self.ctx.is_main:
+            return self.dirs.load_state()["rows"]
         self._write_report(plots=True)
         print_report(self.state["rows"])
         gap = gap_closed(self.state["rows"])
@@ -499,7 +543,8 @@ class RL4SegRun:
 
     def _write_report(self, plots: bool = True) -> None:
         rows = self.state["rows"]
-        write_report(rows, self.run_dir)
+        write_report(rows, self.run_dir, header=[f"world size: {self.ctx.world_size}"
+                                                  + (f" (backend {self.ctx.backend})" if self.ctx.enabled else "")])
         if plots and rows:
             plot_metrics(rows, self.dirs.figure("metrics"))
         config_text = self.dirs.config_path.read_text() if self.dirs.config_path.is_file() else ""

@@ -79,13 +79,17 @@ def to_markdown(rows: Sequence[dict]) -> str:
     return markdown_table([COLUMNS[c] for c in cols], [[_fmt(r.get(c)) for c in cols] for r in rows])
 
 
-def write_report(rows: Sequence[dict], run_dir: str | Path) -> tuple[Path, Path]:
-    """Write ``report.csv`` and ``report.md`` into ``run_dir`` (atomic); returns their paths."""
+def write_report(rows: Sequence[dict], run_dir: str | Path, header: Sequence[str] = ()) -> tuple[Path, Path]:
+    """Write ``report.csv`` and ``report.md`` into ``run_dir`` (atomic); returns their paths.
+
+    :param header: lines printed in ``report.md`` above the table (e.g. ``world size: 2 (gloo)``).
+    """
     run_dir = Path(run_dir)
     cols = present_columns(rows)
     extra = sorted({k for r in rows for k in r} - set(cols))
     csv_path = atomic_write_text(run_dir / "report.csv", rows_to_csv(rows, cols + extra))
-    md_path = atomic_write_text(run_dir / "report.md", "# RL4Seg run report\n\n" + to_markdown(rows))
+    lines = "".join(f"{line}\n\n" for line in header)
+    md_path = atomic_write_text(run_dir / "report.md", "# RL4Seg run report\n\n" + lines + to_markdown(rows))
     return csv_path, md_path
 
 

@@ -46,3 +46,50 @@ def test_two_processes_take_the_steps_of_one_with_the_same_global_batch(task, tm
             f"{name}: max difference {(first[name].float() - value.float()).abs().max():.3g}"
         initial = initial or name
     assert initial is not None
+
+
+def _torchrun(*args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           "scripts/train_loop.py", *args], env=env, capture_output=True, text=True, timeout=600)
+
+
+def test_a_two_process_run_writes_one_report_and_resumes(tmp_path):
+    """torchrun with 2 CPU processes (gloo) on the quick config: one report saying so, each reward sample once;
+    killed after iteration 1 (SIGKILL of the whole torchrun group), --resume under torchrun finishes it."""
+    import json
+    import signal
+    import time
+
+    from reward.builder import RewardSampleStore
+
+    run = tmp_path / "ddp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    first = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                              "scripts/train_loop.py", "--config", "quick", f"run_dir={run}", "progress=false",
+                              "evaluation.oracle=false", "num_threads=1"], env=env, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and first.poll() is None:
+        try:
+            if json.loads((run / "state.json").read_text())["completed_iterations"] >= 1:
+                break
+        except (OSError, ValueError, KeyError):
+            pass
+        time.sleep(0.05)
+    assert first.poll() is None, first.stderr.read()[-3000:]
+    os.killpg(first.pid, signal.SIGKILL)  # torchrun and both workers
+    first.wait(timeout=60)
+    assert json.loads((run / "state.json").read_text())["completed_iterations"] == 1
+
+    resumed = _torchrun("--resume", str(run))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "world size: 2 (backend gloo)" in (run / "report.md").read_text()
+    state = json.loads((run / "state.json").read_text())
+    keys = [(r["iteration"], r["model"]) for r in state["rows"]]
+    assert len(keys) == len(set(keys)) and state["completed_iterations"] == 2
+    assert [i for i, m in keys if m == "RL4Seg"] == [1, 2]
+    store = RewardSampleStore(run / "reward_dataset")
+    assert store.completed_iterations() == [1, 2]
+    assert len(store.load()["ids"]) == sum(store.report(i)["n_samples"] for i in (1, 2))  # no sample twice
+    assert sorted(p.name for p in (run / "tb").glob("ppo_*")) == ["ppo_1"]

@@ -53,6 +53,7 @@ def test_full_loop_writes_run_directory_and_report(pretrained, tmp_path):
         for name in ("ppo.zip", "actor.pt", "critic.pt", "reward_net.pt", "pseudo_labels.npz"):
             assert (d / "checkpoints" / f"iter_{i:03d}" / name).is_file(), (i, name)
     assert any((d / "tb").rglob("events.out.tfevents.*"))
+    assert "world size: 1\n" in (d / "report.md").read_text()  # one process (torchrun runs say how many)
     # the label-free baselines on the same source model and test images come first
     assert [(r["iteration"], r["model"]) for r in rows[:3]] == [(0, "source-only"), ("baseline", "AdaBN"),
                                                                 ("baseline", "TENT")]
