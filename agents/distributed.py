@@ -103,6 +103,21 @@ def average_gradients(parameters: Iterable[torch.nn.Parameter]) -> None:
         offset += n
 
 
+def sync_buffers(module: torch.nn.Module) -> None:
+    """Make the buffers (batch-norm running statistics) equal on every process: floating-point ones averaged,
+    the others (counters) taken from rank 0. Each process updates them from its own share of the batches;
+    syncing before every evaluation keeps the processes' models, and their decisions (early stopping, the
+    reward network's checks), identical. No-op for one process."""
+    if not context().enabled:
+        return
+    for buf in module.buffers():
+        if buf.is_floating_point():
+            dist.all_reduce(buf.data, op=dist.ReduceOp.SUM)
+            buf.data /= dist.get_world_size()
+        else:
+            dist.broadcast(buf.data, src=0)
+
+
 def broadcast_module(module: torch.nn.Module, src: int = 0) -> None:
     """Copy rank ``src``'s parameters and buffers to every process (no-op for one process)."""
     if not context().enabled:

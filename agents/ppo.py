@@ -25,7 +25,7 @@ from stable_baselines3.common.utils import explained_variance, obs_as_tensor
 from stable_baselines3.common.vec_env import VecEnv
 
 from agents.buffers import PixelRolloutBuffer
-from agents.distributed import average_gradients
+from agents.distributed import average_gradients, sync_buffers
 from agents.policies import PixelActorCriticPolicy, pixel_action_classes, shrink_perturb
 
 __all__ = ["PixelPPO", "shrink_perturb"]
@@ -320,6 +320,7 @@ class PixelPPO(OnPolicyAlgorithm):
                     stats["approx_kl"].append(((ratio - 1) - log_ratio).mean().item())
                     stats["kl_ref"].append((log_prob - batch.ref_log_prob).mean().item())
 
+        sync_buffers(self.policy)  # torchrun: batch-norm statistics equal on every process
         self._n_updates += self.n_epochs
         self._n_train_calls += 1
         for key, values_ in stats.items():

@@ -45,6 +45,8 @@ from torch.utils.data import DataLoader, Dataset
 from torch.utils.tensorboard import SummaryWriter
 from tqdm.auto import tqdm
 
+from agents.distributed import RankSlice, average_gradients, barrier, per_process_batch, sync_buffers
+from agents.distributed import context as distributed_context
 from agents.networks import UNet, resolve_device, save_unet, unet_kwargs
 from rl4seg_env.data.base import SegDataset
 from rl4seg_env.io import atomic_torch_save, plain_values, read_checkpoint
@@ -339,12 +341,18 @@ def pretrain_segmentation(train: SegDataset, val: SegDataset, out_path: str | Pa
         best_val_dice, best_epoch, since_best = state["best_val_dice"], state["best_epoch"], state["since_best"]
 
     writer = None
-    if config.tensorboard_log is not None:
+    if config.tensorboard_log is not None and distributed_context().is_main:
         writer = SummaryWriter(log_dir=str(config.tensorboard_log))
     # worker processes generate / read images while the device trains (num_workers: the loop config's
-    # pretrain.num_workers); page-locked batches copy to a GPU asynchronously
-    loader = DataLoader(SegTorchDataset(train), batch_size=config.batch_size, shuffle=True,
-                        num_workers=config.num_workers, generator=torch.Generator(),
+    # pretrain.num_workers); page-locked batches copy to a GPU asynchronously. Under torchrun every process
+    # takes its share of each batch (same order everywhere, gradients averaged)
+    ctx = distributed_context()
+    shuffle = torch.Generator()
+    sampler: torch.utils.data.Sampler = torch.utils.data.RandomSampler(SegTorchDataset(train), generator=shuffle)
+    if ctx.enabled:
+        sampler = RankSlice(sampler, ctx)
+    loader = DataLoader(SegTorchDataset(train), batch_size=per_process_batch(config.batch_size, ctx, "pretrain.batch_size"),
+                        sampler=sampler, num_workers=config.num_workers, generator=shuffle,
                         pin_memory=torch.device(device).type == "cuda", persistent_workers=config.num_workers > 0)
     class_names = list(train.class_names)
     stopped_early = config.patience is not None and since_best >= config.patience
@@ -359,6 +367,7 @@ def pretrain_segmentation(train: SegDataset, val: SegDataset, out_path: str | Pa
             aug_gen = torch.Generator().manual_seed(config.seed * 100_003 + epoch + 50_000)
             train_loss = _train_one_epoch(model, loader, optimizer, config, device, aug_gen,
                                           desc=f"pretrain {epoch}/{config.epochs}")
+            sync_buffers(model)  # torchrun: one model on every process before it is validated
             scores = evaluate_segmentation(model, val, config.eval_batch_size, device, config.num_workers)
             row: dict[str, float] = {"epoch": epoch, "train_loss": train_loss, "val_dice_mean": scores["dice_mean"]}
             row.update({f"val_{k}": v for k, v in scores.items() if k != "dice_mean"})
@@ -368,17 +377,19 @@ def pretrain_segmentation(train: SegDataset, val: SegDataset, out_path: str | Pa
 
             if scores["dice_mean"] > best_val_dice + config.min_delta:
                 best_val_dice, best_epoch, since_best = scores["dice_mean"], epoch, 0
-                save_unet(model, str(out_path), class_names=class_names, image_size=list(train.image_size),
-                          val_dice=float(best_val_dice), epoch=epoch,
-                          val_dice_per_class={k[len("dice_"):]: v for k, v in scores.items() if k != "dice_mean"})
+                if ctx.is_main:
+                        save_unet(model, str(out_path), class_names=class_names, image_size=list(train.image_size),
+                              val_dice=float(best_val_dice), epoch=epoch,
+                              val_dice_per_class={k[len("dice_"):]: v for k, v in scores.items() if k != "dice_mean"})
             else:
                 since_best += 1
             stopped_early = config.patience is not None and since_best >= config.patience
-            atomic_torch_save({"state_dict": model.state_dict(), "unet_kwargs": unet_kwargs(model),
-                               "optimizer": optimizer.state_dict(), "epoch": epoch, "history": history,
-                               "best_val_dice": float(best_val_dice), "best_epoch": best_epoch,
-                               "since_best": since_best, "config": plain_values(dataclasses.asdict(config))},
-                              last_path)
+            if ctx.is_main:
+                atomic_torch_save({"state_dict": model.state_dict(), "unet_kwargs": unet_kwargs(model),
+                                   "optimizer": optimizer.state_dict(), "epoch": epoch, "history": history,
+                                   "best_val_dice": float(best_val_dice), "best_epoch": best_epoch,
+                                   "since_best": since_best, "config": plain_values(dataclasses.asdict(config))},
+                                  last_path)
             if writer is not None:
                 for key, value in row.items():
                     if key != "epoch":
@@ -388,6 +399,7 @@ def pretrain_segmentation(train: SegDataset, val: SegDataset, out_path: str | Pa
     finally:
         if writer is not None:
             writer.close()
+    barrier()  # torchrun: rank 0 has written the best checkpoint
 
     if not out_path.exists():
         raise RuntimeError(f"no epoch was run and {out_path} does not exist (epochs={config.epochs}, "
@@ -416,6 +428,7 @@ def _train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.opti
             loss = loss + config.dice_weight * soft_dice_loss(logits, labels)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        average_gradients(model.parameters())  # torchrun: every process steps with the global batch's mean
         optimizer.step()
         total += float(loss.detach()) * len(images)
         seen += len(images)

@@ -117,6 +117,10 @@ class RL4SegRun:
     def run_dir(self) -> Path:
         return self.dirs.root
 
+    def _say(self, message: str) -> None:
+        if self.ctx.is_main:
+            print(f"[rl4seg] {message}", flush=True)
+
     def _save_state(self) -> None:
         if self.ctx.is_main:
             self.dirs.save_state(self.state)
@@ -232,7 +236,7 @@ class RL4SegRun:
         """Step 0: supervised pretraining on the source domain (skipped when its checkpoint exists)."""
         path = self.dirs.source_actor
         if not path.is_file() or not self.state.get("source_done"):
-            print("[rl4seg] supervised pretraining on the source domain", flush=True)
+            self._say("supervised pretraining on the source domain")
             self._pretrain(self.datasets["source_train"], self.datasets["source_val"], path, "pretrain_source")
             self.state["source_done"] = True
             self._save_state()
@@ -242,7 +246,7 @@ class RL4SegRun:
         """Evaluation baseline: the same pretraining on *target* labels (the upper bound). Reads target labels."""
         path = self.dirs.oracle_actor
         if not path.is_file() or not self.state.get("oracle_done"):
-            print("[rl4seg] target-supervised oracle (evaluation baseline; reads target labels)", flush=True)
+            self._say("target-supervised oracle (evaluation baseline; reads target labels)")
             train = self.dataset("target", "train", with_labels=True)
             val = self.dataset("target", "val", with_labels=True)
             self._pretrain(train, val, path, "oracle_target")
@@ -516,8 +520,12 @@ class RL4SegRun:
             self.dirs.unlock()
 
     def _run(self) -> list[dict]:
-        if self.ctx.is_main:  # the phases before RL run on rank 0; the other processes wait, then read them
-            source = self.pretrain_source()
+        # under torchrun every process takes part in the supervised pretraining (its share of each batch);
+        # the shape auto-encoder, baselines and evaluations run on rank 0 while the others wait, then read them
+        source = self.pretrain_source()
+        if self.config.evaluation.oracle:
+            self.train_oracle()
+        if self.ctx.is_main:
             ae = self.train_shape_ae()
             self._baselines(source)
             init = self.initial_actor()

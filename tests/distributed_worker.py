@@ -1,6 +1,7 @@
 """One process of tests/test_distributed.py, started as torchrun would (RANK, WORLD_SIZE, MASTER_ADDR/PORT):
 ``python tests/distributed_worker.py TASK OUT`` writes this rank's weights to ``OUT.rank<r>.pt`` after one
-PPO update (TASK ``ppo``) or one reward-network epoch (TASK ``reward``) on a fixed global batch."""
+PPO update (TASK ``ppo``), one reward-network epoch (TASK ``reward``) or two pretraining epochs (TASK
+``pretrain``) on fixed global batches."""
 from __future__ import annotations
 
 import sys
@@ -62,9 +63,20 @@ def reward_epoch(ctx) -> dict[str, torch.Tensor]:
     return train_reward_network(samples, N_CLASSES, config).net.state_dict()
 
 
+def pretrain_epoch(ctx, out: str) -> dict[str, torch.Tensor]:
+    from agents.pretrain import PretrainConfig, pretrain_segmentation
+    from conftest import TinyDataset
+
+    config = PretrainConfig(epochs=2, batch_size=8, channels=(4, 8), norm="group", augment=False, seed=0,
+                            progress=False)
+    result = pretrain_segmentation(TinyDataset(n=16, size=(SIZE, SIZE)), TinyDataset(n=4, size=(SIZE, SIZE)),
+                                   f"{out}.pretrained.pt", config)
+    return result.model.state_dict()
+
+
 if __name__ == "__main__":
     task, out = sys.argv[1], sys.argv[2]
     torch.set_num_threads(1)
     ctx = init_distributed("cpu")
-    state = {"ppo": ppo_update, "reward": reward_epoch}[task](ctx)
+    state = pretrain_epoch(ctx, out) if task == "pretrain" else {"ppo": ppo_update, "reward": reward_epoch}[task](ctx)
     torch.save({k: v.detach().cpu() for k, v in state.items()}, f"{out}.rank{ctx.rank}.pt")
