@@ -304,27 +304,29 @@ class PixelPPO(OnPolicyAlgorithm):
                 average_gradients(self.policy.critic.parameters())
                 self.policy.critic_optimizer.step()
 
-                with torch.no_grad():
+                with torch.no_grad():  # kept on the device: one transfer after the update, not one per value
                     log_ratio = log_prob - batch.old_log_prob
-                    stats["policy_gradient_loss"].append(-surrogate.item())  # SB3's key and meaning
-                    stats["loss"].append(policy_loss.item() + value_loss.item())
-                    stats["value_loss"].append(value_loss.item())
-                    stats["entropy"].append(entropy.mean().item())
-                    stats["entropy_loss"].append(-entropy.mean().item())  # SB3's sign convention
-                    stats["reward_mean"].append(batch.reward_maps.mean().item())
-                    stats["shaped_reward_mean"].append(shaped_reward.mean().item())
-                    stats["advantage_mean"].append(advantages.mean().item())
-                    stats["advantage_std"].append(advantages.std().item())
-                    stats["ratio_mean"].append(ratio.mean().item())
-                    stats["clip_fraction"].append(((ratio - 1).abs() > self.clip_range).float().mean().item())
-                    stats["approx_kl"].append(((ratio - 1) - log_ratio).mean().item())
-                    stats["kl_ref"].append((log_prob - batch.ref_log_prob).mean().item())
+                    stats["policy_gradient_loss"].append(-surrogate)  # SB3's key and meaning
+                    stats["loss"].append(policy_loss + value_loss)
+                    stats["value_loss"].append(value_loss.detach())
+                    stats["entropy"].append(entropy.mean())
+                    stats["entropy_loss"].append(-entropy.mean())  # SB3's sign convention
+                    stats["reward_mean"].append(batch.reward_maps.mean())
+                    stats["shaped_reward_mean"].append(shaped_reward.mean())
+                    stats["advantage_mean"].append(advantages.mean())
+                    stats["advantage_std"].append(advantages.std())
+                    stats["ratio_mean"].append(ratio.mean())
+                    stats["clip_fraction"].append(((ratio - 1).abs() > self.clip_range).float().mean())
+                    stats["approx_kl"].append(((ratio - 1) - log_ratio).mean())
+                    stats["kl_ref"].append((log_prob - batch.ref_log_prob).mean())
 
         sync_buffers(self.policy)  # torchrun: batch-norm statistics equal on every process
         self._n_updates += self.n_epochs
         self._n_train_calls += 1
-        for key, values_ in stats.items():
-            self.logger.record(f"train/{key}", float(np.mean(values_)))
+        if stats:
+            means = torch.stack([torch.stack(v).detach().float().mean() for v in stats.values()]).cpu().tolist()
+            for key, mean in zip(stats, means):
+                self.logger.record(f"train/{key}", mean)
         buffer = self.rollout_buffer
         self.logger.record("train/explained_variance",
                            float(explained_variance(buffer.values.ravel(), buffer.reward_maps.ravel())))

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from agents.distributed import RankSlice, average_gradients, per_process_batch
+from agents.distributed import RankSlice, average_gradients, per_process_batch, sync_buffers
 from agents.distributed import context as distributed_context
 from reward.network import RewardNet, fit_temperature, save_reward_net
 from reward.uncertainty import expected_calibration_error
@@ -333,7 +333,7 @@ def _train(samples: Any, n_classes: int, config: RewardTrainConfig, device: torc
     epochs = tqdm(range(config.epochs), desc="reward net", unit="epoch", disable=not config.progress, leave=False)
     for epoch in epochs:
         net.train()
-        total, count = 0.0, 0
+        total, count = torch.zeros((), device=device), 0  # summed on the device: no transfer per step
         for images, preds, targets in tqdm(next(rounds), desc=f"epoch {epoch + 1}", leave=False, unit="batch",
                                            total=steps_per_round, disable=not config.progress):
             images, preds, targets = images.to(device), preds.to(device), targets.to(device)
@@ -342,9 +342,10 @@ def _train(samples: Any, n_classes: int, config: RewardTrainConfig, device: torc
             loss.backward()
             average_gradients(net.parameters())
             optimizer.step()
-            total += loss.item() * len(images)
+            total += loss.detach() * len(images)
             count += len(images)
-        train_loss = total / max(count, 1)
+        train_loss = float(total) / max(count, 1)
+        sync_buffers(net)  # torchrun: the same network on every process before it is validated
         val_loss = _validation_loss(net, val_loader, device)
         result.train_losses.append(train_loss)
         result.val_losses.append(val_loss)
