@@ -93,3 +93,19 @@ def test_a_two_process_run_writes_one_report_and_resumes(tmp_path):
     assert store.completed_iterations() == [1, 2]
     assert len(store.load()["ids"]) == sum(store.report(i)["n_samples"] for i in (1, 2))  # no sample twice
     assert sorted(p.name for p in (run / "tb").glob("ppo_*")) == ["ppo_1"]
+
+
+def test_one_process_needs_no_process_group_and_batches_must_split_evenly():
+    from agents.distributed import DistributedContext, RankSlice, average_gradients, context, per_process_batch
+
+    assert context() == DistributedContext() and context().is_main and not context().enabled
+    layer = torch.nn.Linear(2, 1)
+    layer(torch.ones(1, 2)).sum().backward()
+    before = layer.weight.grad.clone()
+    average_gradients(layer.parameters())  # one process: unchanged
+    assert torch.equal(layer.weight.grad, before)
+    two = DistributedContext(rank=1, world_size=2)
+    assert per_process_batch(8, two) == 4
+    with pytest.raises(ValueError, match=r"ppo.batch_size_base=5 must be a multiple of the number of processes \(2\)"):
+        per_process_batch(5, two, "ppo.batch_size_base")
+    assert list(RankSlice(range(7), two)) == [1, 3, 5] and len(RankSlice(range(7), two)) == 3
