@@ -169,14 +169,7 @@ class RL4SegRun:
         rows = [r for r in self.state["rows"] if r.get("iteration") != "selected"]
         name = "RL4Seg (ground-truth reward)" if self.config.oracle_reward else "RL4Seg"
         start = RL_INITS[self.config.ppo.init]
-        candidates = ([{**r, "iteration": 0} for r in rows if r.get("model") == start][:1]
-                      + [r for r in rows if r.get("model") == name])
-        key = self.config.evaluation.selection
-        if key == "last":
-            chosen = candidates[-1]
-        else:
-            scored = [r for r in candidates if np.isfinite(r.get(f"sel_{key}", np.nan))]
-            chosen = max(scored, key=lambda r: (r[f"sel_{key}"], r["iteration"])) if scored else candidates[-1]
+        chosen = select(selection_candidates(rows, self.config.ppo.init, name), self.config.evaluation.selection)
         i = chosen["iteration"]
         rows.append({**chosen, "iteration": "selected", "model": f"{name} selected", "selected_iteration": i})
         # its test-time-optimised row; for the starting model, the one made with the latest reward network
@@ -557,6 +550,22 @@ class RL4SegRun:
             plot_metrics(rows, self.dirs.figure("metrics"))
         config_text = self.dirs.config_path.read_text() if self.dirs.config_path.is_file() else ""
         write_html_report(self.run_dir, rows, config_text)
+
+
+def selection_candidates(rows: list[dict], init: str, name: str = "RL4Seg") -> list[dict]:
+    """The report rows label-free selection chooses from: iteration 0, the model RL started from (``init``:
+    the source-only, AdaBN or TENT row, renumbered 0), then each iteration's plain ``name`` row."""
+    start = RL_INITS[init]
+    return ([{**r, "iteration": 0} for r in rows if r.get("model") == start][:1]
+            + [r for r in rows if r.get("model") == name and not r.get("test_time")])
+
+
+def select(candidates: list[dict], key: str) -> dict:
+    """The candidate with the best ``sel_<key>`` score (ties to the later iteration); ``last``: the last one."""
+    if key == "last":
+        return candidates[-1]
+    scored = [r for r in candidates if np.isfinite(r.get(f"sel_{key}", np.nan))]
+    return max(scored, key=lambda r: (r[f"sel_{key}"], r["iteration"])) if scored else candidates[-1]
 
 
 def gap_closed(rows: list[dict], test_time: bool = False) -> float | None:

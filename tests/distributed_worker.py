@@ -13,17 +13,17 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
-from agents.distributed import init_distributed  # noqa: E402
+from agents.distributed import init_distributed
 
 GLOBAL_BATCH, SIZE, N_CLASSES = 4, 16, 3
 
 
 def ppo_update(ctx) -> dict[str, torch.Tensor]:
+    from conftest import TinyDataset
     from stable_baselines3.common.logger import configure
 
     from agents.ppo import PixelPPO
     from agents.vec_env import make_sb3_vec_env
-    from conftest import TinyDataset
 
     per_rank = GLOBAL_BATCH // ctx.world_size
     env = make_sb3_vec_env(per_rank, dataset=TinyDataset(n=8, size=(SIZE, SIZE)))
@@ -53,8 +53,9 @@ def ppo_update(ctx) -> dict[str, torch.Tensor]:
 
 
 def reward_epoch(ctx) -> dict[str, torch.Tensor]:
-    from reward.training import RewardTrainConfig, train_reward_network
     from test_reward_network import disc_toy
+
+    from reward.training import RewardTrainConfig, train_reward_network
 
     samples = [(torch.from_numpy(i[None]), torch.from_numpy(p), torch.from_numpy(t))
                for i, p, t in disc_toy(40, size=SIZE, seed=0)]
@@ -64,8 +65,9 @@ def reward_epoch(ctx) -> dict[str, torch.Tensor]:
 
 
 def pretrain_epoch(ctx, out: str) -> dict[str, torch.Tensor]:
-    from agents.pretrain import PretrainConfig, pretrain_segmentation
     from conftest import TinyDataset
+
+    from agents.pretrain import PretrainConfig, pretrain_segmentation
 
     config = PretrainConfig(epochs=2, batch_size=8, channels=(4, 8), norm="group", augment=False, seed=0,
                             progress=False)

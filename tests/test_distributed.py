@@ -96,7 +96,13 @@ def test_a_two_process_run_writes_one_report_and_resumes(tmp_path):
 
 
 def test_one_process_needs_no_process_group_and_batches_must_split_evenly():
-    from agents.distributed import DistributedContext, RankSlice, average_gradients, context, per_process_batch
+    from agents.distributed import (
+        DistributedContext,
+        RankSlice,
+        average_gradients,
+        context,
+        per_process_batch,
+    )
 
     assert context() == DistributedContext() and context().is_main and not context().enabled
     layer = torch.nn.Linear(2, 1)

@@ -7,10 +7,10 @@ import random
 import numpy as np
 import pytest
 import torch
+from conftest import TinyDataset
 
 from agents.random_state import capture_random_state, restore_random_state
 from agents.vec_env import make_sb3_vec_env
-from conftest import TinyDataset
 from rl4seg_env.vector import SegVectorEnv
 
 

@@ -3,20 +3,21 @@
     python scripts/selection_study.py RUN_DIR [RUN_DIR ...]
 
 For every run (e.g. the default config on each development shift, docs/protocol.md), reads the report rows
-of iterations 0 (source model) .. N and, for each score of ``evaluation.selection``, the iteration it picks
+of iterations 0 (the model RL started from, ``ppo.init``: source-only, AdaBN or TENT, as the loop's own
+selection) .. N and, for each score of ``evaluation.selection``, the iteration it picks
 and that iteration's target-test Dice LV+MYO, against the best iteration by that Dice (which needs labels:
 this study is for tuning on development shifts only). Prints one Markdown table.
 """
 from __future__ import annotations
-
-from pipeline.commands import cli
 
 import argparse
 import sys
 
 import numpy as np
 
-from pipeline.config import SELECTION_SCORES
+from pipeline.commands import cli
+from pipeline.config import SELECTION_SCORES, load_config
+from pipeline.loop import select, selection_candidates
 from pipeline.run_dir import RunDirectory
 from pipeline.tables import markdown_table
 
@@ -28,24 +29,22 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     rows, regrets = [], {k: [] for k in SELECTION_SCORES}
     for run in args.runs:
+        dirs = RunDirectory(run)
         try:
-            state = RunDirectory(run).load_state()
-        except ValueError as exc:
+            state = dirs.load_state()
+            config = load_config(dirs.config_path)
+        except (ValueError, FileNotFoundError) as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
-        its = [r for r in state["rows"] if isinstance(r.get("iteration"), int) and not r.get("test_time")
-               and (r["model"] == "source-only" or r["model"].startswith("RL4Seg"))]
+        name = "RL4Seg (ground-truth reward)" if config.oracle_reward else "RL4Seg"
+        its = selection_candidates(state["rows"], config.ppo.init, name)
         if len(its) < 2:
             print(f"error: {run}: no completed iteration", file=sys.stderr)
             return 2
         best = max(its, key=lambda r: r["dice_mean"])
         cells = [run, " / ".join(f"{r['dice_mean']:.3f}" for r in its), f"{best['iteration']}"]
         for key in SELECTION_SCORES:
-            if key == "last":
-                pick = its[-1]
-            else:
-                scored = [r for r in its if np.isfinite(r.get(f"sel_{key}", np.nan))]
-                pick = max(scored, key=lambda r: (r[f"sel_{key}"], r["iteration"]))
+            pick = select(its, key)
             regrets[key].append(best["dice_mean"] - pick["dice_mean"])
             cells.append(f"{pick['iteration']} ({pick['dice_mean']:.3f})")
         rows.append(cells)
