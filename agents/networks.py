@@ -262,6 +262,41 @@ def predict(actor: nn.Module, images: np.ndarray, batch_size: int = 32, device: 
     return (out, np.concatenate(probs)) if return_probs else out
 
 
+#: values of the ``mixed_precision`` settings
+MIXED_PRECISION = ("off", "auto", "bf16", "fp16")
+
+
+def autocast_dtype(mode: str, device: str | torch.device) -> torch.dtype | None:
+    """The reduced precision training runs in: ``None`` for ``"off"``; ``"auto"``: bfloat16 on a CUDA device
+    that supports it, float16 on one that does not, ``None`` elsewhere; ``"bf16"`` / ``"fp16"`` as named.
+
+    :raises ValueError: an unknown mode, or ``"fp16"`` off CUDA (CPU autocast is bfloat16 only here).
+    """
+    if mode not in MIXED_PRECISION:
+        raise ValueError(f"mixed_precision must be one of {', '.join(MIXED_PRECISION)}, got {mode!r}")
+    kind = torch.device(device).type
+    if mode == "off" or (mode == "auto" and kind != "cuda"):
+        return None
+    if mode == "auto":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if mode == "fp16" and kind != "cuda":
+        raise ValueError(f"mixed_precision 'fp16' needs a CUDA device, the run's is {kind!r} (use bf16 or off)")
+    return torch.bfloat16 if mode == "bf16" else torch.float16
+
+
+def autocast(dtype: torch.dtype | None, device: str | torch.device) -> contextlib.AbstractContextManager:
+    """``torch.autocast`` to ``dtype`` on ``device``'s type (a no-op context for ``None``)."""
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(torch.device(device).type, dtype=dtype)
+
+
+def grad_scaler(dtype: torch.dtype | None, device: str | torch.device) -> torch.amp.GradScaler:
+    """A loss scaler, active for float16 only (bfloat16 has float32's range and needs none)."""
+    kind = torch.device(device).type
+    return torch.amp.GradScaler(kind if kind == "cuda" else "cpu", enabled=dtype == torch.float16)
+
+
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
     """The torch device to run on: ``"auto"`` is CUDA when available, else the CPU; an explicitly requested
     accelerator that is not there is an error (never a silent fall back to the CPU).

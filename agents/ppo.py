@@ -26,6 +26,7 @@ from stable_baselines3.common.vec_env import VecEnv
 
 from agents.buffers import PixelRolloutBuffer
 from agents.distributed import average_gradients, sync_buffers
+from agents.networks import autocast, autocast_dtype, grad_scaler
 from agents.policies import PixelActorCriticPolicy, pixel_action_classes, shrink_perturb
 
 __all__ = ["PixelPPO", "shrink_perturb"]
@@ -102,6 +103,7 @@ class PixelPPO(OnPolicyAlgorithm):
         update_actor_norm_stats: bool = True,
         image_log_interval: int = 10,
         image_log_count: int = 4,
+        mixed_precision: str = "off",
         stats_window_size: int = 100,
         tensorboard_log: str | None = None,
         monitor_wrapper: bool = True,
@@ -131,6 +133,10 @@ class PixelPPO(OnPolicyAlgorithm):
         self.skip_updates = False
         self.image_log_interval = image_log_interval
         self.image_log_count = image_log_count
+        autocast_dtype(mixed_precision, "cpu" if mixed_precision != "fp16" else "cuda")  # a bad name fails here
+        #: "off", "auto", "bf16" or "fp16": the precision of the update's forward passes (rollouts stay float32)
+        self.mixed_precision = mixed_precision
+        self._scalers: dict[str, torch.amp.GradScaler] = {}
         self._n_train_calls = 0
         self._warned_scalar_reward = False
         if _init_setup_model:
@@ -150,6 +156,9 @@ class PixelPPO(OnPolicyAlgorithm):
     def _make_rollout_buffer(self) -> PixelRolloutBuffer:
         return self.rollout_buffer_class(self.n_steps, self.observation_space, self.action_space,
                                          device=self.device, n_envs=self.n_envs, **self.rollout_buffer_kwargs)
+
+    def _excluded_save_params(self) -> list[str]:
+        return [*super()._excluded_save_params(), "_scalers"]
 
     def _get_torch_save_params(self) -> tuple[list[str], list[str]]:
         return ["policy", "policy.actor_optimizer", "policy.critic_optimizer"], []
@@ -278,11 +287,17 @@ class PixelPPO(OnPolicyAlgorithm):
         if callable(self.learning_rate):
             self.actor_lr = self.critic_lr = self.lr_schedule(self._current_progress_remaining)
         actor = self.policy.actor
-        stats: dict[str, list[float]] = defaultdict(list)
+        stats: dict[str, list[torch.Tensor]] = defaultdict(list)
+        precision = autocast_dtype(self.mixed_precision, self.device)
+        scalers = self._scalers
+        for name in ("actor", "critic"):  # float16 only; kept across updates (its scale adapts)
+            scalers.setdefault(name, grad_scaler(precision, self.device))
 
         for _ in range(self.n_epochs):
             for batch in self.rollout_buffer.get(self.batch_size):
-                values, log_prob, entropy = self.policy.evaluate_actions(batch.observations, batch.actions)
+                with autocast(precision, self.device):
+                    values, log_prob, entropy = self.policy.evaluate_actions(batch.observations, batch.actions)
+                values, log_prob, entropy = values.float(), log_prob.float(), entropy.float()
                 with torch.no_grad():
                     shaped_reward = batch.reward_maps - self.kl_coef * (log_prob - batch.ref_log_prob)
                     advantages = shaped_reward - values  # per pixel, no bootstrapping (one-step episodes)
@@ -292,17 +307,20 @@ class PixelPPO(OnPolicyAlgorithm):
                 surrogate = torch.min(ratio * advantages, clipped_ratio * advantages).mean()
                 policy_loss = -surrogate - self.ent_coef * entropy.mean()
                 self.policy.actor_optimizer.zero_grad()
-                policy_loss.backward()
+                scalers["actor"].scale(policy_loss).backward()
                 average_gradients(actor.parameters())  # torchrun: every process steps with the global mean
                 if self.max_grad_norm is not None:
+                    scalers["actor"].unscale_(self.policy.actor_optimizer)
                     torch.nn.utils.clip_grad_norm_(actor.parameters(), self.max_grad_norm)
-                self.policy.actor_optimizer.step()
+                scalers["actor"].step(self.policy.actor_optimizer)
+                scalers["actor"].update()
 
                 value_loss = self.vf_coef * F.mse_loss(values, batch.reward_maps)
                 self.policy.critic_optimizer.zero_grad()
-                value_loss.backward()
+                scalers["critic"].scale(value_loss).backward()
                 average_gradients(self.policy.critic.parameters())
-                self.policy.critic_optimizer.step()
+                scalers["critic"].step(self.policy.critic_optimizer)
+                scalers["critic"].update()
 
                 with torch.no_grad():  # kept on the device: one transfer after the update, not one per value
                     log_ratio = log_prob - batch.old_log_prob

@@ -47,7 +47,8 @@ from tqdm.auto import tqdm
 
 from agents.distributed import RankSlice, average_gradients, barrier, per_process_batch, sync_buffers
 from agents.distributed import context as distributed_context
-from agents.networks import UNet, resolve_device, save_unet, unet_kwargs
+from agents.networks import (MIXED_PRECISION, UNet, autocast, autocast_dtype, grad_scaler, resolve_device, save_unet,
+                             unet_kwargs)
 from rl4seg_env.data.base import SegDataset
 from rl4seg_env.io import atomic_torch_save, plain_values, read_checkpoint
 from rl4seg_env.metrics import dice_per_class
@@ -79,6 +80,9 @@ class PretrainConfig:
     norm: str | None = "batch"
     #: DataLoader worker processes (0 = load in the main process)
     num_workers: int = 0
+    #: "off", "auto" (bfloat16 on CUDA when supported, else float16 with loss scaling; off elsewhere), "bf16",
+    #: "fp16" (:func:`agents.networks.autocast_dtype`)
+    mixed_precision: str = "off"
     #: light on-the-fly augmentation of training batches (random gamma, contrast, small shifts)
     augment: bool = True
     #: gamma range: image <- image ** gamma, gamma log-uniform in this range
@@ -110,6 +114,9 @@ class PretrainConfig:
             raise ValueError(f"PretrainConfig.patience must be >= 1 or None, got {self.patience!r}")
         if self.num_workers < 0:
             raise ValueError(f"PretrainConfig.num_workers must be >= 0, got {self.num_workers!r}")
+        if self.mixed_precision not in MIXED_PRECISION:
+            raise ValueError(f"PretrainConfig.mixed_precision must be one of {', '.join(MIXED_PRECISION)}, "
+                             f"got {self.mixed_precision!r}")
         if not 0 <= self.max_shift < 0.5:
             raise ValueError(f"PretrainConfig.max_shift must be in [0, 0.5), got {self.max_shift!r}")
         self.channels = tuple(int(c) for c in self.channels)
@@ -413,7 +420,9 @@ def pretrain_segmentation(train: SegDataset, val: SegDataset, out_path: str | Pa
 
 def _train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer,
                      config: PretrainConfig, device: torch.device, aug_gen: torch.Generator, desc: str) -> float:
-    """One pass over ``loader``; returns the mean loss per image."""
+    """One pass over ``loader`` (in ``config.mixed_precision``); returns the mean loss per image."""
+    dtype = autocast_dtype(config.mixed_precision, device)
+    scaler = grad_scaler(dtype, device)
     model.train()
     total, seen = 0.0, 0
     bar = tqdm(loader, desc=desc, unit="batch", leave=False, disable=not config.progress)
@@ -422,14 +431,16 @@ def _train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.opti
         if config.augment:
             images, labels = augment_batch(images, labels, aug_gen, config.gamma_range, config.contrast_range,
                                            config.max_shift)
-        logits = model(images)
-        loss = F.cross_entropy(logits, labels)
-        if config.loss == "ce+dice":
-            loss = loss + config.dice_weight * soft_dice_loss(logits, labels)
+        with autocast(dtype, device):
+            logits = model(images)
+            loss = F.cross_entropy(logits, labels)
+            if config.loss == "ce+dice":
+                loss = loss + config.dice_weight * soft_dice_loss(logits.float(), labels)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        scaler.scale(loss).backward()
         average_gradients(model.parameters())  # torchrun: every process steps with the global batch's mean
-        optimizer.step()
+        scaler.step(optimizer)
+        scaler.update()
         total += float(loss.detach()) * len(images)
         seen += len(images)
         bar.set_postfix(loss=f"{total / seen:.4f}")

@@ -33,7 +33,7 @@ from typing import Any
 import yaml
 
 from agents.callbacks import IterationSchedule
-from agents.networks import UNetConfig
+from agents.networks import MIXED_PRECISION, UNetConfig
 from agents.pretrain import PretrainConfig
 from agents.test_time import TTOConfig
 from reward.anatomy import CRITERIA_SETS
@@ -224,6 +224,10 @@ class LoopConfig:
     device: str = "auto"
     #: torch threads on the CPU (0 = torch's default)
     num_threads: int = 0
+    #: training precision of pretraining, reward network and PPO updates: "off" (float32), "auto" (bfloat16
+    #: autocast on CUDA devices that support it, float16 with loss scaling on others, off on CPUs), "bf16",
+    #: "fp16" (CUDA only). Off by default until measured on a GPU (docs/scaling.md)
+    mixed_precision: str = "off"
     run_dir: str = "runs/default"
     progress: bool = True
     data: DataConfig = field(default_factory=DataConfig)
@@ -244,15 +248,18 @@ class LoopConfig:
             raise ValueError(f"LoopConfig.device must be auto, cpu, cuda, cuda:N or mps, got {self.device!r}")
         if self.num_threads < 0:
             raise ValueError(f"LoopConfig.num_threads must be >= 0, got {self.num_threads}")
+        if self.mixed_precision not in MIXED_PRECISION:
+            raise ValueError(f"LoopConfig.mixed_precision must be one of {', '.join(MIXED_PRECISION)}, "
+                             f"got {self.mixed_precision!r}")
 
 
 #: fields of library dataclasses that the run fills from one top-level key (declared once, set once):
 #: ``{section: {field: the key that sets it}}``. Setting them inside the section is an error.
 RUN_FILLED: dict[str, dict[str, str]] = {
     "pretrain": {"channels": "network.channels", "norm": "network.norm", "device": "device", "seed": "seed",
-                 "tensorboard_log": "run_dir", "progress": "progress"},
+                 "tensorboard_log": "run_dir", "progress": "progress", "mixed_precision": "mixed_precision"},
     "reward_net": {"channels": "network.channels", "norm": "network.norm", "device": "device", "seed": "seed",
-                   "tensorboard_dir": "run_dir", "progress": "progress"},
+                   "tensorboard_dir": "run_dir", "progress": "progress", "mixed_precision": "mixed_precision"},
 }
 
 

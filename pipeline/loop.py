@@ -221,7 +221,8 @@ class RL4SegRun:
     def _pretrain(self, train: SegDataset, val: SegDataset, path: Path, tag: str):
         n = self.config.network
         cfg = dataclasses.replace(self.config.pretrain, channels=n.channels, norm=n.norm, device=str(self.device),
-                                  seed=self.config.seed, tensorboard_log=str(self.dirs.tensorboard(tag)),
+                                  seed=self.config.seed, mixed_precision=self.config.mixed_precision,
+                                  tensorboard_log=str(self.dirs.tensorboard(tag)),
                                   progress=self.config.progress)
         return pretrain_segmentation(train, val, path, cfg, resume=True)
 
@@ -366,7 +367,8 @@ class RL4SegRun:
         n = self.config.network
         main = self.ctx.is_main
         cfg = dataclasses.replace(self.config.reward_net, channels=n.channels, norm=n.norm, device=str(self.device),
-                                  seed=self.config.seed + iteration, progress=self.config.progress and main,
+                                  mixed_precision=self.config.mixed_precision, seed=self.config.seed + iteration,
+                                  progress=self.config.progress and main,
                                   tensorboard_dir=str(self.dirs.tensorboard(f"reward_iter_{iteration:03d}"))
                                   if main else None)
         out = self.dirs.reward_net(iteration) if main else None  # every process trains it, rank 0 saves it
@@ -402,7 +404,7 @@ class RL4SegRun:
         return PixelPPO("PixelUNetPolicy", env, n_steps=1, batch_size=p.batch_size_base, n_epochs=p.n_epochs,
                         clip_range=p.clip_range, max_grad_norm=p.max_grad_norm, use_pseudo_labels=p.anchors,
                         update_actor_norm_stats=p.update_norm_stats_in_ppo,
-                        image_log_interval=p.image_log_interval,
+                        image_log_interval=p.image_log_interval, mixed_precision=self.config.mixed_precision,
                         tensorboard_log=str(self.dirs.tensorboard()) if self.ctx.is_main else None,
                         seed=self.config.seed, device=self.device,
                         policy_kwargs={"actor_kwargs": unet, "critic_kwargs": unet, "pretrained_actor": str(actor_path),

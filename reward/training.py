@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 
 from agents.distributed import RankSlice, average_gradients, per_process_batch, sync_buffers
 from agents.distributed import context as distributed_context
+from agents.networks import MIXED_PRECISION, autocast, autocast_dtype, grad_scaler
 from reward.network import RewardNet, fit_temperature, save_reward_net
 from reward.uncertainty import expected_calibration_error
 
@@ -83,6 +84,8 @@ class RewardTrainConfig:
     seed: int = 0
     #: DataLoader worker processes
     num_workers: int = 0
+    #: "off", "auto", "bf16" or "fp16", as :attr:`agents.pretrain.PretrainConfig.mixed_precision`
+    mixed_precision: str = "off"
     #: show tqdm progress bars
     progress: bool = True
     #: write TensorBoard scalars here (None: no TensorBoard)
@@ -101,6 +104,9 @@ class RewardTrainConfig:
                              f"{self.min_samples} and {self.min_error_reduction}")
         if not 0 < self.val_fraction < 1:
             raise ValueError(f"RewardTrainConfig.val_fraction must be in (0, 1), got {self.val_fraction}")
+        if self.mixed_precision not in MIXED_PRECISION:
+            raise ValueError(f"RewardTrainConfig.mixed_precision must be one of {', '.join(MIXED_PRECISION)}, "
+                             f"got {self.mixed_precision!r}")
         if self.max_steps is not None and self.max_steps < 1:
             raise ValueError(f"RewardTrainConfig.max_steps must be >= 1 or null, got {self.max_steps}")
         if self.patience is not None and self.patience < 1:
@@ -330,6 +336,8 @@ def _train(samples: Any, n_classes: int, config: RewardTrainConfig, device: torc
     result = RewardTrainResult(net=net, temperature=1.0, n_train=len(train_idx), n_val=len(val_idx))
     best_loss, best_state, stale = math.inf, None, 0
     rounds, steps_per_round = _training_rounds(train_loader, config.max_steps, config.epochs)
+    precision = autocast_dtype(config.mixed_precision, device)
+    scaler = grad_scaler(precision, device)
     epochs = tqdm(range(config.epochs), desc="reward net", unit="epoch", disable=not config.progress, leave=False)
     for epoch in epochs:
         net.train()
@@ -337,11 +345,14 @@ def _train(samples: Any, n_classes: int, config: RewardTrainConfig, device: torc
         for images, preds, targets in tqdm(next(rounds), desc=f"epoch {epoch + 1}", leave=False, unit="batch",
                                            total=steps_per_round, disable=not config.progress):
             images, preds, targets = images.to(device), preds.to(device), targets.to(device)
-            loss = F.binary_cross_entropy_with_logits(net(images, preds)[:, 0], targets)
+            with autocast(precision, device):
+                logits = net(images, preds)[:, 0]
+            loss = F.binary_cross_entropy_with_logits(logits.float(), targets)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            scaler.scale(loss).backward()
             average_gradients(net.parameters())
-            optimizer.step()
+            scaler.step(optimizer)
+            scaler.update()
             total += loss.detach() * len(images)
             count += len(images)
         train_loss = float(total) / max(count, 1)

@@ -1,0 +1,55 @@
+"""The mixed-precision switch (``mixed_precision``): bfloat16 autocast runs every training step on a CPU here
+(CUDA's float16 path with loss scaling cannot be exercised without a GPU)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from agents.networks import autocast_dtype, grad_scaler
+from conftest import TinyDataset
+
+
+def test_modes_resolve_per_device():
+    assert autocast_dtype("off", "cpu") is None and autocast_dtype("auto", "cpu") is None
+    assert autocast_dtype("bf16", "cpu") == torch.bfloat16
+    with pytest.raises(ValueError, match="'fp16' needs a CUDA device"):
+        autocast_dtype("fp16", "cpu")
+    with pytest.raises(ValueError, match="mixed_precision must be one of off, auto, bf16, fp16, got 'half'"):
+        autocast_dtype("half", "cpu")
+    assert not grad_scaler(torch.bfloat16, "cpu").is_enabled()  # bfloat16 needs no loss scaling
+
+
+def test_bf16_pretraining_and_reward_training_steps_run_and_learn(tmp_path):
+    from agents.pretrain import PretrainConfig, pretrain_segmentation
+    from reward.training import RewardTrainConfig, train_reward_network
+    from test_reward_network import disc_toy
+
+    config = PretrainConfig(epochs=2, batch_size=8, channels=(4, 8), augment=False, progress=False,
+                            mixed_precision="bf16")
+    result = pretrain_segmentation(TinyDataset(n=16), TinyDataset(n=4), tmp_path / "a.pt", config)
+    losses = [row["train_loss"] for row in result.history]
+    assert np.isfinite(losses).all() and losses[1] < losses[0]
+    assert all(p.dtype == torch.float32 for p in result.model.parameters())  # weights stay float32
+
+    samples = disc_toy(24, size=16)
+    reward = train_reward_network(samples, 3, RewardTrainConfig(epochs=2, batch_size=8, channels=(4, 8),
+                                                                progress=False, mixed_precision="bf16"))
+    assert np.isfinite(reward.train_losses).all() and np.isfinite(reward.temperature)
+
+
+def test_bf16_ppo_update_runs_and_moves_the_actor():
+    from agents.ppo import PixelPPO
+    from agents.vec_env import make_sb3_vec_env
+
+    env = make_sb3_vec_env(2, dataset=TinyDataset(n=6))
+    unet = {"channels": [4, 8]}
+    model = PixelPPO("PixelUNetPolicy", env, n_steps=2, batch_size=4, n_epochs=2, seed=0, image_log_interval=0,
+                     mixed_precision="bf16", policy_kwargs={"actor_kwargs": unet, "critic_kwargs": unet})
+    before = [p.detach().clone() for p in model.policy.actor.parameters()]
+    model.learn(4)
+    after = list(model.policy.actor.parameters())
+    assert all(torch.isfinite(p).all() for p in after)
+    assert any(not torch.equal(a, b) for a, b in zip(after, before))
+    with pytest.raises(ValueError, match="mixed_precision must be one of"):
+        PixelPPO("PixelUNetPolicy", env, mixed_precision="half")
