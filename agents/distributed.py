@@ -97,10 +97,13 @@ def average_gradients(parameters: Iterable[torch.nn.Parameter]) -> None:
     dist.all_reduce(flat, op=dist.ReduceOp.SUM)
     flat /= ctx.world_size
     offset = 0
-    for p, g in zip(params, grads):
-        n = g.numel()
-        p.grad = flat[offset:offset + n].view_as(g).clone()
-        offset += n
+    for p in params:
+        mean = flat[offset:offset + p.numel()].view_as(p)
+        if p.grad is None:
+            p.grad = mean.clone()
+        else:
+            p.grad.copy_(mean)
+        offset += p.numel()
 
 
 def sync_buffers(module: torch.nn.Module) -> None:
