@@ -121,14 +121,6 @@ def sync_buffers(module: torch.nn.Module) -> None:
             dist.broadcast(buf.data, src=0)
 
 
-def broadcast_module(module: torch.nn.Module, src: int = 0) -> None:
-    """Copy rank ``src``'s parameters and buffers to every process (no-op for one process)."""
-    if not context().enabled:
-        return
-    for tensor in [*module.parameters(), *module.buffers()]:
-        dist.broadcast(tensor.data, src=src)
-
-
 def barrier() -> None:
     """Wait for every process (no-op for one process)."""
     if context().enabled:
@@ -173,5 +165,5 @@ def per_process_batch(batch_size: int, ctx: DistributedContext | None = None, wh
     return batch_size // ctx.world_size
 
 
-__all__ = ["DistributedContext", "RankSlice", "average_gradients", "barrier", "broadcast_module", "broadcast_object",
-           "context", "init_distributed", "per_process_batch"]
+__all__ = ["DistributedContext", "RankSlice", "average_gradients", "barrier", "broadcast_object", "context",
+           "init_distributed", "per_process_batch", "sync_buffers"]

@@ -26,7 +26,7 @@ from stable_baselines3.common.vec_env import VecEnv
 
 from agents.buffers import PixelRolloutBuffer
 from agents.distributed import average_gradients, sync_buffers
-from agents.networks import autocast, autocast_dtype, grad_scaler
+from agents.networks import MIXED_PRECISION, autocast, autocast_dtype, grad_scaler
 from agents.policies import PixelActorCriticPolicy, pixel_action_classes, shrink_perturb
 
 __all__ = ["PixelPPO", "shrink_perturb"]
@@ -133,7 +133,8 @@ class PixelPPO(OnPolicyAlgorithm):
         self.skip_updates = False
         self.image_log_interval = image_log_interval
         self.image_log_count = image_log_count
-        autocast_dtype(mixed_precision, "cpu" if mixed_precision != "fp16" else "cuda")  # a bad name fails here
+        if mixed_precision not in MIXED_PRECISION:
+            raise ValueError(f"mixed_precision must be one of {', '.join(MIXED_PRECISION)}, got {mixed_precision!r}")
         #: "off", "auto", "bf16" or "fp16": the precision of the update's forward passes (rollouts stay float32)
         self.mixed_precision = mixed_precision
         self._scalers: dict[str, torch.amp.GradScaler] = {}

@@ -355,10 +355,11 @@ def pretrain_segmentation(train: SegDataset, val: SegDataset, out_path: str | Pa
     # takes its share of each batch (same order everywhere, gradients averaged)
     ctx = distributed_context()
     shuffle = torch.Generator()
-    sampler: torch.utils.data.Sampler = torch.utils.data.RandomSampler(SegTorchDataset(train), generator=shuffle)
+    train_set = SegTorchDataset(train)
+    sampler: torch.utils.data.Sampler = torch.utils.data.RandomSampler(train_set, generator=shuffle)
     if ctx.enabled:
         sampler = RankSlice(sampler, ctx)
-    loader = DataLoader(SegTorchDataset(train), batch_size=per_process_batch(config.batch_size, ctx, "pretrain.batch_size"),
+    loader = DataLoader(train_set, batch_size=per_process_batch(config.batch_size, ctx, "pretrain.batch_size"),
                         sampler=sampler, num_workers=config.num_workers, generator=shuffle,
                         pin_memory=torch.device(device).type == "cuda", persistent_workers=config.num_workers > 0)
     class_names = list(train.class_names)
@@ -385,7 +386,7 @@ def pretrain_segmentation(train: SegDataset, val: SegDataset, out_path: str | Pa
             if scores["dice_mean"] > best_val_dice + config.min_delta:
                 best_val_dice, best_epoch, since_best = scores["dice_mean"], epoch, 0
                 if ctx.is_main:
-                        save_unet(model, str(out_path), class_names=class_names, image_size=list(train.image_size),
+                    save_unet(model, str(out_path), class_names=class_names, image_size=list(train.image_size),
                               val_dice=float(best_val_dice), epoch=epoch,
                               val_dice_per_class={k[len("dice_"):]: v for k, v in scores.items() if k != "dice_mean"})
             else:
