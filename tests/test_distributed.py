@@ -80,6 +80,17 @@ def test_a_two_process_run_writes_one_report_and_resumes(tmp_path):
     assert first.poll() is None, first.stderr.read()[-3000:]
     os.killpg(first.pid, signal.SIGKILL)  # torchrun and both workers
     first.wait(timeout=60)
+    from pipeline.run_dir import RunDirectory, RunLockedError
+
+    probe = RunDirectory(run)
+    for _ in range(600):  # the killed workers are gone (the OS has freed their lock) before the resume starts
+        try:
+            probe.lock()
+        except RunLockedError:
+            time.sleep(0.05)
+            continue
+        probe.unlock()
+        break
     assert json.loads((run / "state.json").read_text())["completed_iterations"] == 1
 
     resumed = _torchrun("--resume", str(run))
