@@ -48,6 +48,19 @@ def test_two_processes_take_the_steps_of_one_with_the_same_global_batch(task, tm
     assert initial is not None
 
 
+def _children(pid: int) -> list[int]:
+    """Process ids whose parent is ``pid`` (from /proc)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
 def _torchrun(*args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
@@ -56,7 +69,7 @@ def _torchrun(*args: str) -> subprocess.CompletedProcess:
 
 def test_a_two_process_run_writes_one_report_and_resumes(tmp_path):
     """torchrun with 2 CPU processes (gloo) on the quick config: one report saying so, each reward sample once;
-    killed after iteration 1 (SIGKILL of the whole torchrun group), --resume under torchrun finishes it."""
+    killed after iteration 1 (SIGKILL of torchrun and its workers), --resume under torchrun finishes it."""
     import json
     import signal
     import time
@@ -78,7 +91,12 @@ def test_a_two_process_run_writes_one_report_and_resumes(tmp_path):
             pass
         time.sleep(0.05)
     assert first.poll() is None, first.stderr.read()[-3000:]
-    os.killpg(first.pid, signal.SIGKILL)  # torchrun and both workers
+    # SIGKILL of torchrun and of its workers (they run in sessions of their own, so a group kill misses them)
+    for pid in [*_children(first.pid), first.pid]:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
     first.wait(timeout=60)
     from pipeline.run_dir import RunDirectory, RunLockedError
 
