@@ -126,7 +126,10 @@ class RewardRetrainingCallback(BaseCallback):
     :param on_iteration_end: ``(iteration, callback) -> None``, called once an iteration's updates are done
         (checkpoints, evaluation, report).
     :param adapt_norm_stats: re-estimate the actor's batch-norm statistics on the iteration's target images
-        before the first iteration (actor and reference policy) and after every iteration's updates.
+        before the first iteration (actor and reference policy).
+    :param readapt_norm_stats: with ``adapt_norm_stats``, re-estimate them again after every iteration's
+        updates (default ``False``: PPO optimised the actor with its statistics frozen, and new statistics
+        change that function; measured to grow the myocardium and lower Dice, docs/benchmarks.md).
     :param reuse_images: when the target set is smaller than ``iterations x images_per_iteration``, predict
         again on images of earlier iterations (:meth:`iteration_indices`) instead of failing. Their new reward
         samples are added next to the older ones (different predictions of the same image; the reward
@@ -147,7 +150,8 @@ class RewardRetrainingCallback(BaseCallback):
                  schedule: IterationSchedule | None = None, use_anchors: bool = True, start_iteration: int = 1,
                  pseudo_labels: dict[str, np.ndarray] | None = None,
                  on_iteration_end: Callable[[int, "RewardRetrainingCallback"], None] | None = None,
-                 adapt_norm_stats: bool = False, reuse_images: bool = True, reward_model: Any = None,
+                 adapt_norm_stats: bool = False, readapt_norm_stats: bool = False, reuse_images: bool = True,
+                 reward_model: Any = None,
                  random_state: dict[str, Any] | None = None, progress: bool = False, verbose: int = 0) -> None:
         super().__init__(verbose)
         if target_dataset.with_labels:
@@ -165,6 +169,7 @@ class RewardRetrainingCallback(BaseCallback):
         self.pseudo_labels: dict[str, np.ndarray] = dict(pseudo_labels or {})
         self.on_iteration_end = on_iteration_end
         self.adapt_norm_stats = adapt_norm_stats
+        self.readapt_norm_stats = readapt_norm_stats
         self.reuse_images = reuse_images
         self._images: np.ndarray | None = None
         self.progress = progress
@@ -312,7 +317,7 @@ class RewardRetrainingCallback(BaseCallback):
         i = self.iteration
         record = self.records[i]
         record["ppo_seconds"] = time.time() - record.pop("_t_start")
-        if self.adapt_norm_stats and self._images is not None:
+        if self.adapt_norm_stats and self.readapt_norm_stats and self._images is not None:
             reestimate_norm_statistics(self.model.policy.actor,
                                        torch.as_tensor(self._images[:, None], device=self.model.device))
         if self.on_iteration_end is not None:

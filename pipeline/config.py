@@ -136,9 +136,13 @@ class PPOSection(IterationSchedule):
     #: "adabn" or "tent" (that label-free baseline's adapted copy of it, so RL refines what the baseline reaches);
     #: label-free selection then compares the RL iterations with this starting model
     init: str = "source"
-    #: re-estimate the actor's batch-norm statistics on the unlabelled target images of the iteration: before
-    #: iteration 1 (actor and reference policy) and after each iteration's updates (false: source statistics)
+    #: re-estimate the actor's batch-norm statistics on the unlabelled target images of iteration 1 before its
+    #: first update (actor and reference policy; false: the statistics of the initial actor)
     adapt_norm_stats: bool = False
+    #: also re-estimate them after each iteration's updates. PPO optimises the actor with its statistics frozen;
+    #: re-estimating afterwards changes the function it optimised (development suite, ground-truth reward: the
+    #: myocardium grew 20-50 px per image and Dice fell by up to 2.4 points; docs/benchmarks.md, "Levers")
+    readapt_norm_stats: bool = False
     #: let batch-norm statistics drift with each PPO minibatch (train mode, SB3's behaviour)
     update_norm_stats_in_ppo: bool = True
     #: log an image panel to TensorBoard every N updates

@@ -494,7 +494,8 @@ class RL4SegRun:
             updates_per_iteration=p.updates_per_iteration, images_per_iteration=rd.images_per_iteration,
             schedule=p, use_anchors=p.anchors, start_iteration=start,
             pseudo_labels=self.dirs.load_pseudo_labels(start - 1), on_iteration_end=self._on_iteration_end,
-            adapt_norm_stats=p.adapt_norm_stats, reuse_images=rd.reuse_images,
+            adapt_norm_stats=p.adapt_norm_stats, readapt_norm_stats=p.readapt_norm_stats,
+            reuse_images=rd.reuse_images,
             reward_model=self._resumed_reward_model(start), random_state=self.dirs.load_random_state(start - 1)
             if start > 1 and self.ctx.is_main else None, progress=self.config.progress and self.ctx.is_main,
             verbose=int(self.ctx.is_main))

@@ -278,6 +278,32 @@ def test_iteration_indices_wrap_around_or_fail_when_asked_to_be_strict():
         strict.iteration_indices(3)
 
 
+@pytest.mark.parametrize("readapt", [False, True])
+def test_batch_norm_statistics_stay_those_ppo_optimised_unless_readapt_is_asked(readapt):
+    """PPO updates the actor with frozen statistics; the end of an iteration re-estimates them only on request."""
+    import time
+    from types import SimpleNamespace
+
+    import numpy as np
+    import torch
+    from conftest import TinyDataset
+
+    from agents.callbacks import RewardRetrainingCallback
+    from agents.networks import UNet
+
+    actor = UNet(in_channels=1, out_channels=3, channels=[4, 8], norm="batch").eval()
+    cb = RewardRetrainingCallback(TinyDataset(n=4, with_labels=False), None, None, None, iterations=2,
+                                  updates_per_iteration=1, images_per_iteration=4, adapt_norm_stats=True,
+                                  readapt_norm_stats=readapt)
+    cb.model = SimpleNamespace(policy=SimpleNamespace(actor=actor), device="cpu")
+    cb.iteration, cb.records, cb._images = 1, {1: {"_t_start": time.time()}}, np.random.rand(4, 16, 16).astype("f4") * 3
+    before = [b.clone() for b in actor.buffers()]
+    cb._end_iteration()
+    same = all(torch.equal(a, b) for a, b in zip(before, actor.buffers()))
+    assert same != readapt
+    assert "ppo_seconds" in cb.records[1]
+
+
 def test_resume_names_each_damaged_file_and_can_resume_from_an_intact_iteration(pretrained, tmp_path, capsys):
     """Truncated checkpoints, samples and pseudo-labels are named on resume with the iteration to resume from;
     --from-iteration forgets the later iterations; stray temporary files are removed; files are 0644."""
