@@ -396,19 +396,11 @@ class RL4SegRun:
         return LearnedReward(net, device=self.device)
 
     def _make_model(self, env, actor_path: Path) -> PixelPPO:
-        p, n = self.config.ppo, self.config.network
         done = self.state["completed_iterations"]
         if done > 0:
             return PixelPPO.load(str(self.dirs.ppo_model(done)), env=env, device=self.device)
-        unet = {"channels": list(n.channels), "norm": n.norm}
-        return PixelPPO("PixelUNetPolicy", env, n_steps=1, batch_size=p.batch_size_base, n_epochs=p.n_epochs,
-                        clip_range=p.clip_range, max_grad_norm=p.max_grad_norm, use_pseudo_labels=p.anchors,
-                        update_actor_norm_stats=p.update_norm_stats_in_ppo,
-                        image_log_interval=p.image_log_interval, mixed_precision=self.config.mixed_precision,
-                        tensorboard_log=str(self.dirs.tensorboard()) if self.ctx.is_main else None,
-                        seed=self.config.seed, device=self.device,
-                        policy_kwargs={"actor_kwargs": unet, "critic_kwargs": unet, "pretrained_actor": str(actor_path),
-                                       "actor_lr": p.actor_lr, "critic_lr": p.critic_lr})
+        return make_pixel_ppo(self.config, env, actor_path, self.device,
+                              tensorboard_log=str(self.dirs.tensorboard()) if self.ctx.is_main else None)
 
     def _on_iteration_end(self, iteration: int, callback: RewardRetrainingCallback) -> None:
         if self.ctx.is_main:  # checkpoints, evaluation and report: rank 0; the other processes wait for it
@@ -553,6 +545,21 @@ class RL4SegRun:
             plot_metrics(rows, self.dirs.figure("metrics"))
         config_text = self.dirs.config_path.read_text() if self.dirs.config_path.is_file() else ""
         write_html_report(self.run_dir, rows, config_text)
+
+
+def make_pixel_ppo(config: LoopConfig, env, actor_path: str | os.PathLike, device: str | torch.device,
+                   tensorboard_log: str | None = None) -> PixelPPO:
+    """The loop's PixelPPO for ``config`` (``ppo`` and ``network`` sections), its actor and KL reference loaded
+    from ``actor_path``; the per-iteration coefficients are set by the reward-retraining callback."""
+    p, n = config.ppo, config.network
+    unet = {"channels": list(n.channels), "norm": n.norm}
+    return PixelPPO("PixelUNetPolicy", env, n_steps=1, batch_size=p.batch_size_base, n_epochs=p.n_epochs,
+                    clip_range=p.clip_range, max_grad_norm=p.max_grad_norm, use_pseudo_labels=p.anchors,
+                    update_actor_norm_stats=p.update_norm_stats_in_ppo, image_log_interval=p.image_log_interval,
+                    mixed_precision=config.mixed_precision, tensorboard_log=tensorboard_log, seed=config.seed,
+                    device=device, policy_kwargs={"actor_kwargs": unet, "critic_kwargs": unet,
+                                                  "pretrained_actor": str(actor_path), "actor_lr": p.actor_lr,
+                                                  "critic_lr": p.critic_lr})
 
 
 def selection_candidates(rows: list[dict], init: str, name: str = "RL4Seg") -> list[dict]:

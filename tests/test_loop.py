@@ -219,6 +219,29 @@ def test_selection_study_reports_what_each_score_picks(pretrained, tmp_path, cap
     assert module.main([str(tmp_path / "nope")]) == 2
 
 
+def test_rl_ceiling_scores_ppo_with_the_true_reward_after_each_step(pretrained, tmp_path, capsys):
+    """scripts/rl_ceiling.py: rows for the start, every --every updates of each iteration and each step that
+    changes the actor outside PPO (shrink-and-perturb, re-estimated statistics); CSV; bad arguments named."""
+    from pipeline.commands import rl_ceiling as module
+
+    _seed_run_dir(pretrained, tmp_path / "run")
+    from pipeline.config import save_config
+
+    save_config(_config(tmp_path / "run", "ppo.perturb_sigma=0.01"), tmp_path / "run" / "config.yaml")
+    out = tmp_path / "ceiling.csv"
+    assert module.main([str(tmp_path / "run"), "--every", "1", "--n-test", "4", "--readapt-norm-stats",
+                        "--csv", str(out)]) == 0
+    with open(out) as f:
+        rows = list(csv.DictReader(f))
+    steps = [(int(r["iteration"]), int(r["updates"]), r["step"]) for r in rows]
+    assert steps == [(0, 0, "start"), (1, 1, "PPO"), (1, 2, "PPO"), (1, 2, "re-estimated statistics"),
+                     (2, 0, "after shrink-perturb"), (2, 1, "PPO"), (2, 2, "PPO"), (2, 2, "re-estimated statistics")]
+    assert all(0 <= float(r["dice_mean"]) <= 1 and float(r["myo_area_labels"]) > 0 for r in rows)
+    assert "Dice LV+MYO" in capsys.readouterr().out
+    assert module.main([str(tmp_path / "run"), "--every", "0"]) == 2
+    assert module.main([str(tmp_path / "nope")]) == 2
+
+
 def test_rl_can_start_from_the_tent_adapted_actor(pretrained, tmp_path):
     """ppo.init=tent: iteration 0 is the TENT copy of the source actor (actor, KL reference and selection's
     iteration 0); with no informative reward network nothing moves it, and the selected model is one of them."""
