@@ -33,6 +33,9 @@ __all__ = ["PixelPPO", "shrink_perturb"]
 
 SelfPixelPPO = TypeVar("SelfPixelPPO", bound="PixelPPO")
 
+#: values of ``PixelPPO(normalize_advantage=...)``
+ADVANTAGE_NORMALIZATION = ("off", "mean", "mean_std")
+
 
 class PixelPPO(OnPolicyAlgorithm):
     """PPO with a per-pixel categorical actor, a per-pixel critic and a KL penalty to a reference policy.
@@ -58,6 +61,15 @@ class PixelPPO(OnPolicyAlgorithm):
     :param vf_coef: weight of the critic's MSE loss (default 1.0). The critic has its own
         optimiser, so this only rescales its loss (Adam is nearly invariant to that); kept for the SB3 API.
     :param max_grad_norm: actor gradient-norm clip (default 0.5; ``None`` disables it).
+    :param normalize_advantage: ``"off"`` (default), ``"mean"`` (subtract each minibatch's mean advantage) or
+        ``"mean_std"`` (SB3's ``normalize_advantage``: also divide by its standard deviation). The critic starts
+        untrained, so its values lag the rewards and every advantage of the first updates is biased; the mean
+        removes that bias.
+    :param dual_clip: dual-clip PPO's bound ``c > 1`` (Ye et al., 2020): for a negative advantage the per-pixel
+        objective is at least ``c * advantage``, so a pixel whose sampled action was improbable (a huge ratio)
+        cannot dominate the update (default ``None``: plain PPO clipping).
+    :param critic_warmup_epochs: epochs of critic-only regression on the first rollout before the first actor
+        update (default 0), so that the first advantages use a critic that has seen the rewards.
     :param use_pseudo_labels: when an env's ``info["pseudo_label"]`` is present, credit that label as
         the action with a reward of 1 at every pixel (supervised anchor; default ``True``).
     :param update_actor_norm_stats: run the actor in training mode during updates, as SB3's PPO does:
@@ -99,6 +111,9 @@ class PixelPPO(OnPolicyAlgorithm):
         kl_coef: float = 0.05,
         vf_coef: float = 1.0,
         max_grad_norm: float | None = 0.5,
+        normalize_advantage: str = "off",
+        dual_clip: float | None = None,
+        critic_warmup_epochs: int = 0,
         use_pseudo_labels: bool = True,
         update_actor_norm_stats: bool = True,
         image_log_interval: int = 10,
@@ -125,6 +140,16 @@ class PixelPPO(OnPolicyAlgorithm):
         self.batch_size = batch_size
         self.n_epochs = n_epochs
         self.clip_range = clip_range
+        if normalize_advantage not in ADVANTAGE_NORMALIZATION:
+            raise ValueError(f"normalize_advantage must be one of {', '.join(ADVANTAGE_NORMALIZATION)}, "
+                             f"got {normalize_advantage!r}")
+        if dual_clip is not None and dual_clip <= 1:
+            raise ValueError(f"dual_clip must be > 1 (or None), got {dual_clip}")
+        if critic_warmup_epochs < 0:
+            raise ValueError(f"critic_warmup_epochs must be >= 0, got {critic_warmup_epochs}")
+        self.normalize_advantage = normalize_advantage
+        self.dual_clip = dual_clip
+        self.critic_warmup_epochs = int(critic_warmup_epochs)
         self.kl_coef = kl_coef
         self.use_pseudo_labels = use_pseudo_labels
         self.update_actor_norm_stats = update_actor_norm_stats
@@ -294,6 +319,8 @@ class PixelPPO(OnPolicyAlgorithm):
         for name in ("actor", "critic"):  # float16 only; kept across updates (its scale adapts)
             scalers.setdefault(name, grad_scaler(precision, self.device))
 
+        if self._n_train_calls == 0 and self.critic_warmup_epochs > 0:
+            self._warm_up_critic(precision)
         for _ in range(self.n_epochs):
             for batch in self.rollout_buffer.get(self.batch_size):
                 with autocast(precision, self.device):
@@ -302,10 +329,17 @@ class PixelPPO(OnPolicyAlgorithm):
                 with torch.no_grad():
                     shaped_reward = batch.reward_maps - self.kl_coef * (log_prob - batch.ref_log_prob)
                     advantages = shaped_reward - values  # per pixel, no bootstrapping (one-step episodes)
+                    if self.normalize_advantage != "off":
+                        advantages = advantages - advantages.mean()
+                        if self.normalize_advantage == "mean_std":
+                            advantages = advantages / (advantages.std() + 1e-8)
 
                 ratio = torch.exp(log_prob - batch.old_log_prob)  # per pixel, never summed over pixels
                 clipped_ratio = torch.clamp(ratio, 1 - self.clip_range, 1 + self.clip_range)
-                surrogate = torch.min(ratio * advantages, clipped_ratio * advantages).mean()
+                objective = torch.min(ratio * advantages, clipped_ratio * advantages)
+                if self.dual_clip is not None:
+                    objective = torch.where(advantages < 0, torch.max(objective, self.dual_clip * advantages), objective)
+                surrogate = objective.mean()
                 policy_loss = -surrogate - self.ent_coef * entropy.mean()
                 self.policy.actor_optimizer.zero_grad()
                 scalers["actor"].scale(policy_loss).backward()
@@ -359,6 +393,20 @@ class PixelPPO(OnPolicyAlgorithm):
         if self.image_log_interval > 0 and self._n_train_calls % self.image_log_interval == 0:
             self.logger.record("train/panel", Image(self.image_panel(), "HW"),
                                exclude=("stdout", "log", "json", "csv"))
+
+    def _warm_up_critic(self, precision: torch.dtype | None) -> None:
+        """``critic_warmup_epochs`` passes of critic regression on the rollout, before any actor update."""
+        critic, scaler = self.policy.critic, self._scalers["critic"]
+        for _ in range(self.critic_warmup_epochs):
+            for batch in self.rollout_buffer.get(self.batch_size):
+                with autocast(precision, self.device):
+                    values = self.policy.predict_values(batch.observations)
+                value_loss = self.vf_coef * F.mse_loss(values.float(), batch.reward_maps)
+                self.policy.critic_optimizer.zero_grad()
+                scaler.scale(value_loss).backward()
+                average_gradients(critic.parameters())
+                scaler.step(self.policy.critic_optimizer)
+                scaler.update()
 
     def image_panel(self) -> np.ndarray:
         """Rows ``image | action | reward map | value map`` of the first rollout images, float32 in [0, 1].

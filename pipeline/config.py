@@ -34,6 +34,7 @@ import yaml
 
 from agents.callbacks import IterationSchedule
 from agents.networks import MIXED_PRECISION, UNetConfig
+from agents.ppo import ADVANTAGE_NORMALIZATION
 from agents.pretrain import PretrainConfig
 from agents.test_time import TTOConfig
 from reward.anatomy import CRITERIA_SETS
@@ -130,6 +131,12 @@ class PPOSection(IterationSchedule):
     actor_lr: float = 5e-4
     critic_lr: float = 5e-4
     max_grad_norm: float = 0.5
+    #: "off", "mean" or "mean_std": per-minibatch advantage normalisation (PixelPPO's normalize_advantage)
+    normalize_advantage: str = "off"
+    #: dual-clip PPO bound c > 1 for negative advantages (null: plain clipping)
+    dual_clip: float | None = None
+    #: critic-only epochs on the first rollout before the first actor update
+    critic_warmup_epochs: int = 0
     #: use accepted pseudo-labels as supervised anchors inside the RL batch
     anchors: bool = True
     #: the actor RL starts from and is KL-anchored to: "source" (the source-pretrained actor, the paper),
@@ -158,6 +165,13 @@ class PPOSection(IterationSchedule):
                 raise ValueError(f"PPOSection.{name} must be > 0, got {getattr(self, name)}")
         if self.init not in RL_INITS:
             raise ValueError(f"PPOSection.init must be one of {', '.join(RL_INITS)}, got {self.init!r}")
+        if self.normalize_advantage not in ADVANTAGE_NORMALIZATION:
+            raise ValueError(f"PPOSection.normalize_advantage must be one of {', '.join(ADVANTAGE_NORMALIZATION)}, "
+                             f"got {self.normalize_advantage!r}")
+        if self.dual_clip is not None and self.dual_clip <= 1:
+            raise ValueError(f"PPOSection.dual_clip must be > 1 or null, got {self.dual_clip}")
+        if self.critic_warmup_epochs < 0:
+            raise ValueError(f"PPOSection.critic_warmup_epochs must be >= 0, got {self.critic_warmup_epochs}")
 
 
 @dataclass
@@ -323,6 +337,8 @@ def _coerce(value: Any, hint: Any) -> Any:
     elif hint is str:
         if isinstance(value, str):
             return value
+        if value is False:  # YAML 1.1 reads an unquoted `off` as false: mixed_precision: off
+            return "off"
     raise TypeError
 
 

@@ -554,7 +554,8 @@ def make_pixel_ppo(config: LoopConfig, env, actor_path: str | os.PathLike, devic
     p, n = config.ppo, config.network
     unet = {"channels": list(n.channels), "norm": n.norm}
     return PixelPPO("PixelUNetPolicy", env, n_steps=1, batch_size=p.batch_size_base, n_epochs=p.n_epochs,
-                    clip_range=p.clip_range, max_grad_norm=p.max_grad_norm, use_pseudo_labels=p.anchors,
+                    clip_range=p.clip_range, max_grad_norm=p.max_grad_norm, normalize_advantage=p.normalize_advantage,
+                    dual_clip=p.dual_clip, critic_warmup_epochs=p.critic_warmup_epochs, use_pseudo_labels=p.anchors,
                     update_actor_norm_stats=p.update_norm_stats_in_ppo, image_log_interval=p.image_log_interval,
                     mixed_precision=config.mixed_precision, tensorboard_log=tensorboard_log, seed=config.seed,
                     device=device, policy_kwargs={"actor_kwargs": unet, "critic_kwargs": unet,
