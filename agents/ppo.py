@@ -29,12 +29,27 @@ from agents.distributed import average_gradients, sync_buffers
 from agents.networks import MIXED_PRECISION, autocast, autocast_dtype, grad_scaler
 from agents.policies import PixelActorCriticPolicy, pixel_action_classes, shrink_perturb
 
-__all__ = ["PixelPPO", "shrink_perturb"]
+__all__ = ["ADVANTAGE_NORMALIZATION", "PixelPPO", "clipped_objective", "shrink_perturb"]
 
 SelfPixelPPO = TypeVar("SelfPixelPPO", bound="PixelPPO")
 
 #: values of ``PixelPPO(normalize_advantage=...)``
 ADVANTAGE_NORMALIZATION = ("off", "mean", "mean_std")
+
+
+def clipped_objective(ratio: torch.Tensor, advantages: torch.Tensor, clip_range: float,
+                      dual_clip: float | None = None) -> torch.Tensor:
+    """PPO's clipped objective, element-wise: ``min(ratio * A, clip(ratio, 1 - eps, 1 + eps) * A)``.
+
+    With ``dual_clip`` (``c > 1``), where ``A < 0`` it is bounded below by ``c * A`` (dual-clip PPO): a huge ratio
+    (an action sampled at a tiny probability that the update made likely) then has no gradient instead of one
+    ``ratio`` times larger than any other pixel's.
+    """
+    clipped = torch.clamp(ratio, 1 - clip_range, 1 + clip_range)
+    objective = torch.minimum(ratio * advantages, clipped * advantages)
+    if dual_clip is not None:
+        objective = torch.where(advantages < 0, torch.maximum(objective, dual_clip * advantages), objective)
+    return objective
 
 
 class PixelPPO(OnPolicyAlgorithm):
@@ -335,11 +350,7 @@ class PixelPPO(OnPolicyAlgorithm):
                             advantages = advantages / (advantages.std() + 1e-8)
 
                 ratio = torch.exp(log_prob - batch.old_log_prob)  # per pixel, never summed over pixels
-                clipped_ratio = torch.clamp(ratio, 1 - self.clip_range, 1 + self.clip_range)
-                objective = torch.min(ratio * advantages, clipped_ratio * advantages)
-                if self.dual_clip is not None:
-                    objective = torch.where(advantages < 0, torch.max(objective, self.dual_clip * advantages), objective)
-                surrogate = objective.mean()
+                surrogate = clipped_objective(ratio, advantages, self.clip_range, self.dual_clip).mean()
                 policy_loss = -surrogate - self.ent_coef * entropy.mean()
                 self.policy.actor_optimizer.zero_grad()
                 scalers["actor"].scale(policy_loss).backward()

@@ -43,6 +43,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from agents.networks import predict
+from agents.ppo import clipped_objective
 from rl4seg_env.metrics import keep_largest_foreground
 
 #: ``(label map (H, W) uint8, spacing (mm, mm)) -> bool``: the anatomical check deciding which images are
@@ -164,8 +165,7 @@ def optimise_image(actor: nn.Module, image: np.ndarray, reward_model: Callable[[
         for _ in range(config.n_epochs):
             logp_all = torch.log_softmax(model(x), 1)[0]
             ratio = torch.exp(logp_all.gather(0, actions) - old_logp)
-            clipped = torch.clamp(ratio, 1 - config.clip_range, 1 + config.clip_range)
-            surrogate = torch.minimum(ratio * advantages, clipped * advantages).mean()
+            surrogate = clipped_objective(ratio, advantages, config.clip_range).mean()
             entropy = -(logp_all.exp() * logp_all).sum(0).mean()
             loss = -surrogate - config.ent_coef * entropy
             opt.zero_grad(set_to_none=True)

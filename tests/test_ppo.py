@@ -96,6 +96,51 @@ def test_first_minibatch_ratio_is_one_and_nothing_is_clipped(dataset):
     assert values["train/clip_fraction"] == 0.0
 
 
+def test_dual_clip_bounds_the_objective_of_an_improbable_action_with_a_negative_advantage():
+    from agents.ppo import clipped_objective
+
+    ratio = torch.tensor([1000.0, 1000.0, 0.5, 1.1], requires_grad=True)
+    advantages = torch.tensor([-0.5, 0.5, -0.5, -0.5])
+    plain = clipped_objective(ratio, advantages, 0.2)
+    dual = clipped_objective(ratio, advantages, 0.2, dual_clip=3.0)
+    assert plain.tolist() == pytest.approx([-500.0, 0.6, -0.4, -0.55])
+    assert dual.tolist() == pytest.approx([-1.5, 0.6, -0.4, -0.55])  # only the huge-ratio negative pixel changes
+    dual.sum().backward()
+    assert ratio.grad.tolist() == pytest.approx([0.0, 0.0, 0.0, -0.5])
+
+
+@pytest.mark.parametrize("mode", ["mean", "mean_std"])
+def test_advantage_normalisation_centres_each_minibatch(dataset, mode):
+    model = make_model(dataset, n_epochs=1, batch_size=64, normalize_advantage=mode)
+    model.learn(8)
+    model.train()
+    assert model.logger.name_to_value["train/advantage_mean"] == pytest.approx(0.0, abs=1e-5)
+    raw = make_model(dataset, n_epochs=1, batch_size=64)
+    raw.learn(8)
+    raw.train()
+    assert abs(raw.logger.name_to_value["train/advantage_mean"]) > 0.05  # an untrained critic's bias
+
+
+def test_critic_warmup_fits_the_critic_before_the_first_actor_update(dataset):
+    """The first update's advantages are centred by a critic that has seen the rollout's rewards."""
+    cold = make_model(dataset, n_epochs=1, batch_size=64)
+    warm = make_model(dataset, n_epochs=1, batch_size=64, critic_warmup_epochs=30)
+    for model in (cold, warm):
+        model.learn(8)
+    assert warm._n_train_calls == cold._n_train_calls == 1
+    bias = {name: abs(m.logger.name_to_value.get("train/advantage_mean", np.nan)) for name, m in
+            (("cold", cold), ("warm", warm))}
+    assert bias["warm"] < 0.5 * bias["cold"], bias
+
+
+@pytest.mark.parametrize("kwargs, match", [({"normalize_advantage": "yes"}, "normalize_advantage"),
+                                           ({"dual_clip": 1.0}, "dual_clip"),
+                                           ({"critic_warmup_epochs": -1}, "critic_warmup_epochs")])
+def test_bad_update_options_are_refused(dataset, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        make_model(dataset, **kwargs)
+
+
 # --- SB3 API ------------------------------------------------------------------------------------------
 def test_save_load_round_trip_is_exact(dataset, tmp_path):
     model = make_model(dataset)
