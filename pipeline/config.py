@@ -133,8 +133,9 @@ class PPOSection(IterationSchedule):
     max_grad_norm: float = 0.5
     #: "off", "mean" or "mean_std": per-minibatch advantage normalisation (PixelPPO's normalize_advantage)
     normalize_advantage: str = "off"
-    #: dual-clip PPO bound c > 1 for negative advantages (null: plain clipping)
-    dual_clip: float | None = None
+    #: dual-clip PPO bound c > 1 for negative advantages (null: plain clipping). Per-pixel ratios of actions sampled
+    #: at tiny probabilities blew PPO up without it (approx. KL 1.6-81 in single updates, docs/benchmarks.md)
+    dual_clip: float | None = 3.0
     #: critic-only epochs on the first rollout before the first actor update
     critic_warmup_epochs: int = 0
     #: use accepted pseudo-labels as supervised anchors inside the RL batch
