@@ -189,10 +189,10 @@ class EvalSection:
     #: "TENT + TTO" rows follow each iteration when test_time is enabled)
     baselines: list[str] = field(default_factory=lambda: ["adabn", "tent"])
     #: label-free score that picks the reported iteration ("RL4Seg selected" rows) among 0 (the model RL
-    #: starts from, ppo.init) .. N, on the unlabelled target validation images: "confidence" (mean max softmax
-    #: probability; chosen on the development suite, docs/protocol.md), "validity" (% anatomically valid), "agreement" (Dice with the
-    #: previous iteration's predictions) or "last" (the last iteration, the paper's choice)
-    selection: str = "confidence"
+    #: starts from, ppo.init) .. N, on the unlabelled target validation images: "validity" (% anatomically valid;
+    #: chosen on the development suite, docs/protocol.md), "confidence" (mean max softmax probability),
+    #: "agreement" (Dice with the previous iteration's predictions) or "last" (the last iteration, the paper's choice)
+    selection: str = "validity"
 
     def __post_init__(self) -> None:
         for name in ("n_test", "batch_size"):
