@@ -227,10 +227,10 @@ def test_rl_ceiling_scores_ppo_with_the_true_reward_after_each_step(pretrained, 
     _seed_run_dir(pretrained, tmp_path / "run")
     from pipeline.config import save_config
 
-    save_config(_config(tmp_path / "run", "ppo.perturb_sigma=0.01"), tmp_path / "run" / "config.yaml")
+    save_config(_config(tmp_path / "run"), tmp_path / "run" / "config.yaml")
     out = tmp_path / "ceiling.csv"
     assert module.main([str(tmp_path / "run"), "--every", "1", "--n-test", "4", "--readapt-norm-stats",
-                        "--csv", str(out)]) == 0
+                        "--csv", str(out), "ppo.perturb_sigma=0.01"]) == 0
     with open(out) as f:
         rows = list(csv.DictReader(f))
     steps = [(int(r["iteration"]), int(r["updates"]), r["step"]) for r in rows]
@@ -239,6 +239,7 @@ def test_rl_ceiling_scores_ppo_with_the_true_reward_after_each_step(pretrained, 
     assert all(0 <= float(r["dice_mean"]) <= 1 and float(r["myo_area_labels"]) > 0 for r in rows)
     assert "Dice LV+MYO" in capsys.readouterr().out
     assert module.main([str(tmp_path / "run"), "--every", "0"]) == 2
+    assert module.main([str(tmp_path / "run"), "ppo.no_such_key=1"]) == 2
     assert module.main([str(tmp_path / "nope")]) == 2
 
 

@@ -1,6 +1,6 @@
 """The ceiling of the RL step: PixelPPO with the ground-truth reward, scored on target test labels as it trains.
 
-    python scripts/rl_ceiling.py RUN_DIR [--iterations 3] [--every 8] [--readapt-norm-stats] [--csv out.csv]
+    python scripts/rl_ceiling.py RUN_DIR [--iterations 3] [--every 8] [--readapt-norm-stats] [--csv out.csv] [key=value ...]
 
 Starts from the actor a finished (or running) ``rl4seg-train`` run starts RL from (``ppo.init``: its TENT, AdaBN
 or source checkpoint), runs the run's PPO schedule (``ppo`` section: updates per iteration, per-iteration KL and
@@ -11,8 +11,9 @@ batch-norm statistics) the Dice LV+MYO, validity and myocardial area / false pos
 image on the first ``--n-test`` target test images.
 
 It reads target labels, so it is a diagnostic for development shifts (docs/protocol.md): with a perfect reward,
-how far can this PPO budget take the actor, and which step of an iteration moves it where? The run directory
-is only read (its lock is not taken).
+how far can this PPO budget take the actor, and which step of an iteration moves it where? ``key=value``
+overrides change the run's config for this study only (e.g. ``ppo.dual_clip=null ppo.perturb_sigma=0.01``). The
+run directory is only read (its lock is not taken).
 """
 from __future__ import annotations
 
@@ -52,15 +53,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n-test", type=int, default=100, help="target test images scored (default 100)")
     parser.add_argument("--readapt-norm-stats", action="store_true",
                         help="re-estimate the actor's batch-norm statistics after each iteration (the legacy loop)")
-    parser.add_argument("--perturb-sigma", type=float, default=None, help="override ppo.perturb_sigma")
     parser.add_argument("--csv", type=Path, default=None, help="also write the rows to this CSV file")
+    parser.add_argument("overrides", nargs="*", help="key=value changes to the run's config, e.g. ppo.dual_clip=null")
     args = parser.parse_args(argv)
 
     dirs = RunDirectory(args.run)
-    config = load_config(dirs.config_path)
+    config = load_config(dirs.config_path, args.overrides)
     p = config.ppo
-    if args.perturb_sigma is not None:
-        p.perturb_sigma = args.perturb_sigma
     iterations = p.iterations if args.iterations is None else args.iterations
     if iterations < 1 or args.every < 1 or args.n_test < 1:
         raise ValueError("--iterations, --every and --n-test must be >= 1")
