@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="re-estimate the actor's batch-norm statistics after each iteration (the legacy loop)")
     parser.add_argument("--csv", type=Path, default=None, help="also write the rows to this CSV file")
     parser.add_argument("overrides", nargs="*", help="key=value changes to the run's config, e.g. ppo.dual_clip=null")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)
 
     dirs = RunDirectory(args.run)
     config = load_config(dirs.config_path, args.overrides)
