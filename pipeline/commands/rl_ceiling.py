@@ -107,8 +107,9 @@ def main(argv: list[str] | None = None) -> int:
         return torch.as_tensor(np.stack([train[k].image for k in idx]).astype(np.float32)[:, None], device=device)
 
     if p.adapt_norm_stats:
+        images = iteration_images(1)
         for net in (model.policy.actor, model.policy.reference_policy):
-            reestimate_norm_statistics(net, iteration_images(1))
+            reestimate_norm_statistics(net, images)
     score(0, 0, "start")
     for i in range(1, iterations + 1):
         model.ent_coef, model.kl_coef = p.ent_coef(i), p.kl_coef(i)
@@ -116,10 +117,10 @@ def main(argv: list[str] | None = None) -> int:
         model.n_steps = rollout_steps(model.batch_size, model.n_envs)
         env.env_method("set_active_indices", list(range(min(i * per, len(train)))))
         if i > 1 and (p.shrink != 1.0 or p.perturb_sigma > 0):
-            gen = torch.Generator().manual_seed(1_000 + i)
+            gen, images = torch.Generator().manual_seed(1_000 + i), iteration_images(i)
             for net in (model.policy.actor, model.policy.critic):
                 shrink_perturb(net, p.shrink, p.perturb_sigma, gen)
-                reestimate_norm_statistics(net, iteration_images(i))
+                reestimate_norm_statistics(net, images)
             score(i, 0, "after shrink-perturb")
         done = 0
         while done < p.updates_per_iteration:
