@@ -4,9 +4,15 @@
 # time-stamped (seconds since the start of that run) so the per-phase wall times can be read off.
 #
 #   bash scripts/bench_gpu.sh OUT_DIR [QUICK_S DEFAULT_S PAPER_S]
+#
+# SUITE=precision measures mixed precision instead: scripts/bench_gpu_step.py (every network's training step
+# in float32 / bfloat16 / float16, contiguous / channels_last, with and without torch.compile), then the
+# reduced paper iteration twice, mixed_precision=off and mixed_precision=auto:
+#
+#   SUITE=precision bash scripts/bench_gpu.sh OUT_DIR [STEP_S PAPER_S]
 set -u
 out=${1:?usage: bench_gpu.sh OUT_DIR [QUICK_S DEFAULT_S PAPER_S]}
-quick_s=${2:-90}; default_s=${3:-300}; paper_s=${4:-150}
+suite=${SUITE:-loop}
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1
 runs=$(mktemp -d)
@@ -37,6 +43,22 @@ import torch
 print("torch", torch.__version__, "cuda", torch.cuda.is_available(),
       torch.cuda.get_device_name(0) if torch.cuda.is_available() else "-")
 PY
+if [ "$suite" = precision ]; then
+    step_s=${2:-150}; paper_s=${3:-165}
+    # one reduced paper iteration small enough to reach PPO and the report within the limit (no oracle)
+    paper=(--config paper device="$device" evaluation.oracle=false
+           data.source.n_train=400 data.source.n_val=40 data.target.n_train=500 data.target.n_val=32
+           data.target.n_test=64 evaluation.n_test=64 pretrain.epochs=2 shape_ae.epochs=2
+           reward_dataset.images_per_iteration=200 reward_net.epochs=2 ppo.iterations=1 ppo.updates_per_iteration=10)
+    echo "== step benchmark (limit ${step_s} s)"
+    timeout "$step_s" "$py" scripts/bench_gpu_step.py --device "$device" --csv "$out/step.csv" 2>&1 | stamp \
+        | tee "$out/step.log"
+    run paper_fp32 "$paper_s" "${paper[@]}" mixed_precision=off
+    run paper_amp "$paper_s" "${paper[@]}" mixed_precision=auto
+    exit 0
+fi
+[ "$suite" = loop ] || { echo "SUITE must be loop or precision, got $suite"; exit 2; }
+quick_s=${2:-90}; default_s=${3:-300}; paper_s=${4:-150}
 run quick "$quick_s" --config quick device="$device" || exit 1
 run default "$default_s" device="$device"
 run paper_1iter "$paper_s" --config paper device="$device" \

@@ -53,3 +53,24 @@ def test_bf16_ppo_update_runs_and_moves_the_actor():
     assert any(not torch.equal(a, b) for a, b in zip(after, before))
     with pytest.raises(ValueError, match="mixed_precision must be one of"):
         PixelPPO("PixelUNetPolicy", env, mixed_precision="half")
+
+
+def test_step_benchmark_measures_every_variant_and_keeps_rows_as_it_goes(tmp_path):
+    """scripts/bench_gpu_step.py (the GPU session's precision table) on a tiny CPU setting: every step in
+    float32 and bfloat16, contiguous and channels_last, one row each, float32 contiguous the 1.0x reference."""
+    import csv
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "bench_gpu_step.py"
+    spec = importlib.util.spec_from_file_location("bench_gpu_step", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "step.csv"
+    assert bench.main(["--device", "cpu", "--image-size", "16", "--channels", "4", "8", "--batch", "2", "2", "2",
+                       "--steps", "1", "--warmup", "1", "--compile", "--csv", str(out)]) == 0
+    rows = list(csv.DictReader(out.open()))
+    assert [(r["step"], r["precision"], r["format"]) for r in rows] == [
+        (s, p, f) for s in ("pretrain", "reward", "ppo") for p in ("off", "bf16") for f in ("contiguous", "channels_last")]
+    assert all(not r["error"] and float(r["ms"]) > 0 for r in rows)
+    assert [float(r["speedup"]) for r in rows if r["precision"] == "off" and r["format"] == "contiguous"] == [1.0] * 3
