@@ -11,12 +11,14 @@ fine-tuned on that image alone with the clipped PPO surrogate against the learne
   single image);
 - ``n_epochs`` clipped-surrogate updates follow (per-pixel ratio, epsilon ``clip_range``, entropy bonus,
   gradient norm clipped at ``max_grad_norm``), with the normalisation statistics frozen;
-- after each step the argmax prediction is a candidate; the first anatomically valid one ends the
-  optimisation (``stop_when_valid``: validity is the stop condition only). The prediction kept is the
-  candidate with the best worst-case reward (the ``worst_quantile`` quantile of its reward map; ties, e.g.
+- after each step the argmax prediction is a candidate (and, given a label-free ``repair`` such as the
+  morphological correction, its repaired version, and the repaired start before any step). The prediction
+  kept is the candidate with the best worst-case reward (the ``worst_quantile`` quantile of its reward map; ties, e.g.
   with 0/1 reward maps, go to the higher mean reward), the starting prediction included, among those whose
   mean foreground Dice to the start is at least ``min_dice_to_start``: a candidate must beat the start's
-  reward and stay close to it, so TTO can repair a thin myocardium but cannot redraw a heart.
+  reward and stay close to it, so TTO can repair a thin myocardium but cannot redraw a heart. The optimisation
+  ends once the prediction kept is anatomically valid (``stop_when_valid``: validity is the stop condition
+  only, never a ranking criterion; a valid candidate the reward does not prefer neither is kept nor stops it).
 
 Every image starts from the same adapted actor: nothing learnt on one test image carries over to the
 next, so results do not depend on the order of the test set. Target labels are never read here.
@@ -49,6 +51,9 @@ from rl4seg_env.metrics import keep_largest_foreground
 #: ``(label map (H, W) uint8, spacing (mm, mm)) -> bool``: the anatomical check deciding which images are
 #: optimised and when to stop, e.g. ``functools.partial(reward.anatomy.is_valid, criteria="echo")``
 ValidityCheck = Callable[[np.ndarray, Sequence[float]], bool]
+#: ``label map (H, W) uint8 -> repaired label map (H, W)``: a label-free repair whose output competes as one more
+#: candidate, e.g. ``functools.partial(reward.correctors.morphological_correction, n_classes=3)``
+Repair = Callable[[np.ndarray], np.ndarray]
 
 
 @dataclasses.dataclass
@@ -131,14 +136,16 @@ def _score(reward_map: np.ndarray, q: float) -> tuple[float, float]:
 
 def optimise_image(actor: nn.Module, image: np.ndarray, reward_model: Callable[[np.ndarray, np.ndarray], np.ndarray],
                    is_valid: ValidityCheck, config: TTOConfig, spacing: Sequence[float] | None = None,
-                   device: str | torch.device = "cpu", generator: torch.Generator | None = None
-                   ) -> tuple[np.ndarray, bool, int, float, float]:
+                   device: str | torch.device = "cpu", generator: torch.Generator | None = None,
+                   repair: Repair | None = None) -> tuple[np.ndarray, bool, int, float, float]:
     """Test-time optimisation of one image (module docstring).
 
     :param actor: the adapted actor (left unchanged: a copy is optimised).
     :param image: (H, W) float32 in [0, 1].
     :param reward_model: ``(images (B, H, W), label maps (B, H, W)) -> reward maps (B, H, W)`` in [0, 1].
     :param is_valid: the anatomical check (:data:`ValidityCheck`).
+    :param repair: optional :data:`Repair`; the repaired start and the repaired prediction of every step are
+        candidates too, ranked and bounded like the others (a repair the reward does not prefer is not kept).
     :return: (prediction (H, W) uint8, valid, steps used, worst-case reward before, after).
     """
     device = torch.device(device)
@@ -151,8 +158,30 @@ def optimise_image(actor: nn.Module, image: np.ndarray, reward_model: Callable[[
 
     start = ref_logp.argmax(0).to(torch.uint8).cpu().numpy()
     score_before = _score(reward_model(image[None], start[None])[0], config.worst_quantile)
-    best = (score_before, start, False)  # ((worst-case, mean reward), prediction, valid); the start competes too
+    # ((worst-case, mean reward), prediction, valid); the start competes too
+    best = (score_before, start, _valid(start, spacing, is_valid))
+
+    def consider(pred: np.ndarray) -> bool:
+        """Rank one candidate against the best so far; return its validity (the stop condition)."""
+        nonlocal best
+        valid = _valid(pred, spacing, is_valid)
+        score = _score(reward_model(image[None], pred[None])[0], config.worst_quantile)
+        # ranked by reward only; a candidate that redraws the prediction (Dice to the start below
+        # min_dice_to_start) is never kept: TTO repairs a prediction, it does not replace it
+        if score > best[0] and _foreground_dice(pred, start) >= config.min_dice_to_start:
+            best = (score, pred, valid)
+        return valid
+
+    def consider_repaired(pred: np.ndarray) -> bool:
+        if repair is None:
+            return False
+        repaired = np.asarray(repair(pred), dtype=np.uint8)
+        return not np.array_equal(repaired, pred) and consider(repaired)
+
     steps = 0
+    consider_repaired(start)
+    if best[1] is not start and best[2] and config.stop_when_valid:  # repaired start valid and preferred: no step
+        return best[1], best[2] or _valid(best[1], spacing, is_valid), steps, score_before[0], best[0][0]
     for steps in range(1, config.steps + 1):
         with torch.no_grad():
             logp_all = torch.log_softmax(model(x), 1)[0]
@@ -174,13 +203,10 @@ def optimise_image(actor: nn.Module, image: np.ndarray, reward_model: Callable[[
             opt.step()
         with torch.no_grad():
             pred = model(x).argmax(1)[0].to(torch.uint8).cpu().numpy()
-        valid = _valid(pred, spacing, is_valid)
-        score = _score(reward_model(image[None], pred[None])[0], config.worst_quantile)
-        # ranked by reward only; a candidate that redraws the prediction (Dice to the start below
-        # min_dice_to_start) is never kept: TTO repairs a prediction, it does not replace it
-        if score > best[0] and _foreground_dice(pred, start) >= config.min_dice_to_start:
-            best = (score, pred, valid)
-        if valid and config.stop_when_valid:  # validity is the stop condition, not a ranking criterion
+        consider(pred)
+        consider_repaired(pred)
+        # validity is the stop condition, not a ranking criterion: stop once the prediction kept is valid
+        if best[2] and config.stop_when_valid:
             break
     return best[1], best[2] or _valid(best[1], spacing, is_valid), steps, score_before[0], best[0][0]
 
@@ -197,7 +223,7 @@ def tto_predict(actor: nn.Module, images: np.ndarray,
                 reward_model: Callable[[np.ndarray, np.ndarray], np.ndarray], is_valid: ValidityCheck,
                 config: TTOConfig | None = None, spacings: Sequence[Sequence[float] | None] | None = None,
                 device: str | torch.device = "cpu", batch_size: int = 32, preds: np.ndarray | None = None,
-                seed: int = 0, progress: bool = False) -> TTOResult:
+                seed: int = 0, progress: bool = False, repair: Repair | None = None) -> TTOResult:
     """Predict ``images`` with ``actor`` and optimise the images whose prediction is anatomically invalid.
 
     :param images: (N, H, W) float32 in [0, 1].
@@ -209,6 +235,7 @@ def tto_predict(actor: nn.Module, images: np.ndarray,
     :param preds: the actor's argmax predictions when already computed (skips one forward pass).
     :param seed: seeds the label-map sampling.
     :param progress: show a progress bar over the optimised images.
+    :param repair: optional label-free :data:`Repair` whose outputs compete as candidates (:func:`optimise_image`).
     """
     config = config or TTOConfig()
     images = np.asarray(images, dtype=np.float32)
@@ -232,5 +259,5 @@ def tto_predict(actor: nn.Module, images: np.ndarray,
         it = tqdm(todo, desc="test-time optimisation", unit="img", leave=False)
     for i in it:
         out[i], valid_after[i], steps[i], worst_before[i], worst_after[i] = optimise_image(
-            actor, images[i], reward_model, is_valid, config, spacing(i), device, generator)
+            actor, images[i], reward_model, is_valid, config, spacing(i), device, generator, repair)
     return TTOResult(out, ~valid_before, valid_before, valid_after, steps, worst_before, worst_after, time.time() - t0)

@@ -214,6 +214,9 @@ class TestTimeSection(TTOConfig):
     fails the anatomical criteria, reported as extra "RL4Seg + TTO" rows; training is unchanged."""
 
     enabled: bool = False
+    #: also rank the morphologically corrected version of each candidate (reward.correctors.morphological_correction:
+    #: largest component per structure, holes and gaps filled), label-free; ranked by reward like the others
+    repair: bool = True
 
 
 @dataclass

@@ -17,9 +17,10 @@ from tqdm.auto import tqdm
 
 from agents.networks import load_unet, predict, resolve_device
 from agents.ppo import PixelPPO
-from agents.test_time import TTOConfig, tto_predict
+from agents.test_time import Repair, TTOConfig, tto_predict
 from pipeline.report import plot_predictions
 from reward.anatomy import Criterion, get_criteria, is_valid
+from reward.correctors import morphological_correction
 from reward.network import LearnedReward, load_reward_net
 from rl4seg_env.data.base import SegDataset, resize_image, resize_label
 from rl4seg_env.data.nifti import write_manifest, write_nifti_2d
@@ -45,6 +46,12 @@ def actor_image_size(path: str | Path) -> int | None:
         return None
 
 
+def tto_repair(enabled: bool, n_classes: int) -> Repair | None:
+    """The label-free repair test-time optimisation ranks as extra candidates (``test_time.repair``): the
+    morphological correction of :mod:`reward.correctors`, or None when disabled."""
+    return functools.partial(morphological_correction, n_classes=n_classes) if enabled else None
+
+
 class Segmenter:
     """An actor (and optional reward network) ready for prediction.
 
@@ -57,12 +64,13 @@ class Segmenter:
         plain argmax.
     :ivar image_size: the actor's training image size when its checkpoint records it, else None.
     :param criteria: the anatomical criteria set (:mod:`reward.anatomy`) test-time optimisation checks.
+    :param repair: with ``test_time``, also rank the morphologically corrected candidates (:func:`tto_repair`).
     """
 
     def __init__(self, actor_path: str | Path, reward_path: str | Path | None = None,
                  device: str | torch.device = "cpu", batch_size: int = 32,
                  test_time: TTOConfig | None = None,
-                 criteria: str | Sequence[Criterion] = "echo") -> None:
+                 criteria: str | Sequence[Criterion] = "echo", repair: bool = True) -> None:
         actor_path = Path(actor_path)
         if not actor_path.is_file():
             raise FileNotFoundError(f"actor checkpoint not found: {actor_path}")
@@ -78,6 +86,7 @@ class Segmenter:
             raise ValueError("test-time optimisation needs a reward network (reward_path)")
         self.test_time = test_time
         self.is_valid = functools.partial(is_valid, criteria=get_criteria(criteria))
+        self.repair = tto_repair(repair, int(self.actor.out_channels))
 
     @property
     def n_classes(self) -> int:
@@ -90,7 +99,7 @@ class Segmenter:
         """
         if self.test_time is not None:
             preds = tto_predict(self.actor, images, self.reward_model, self.is_valid, self.test_time, spacings=spacings,
-                                device=self.device, batch_size=self.batch_size).preds
+                                device=self.device, batch_size=self.batch_size, repair=self.repair).preds
         else:
             preds = predict(self.actor, images, self.batch_size, self.device)
         if self.reward_model is None:

@@ -29,6 +29,7 @@ from agents.vec_env import make_sb3_vec_env
 from pipeline.config import RL_INITS, LoopConfig, TestTimeSection, config_to_yaml, load_config
 from pipeline.evaluation import evaluate_predictions
 from pipeline.html_report import write_html_report
+from pipeline.inference import tto_repair
 from pipeline.report import plot_metrics, plot_predictions, print_report, write_report
 from pipeline.run_dir import RunDirectory
 from reward.anatomy import Criterion, get_criteria, is_valid, validity_batch
@@ -298,7 +299,8 @@ class RL4SegRun:
                              self.config.test_time if settings is None else settings,
                              spacings=[ds[i].spacing for i in range(len(ds))], device=self.device,
                              batch_size=self.config.evaluation.batch_size, seed=self.config.seed,
-                             progress=self.config.progress)
+                             progress=self.config.progress,
+                             repair=tto_repair((settings or self.config.test_time).repair, self.n_classes))
         scores = evaluate_predictions(result.preds, ds, images=images, criteria=criteria, reward_model=reward_model,
                                       also_criteria=self.reference_criteria).summary
         return {**scores, **result.summary()}

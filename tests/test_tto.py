@@ -2,6 +2,7 @@
 import numpy as np
 import pytest
 import torch
+from scipy import ndimage
 
 from agents.networks import UNet
 from agents.test_time import TTOConfig, tto_predict
@@ -122,3 +123,55 @@ def test_tto_checks_its_inputs(data):
         tto_predict(actor, images[0], lambda i, a: np.ones(a.shape, np.float32), ECHO)
     with pytest.raises(ValueError, match="spacings"):
         tto_predict(actor, images, lambda i, a: np.ones(a.shape, np.float32), ECHO, spacings=[(1.0, 1.0)])
+
+
+class _FixedLogits(torch.nn.Module):
+    """An 'actor' whose logits are a learnable map (the image is ignored): its argmax is ``label_map``."""
+
+    out_channels = 3
+
+    def __init__(self, label_map):
+        super().__init__()
+        onehot = torch.nn.functional.one_hot(torch.as_tensor(label_map, dtype=torch.long), 3).permute(2, 0, 1)
+        self.logits = torch.nn.Parameter(4.0 * onehot.float() - 2.0)
+
+    def forward(self, x):
+        return self.logits[None].expand(len(x), -1, -1, -1)
+
+
+def _holed(label):
+    """``label`` with three pixels inside the LV set to background: invalid (lv_holes)."""
+    broken = label.copy()
+    rows, cols = np.nonzero(ndimage.binary_erosion(label == 1, iterations=2))
+    broken[rows[:3], cols[:3]] = 0
+    assert not is_valid(broken) and is_valid(label)
+    return broken
+
+
+def test_a_repaired_candidate_the_reward_prefers_is_kept_without_any_step(data):
+    from reward.correctors import morphological_correction
+
+    images, labels = data
+    broken = _holed(labels[0])
+    reward = _accuracy_reward(labels)
+    reward.images_ref.extend(images)
+    repair = partial(morphological_correction, n_classes=3)
+    result = tto_predict(_FixedLogits(broken), images[:1], reward, ECHO, TTOConfig(steps=5), repair=repair)
+    assert result.optimised.tolist() == [True] and result.steps.tolist() == [0]
+    np.testing.assert_array_equal(result.preds[0], labels[0])  # the holes filled: what the reward prefers
+    assert result.valid_after.tolist() == [True] and result.worst_after[0] >= result.worst_before[0]
+
+
+def test_a_valid_candidate_the_reward_does_not_prefer_neither_is_kept_nor_stops_the_optimisation(data):
+    from reward.correctors import morphological_correction
+
+    images, labels = data
+    broken = _holed(labels[0])
+    # a reward that agrees with the holed map: the repaired (valid) map scores lower than the start
+    reward = _accuracy_reward(broken[None])
+    reward.images_ref.append(images[0])
+    repair = partial(morphological_correction, n_classes=3)
+    result = tto_predict(_FixedLogits(broken), images[:1], reward, ECHO, TTOConfig(steps=4), repair=repair)
+    np.testing.assert_array_equal(result.preds[0], broken)  # ranked by reward: the start stays
+    assert result.steps.tolist() == [4]  # validity stops the optimisation only once the prediction kept is valid
+    assert result.valid_after.tolist() == [False]
