@@ -379,9 +379,10 @@ class RL4SegRun:
         info = {"ece_before": result.val_ece_before, "ece_after": result.val_ece_after,
                 "temperature": result.temperature, "reward_val_accuracy": result.val_accuracy,
                 "reward_majority_accuracy": result.val_majority_accuracy,
-                "reward_error_reduction": result.val_error_reduction, "reward_train_samples": result.n_train,
+                "reward_error_reduction": result.val_error_reduction, "reward_val_auc": result.val_auc,
+                "reward_train_samples": result.n_train,
                 "reward_informative": (not cfg.require_informative
-                                       or result.informative(cfg.min_samples, cfg.min_error_reduction))}
+                                       or result.informative(cfg.min_samples, cfg.min_error_reduction, cfg.min_auc))}
         return LearnedReward(result.net, device=self.device), info
 
     def _resumed_reward_model(self, start: int) -> LearnedReward | None:

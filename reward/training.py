@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from scipy.stats import rankdata
 from tqdm.auto import tqdm
 
 from agents.distributed import RankSlice, average_gradients, per_process_batch, sync_buffers
@@ -57,6 +58,10 @@ class RewardTrainConfig:
     #: (1 - (1 - accuracy) / (1 - constant accuracy)); scale-free, unlike an accuracy gain, which a reward
     #: network for an already good actor (few wrong pixels) cannot reach
     min_error_reduction: float = 0.2
+    #: ... or, when set, telling wrong from right validation pixels with at least this ROC AUC (0.5: no better than
+    #: a constant); ranks matter to PPO's advantages, and a network whose probabilities never cross 0.5 on a rare
+    #: error class removes no thresholded errors however well it ranks them (None: the error-reduction check only)
+    min_auc: float | None = None
     #: stop after this many epochs without a lower validation loss (None: never stop early)
     patience: int | None = 3
     #: U-Net widths per level, shallow to deep
@@ -99,6 +104,8 @@ class RewardTrainConfig:
                 raise ValueError(f"RewardTrainConfig.{name} must be >= 1, got {getattr(self, name)}")
         if self.lr <= 0:
             raise ValueError(f"RewardTrainConfig.lr must be > 0, got {self.lr}")
+        if self.min_auc is not None and not 0.5 <= self.min_auc <= 1:
+            raise ValueError(f"RewardTrainConfig.min_auc must be null or in [0.5, 1], got {self.min_auc}")
         if self.min_samples < 0 or not 0 <= self.min_error_reduction <= 1:
             raise ValueError("RewardTrainConfig.min_samples must be >= 0 and min_error_reduction in [0, 1], got "
                              f"{self.min_samples} and {self.min_error_reduction}")
@@ -148,6 +155,7 @@ class RewardTrainResult:
     val_ece_after: float = float("nan")
     val_accuracy: float = float("nan")
     val_majority_accuracy: float = float("nan")
+    val_auc: float = float("nan")
     n_train: int = 0
     n_val: int = 0
     out_path: str | None = None
@@ -159,11 +167,15 @@ class RewardTrainResult:
         errors = 1.0 - self.val_majority_accuracy
         return 0.0 if errors <= 0 else 1.0 - (1.0 - self.val_accuracy) / errors
 
-    def informative(self, min_samples: int, min_error_reduction: float) -> bool:
+    def informative(self, min_samples: int, min_error_reduction: float, min_auc: float | None = None) -> bool:
         """Whether the network's own held-out checks say it tells right from wrong pixels: at least
-        ``min_samples`` samples and :attr:`val_error_reduction` >= ``min_error_reduction``."""
-        return (self.n_train + self.n_val >= min_samples and self.val_error_reduction >= min_error_reduction
-                and self.val_accuracy > self.val_majority_accuracy)
+        ``min_samples`` samples, and :attr:`val_error_reduction` >= ``min_error_reduction`` with an accuracy above
+        the constant predictor's, or (with ``min_auc``) :attr:`val_auc` >= ``min_auc``."""
+        if self.n_train + self.n_val < min_samples:
+            return False
+        if self.val_error_reduction >= min_error_reduction and self.val_accuracy > self.val_majority_accuracy:
+            return True
+        return min_auc is not None and self.val_auc >= min_auc
 
     def summary(self) -> dict[str, float]:
         """Scalars for logs and reports."""
@@ -172,7 +184,7 @@ class RewardTrainResult:
                 "val_loss": self.val_losses[self.best_epoch] if self.val_losses else float("nan"),
                 "val_ece_before": self.val_ece_before, "val_ece_after": self.val_ece_after,
                 "val_accuracy": self.val_accuracy, "val_majority_accuracy": self.val_majority_accuracy,
-                "val_error_reduction": self.val_error_reduction,
+                "val_error_reduction": self.val_error_reduction, "val_auc": self.val_auc,
                 "n_train": self.n_train, "n_val": self.n_val}
 
 
@@ -387,6 +399,7 @@ def _train(samples: Any, n_classes: int, config: RewardTrainConfig, device: torc
     result.temperature = temperature
     errors = (targets < 0.5).numpy()
     mask = keep.numpy()
+    result.val_auc = error_detection_auc(logits.numpy(), errors)
     result.val_ece_before = expected_calibration_error(torch.sigmoid(-logits).numpy(), errors, mask, config.n_bins)
     result.val_ece_after = expected_calibration_error(torch.sigmoid(-logits / temperature).numpy(), errors, mask,
                                                       config.n_bins)
@@ -425,6 +438,18 @@ def _training_rounds(loader: torch.utils.data.DataLoader, max_steps: int | None,
 
     batches = cycled()
     return (itertools.islice(batches, per_round) for _ in range(epochs)), per_round
+
+
+def error_detection_auc(logits: np.ndarray, errors: np.ndarray) -> float:
+    """ROC AUC of telling wrong pixels (``errors`` true) from right ones by a low logit: the probability that a
+    random wrong pixel scores below a random right one, ties counting half (NaN when one class is absent)."""
+    errors = np.asarray(errors, dtype=bool).ravel()
+    n_wrong = int(errors.sum())
+    n_right = errors.size - n_wrong
+    if n_wrong == 0 or n_right == 0:
+        return float("nan")
+    ranks = rankdata(-np.asarray(logits, dtype=np.float64).ravel())  # rank 1: the highest logit
+    return float((ranks[errors].sum() - n_wrong * (n_wrong + 1) / 2) / (n_wrong * n_right))
 
 
 def _collect_validation(net: RewardNet, loader: torch.utils.data.DataLoader, device: torch.device,

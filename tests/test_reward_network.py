@@ -17,7 +17,7 @@ from reward.network import (
     load_reward_net,
     save_reward_net,
 )
-from reward.training import RewardTrainConfig, train_reward_network
+from reward.training import RewardTrainConfig, RewardTrainResult, error_detection_auc, train_reward_network
 from reward.uncertainty import expected_calibration_error
 from rl4seg_env.rewards import RewardModel
 
@@ -176,6 +176,39 @@ def test_training_learns_to_detect_errors(trained) -> None:
     assert result.val_ece_after < 0.05
     assert result.net.temperature.item() == pytest.approx(result.temperature)
     assert not result.net.training
+
+
+def test_validation_auc_is_recorded_and_high_for_a_trained_network(trained) -> None:
+    _, result, _ = trained
+    assert result.val_auc > 0.95 and result.summary()["val_auc"] == result.val_auc
+
+
+def test_error_detection_auc_ranks_wrong_pixels_below_right_ones() -> None:
+    errors = np.array([1, 1, 0, 0, 0], bool)
+    assert error_detection_auc(np.array([-3.0, -2.0, 1.0, 2.0, 3.0]), errors) == 1.0  # every error below
+    assert error_detection_auc(np.array([3.0, 2.0, -1.0, -2.0, -3.0]), errors) == 0.0  # every error above
+    assert error_detection_auc(np.zeros(5), errors) == 0.5  # a constant: ties count half
+    assert error_detection_auc(np.array([-1.0, 2.5, 1.0, 2.0, 3.0]), errors) == pytest.approx(4 / 6)
+    assert np.isnan(error_detection_auc(np.zeros(3), np.zeros(3, bool)))  # no error to find
+
+
+def test_gate_passes_a_well_ranking_network_whose_probabilities_never_cross_one_half_only_with_min_auc() -> None:
+    net = RewardNet(N_CLASSES, channels=SMALL)
+    # 2% wrong pixels; the network never predicts "wrong" (accuracy = the constant's) but ranks them well
+    ranks_well = RewardTrainResult(net=net, temperature=1.0, n_train=900, n_val=100, val_accuracy=0.98,
+                                   val_majority_accuracy=0.98, val_auc=0.97)
+    assert ranks_well.val_error_reduction == 0.0
+    assert not ranks_well.informative(64, 0.2)
+    assert ranks_well.informative(64, 0.2, min_auc=0.9)
+    assert not ranks_well.informative(2000, 0.2, min_auc=0.9)  # too few samples either way
+    constant = RewardTrainResult(net=net, temperature=1.0, n_train=900, n_val=100, val_accuracy=0.98,
+                                 val_majority_accuracy=0.98, val_auc=0.5)
+    assert not constant.informative(64, 0.2, min_auc=0.9)
+    thresholded = RewardTrainResult(net=net, temperature=1.0, n_train=900, n_val=100, val_accuracy=0.99,
+                                    val_majority_accuracy=0.98, val_auc=0.6)
+    assert thresholded.informative(64, 0.2) and thresholded.informative(64, 0.2, min_auc=0.9)
+    with pytest.raises(ValueError, match="min_auc"):
+        RewardTrainConfig(min_auc=0.3)
 
 
 def test_trained_reward_is_low_on_the_errors(trained) -> None:
