@@ -297,6 +297,18 @@ def grad_scaler(dtype: torch.dtype | None, device: str | torch.device) -> torch.
     return torch.amp.GradScaler(kind if kind == "cuda" else "cpu", enabled=dtype == torch.float16)
 
 
+def use_channels_last(setting: bool | None, device: str | torch.device) -> bool:
+    """Whether the ``channels_last`` setting applies on ``device``: ``None`` (auto) on CUDA only, where it made
+    every training step 1.6-1.9x faster in float32 and 2.6-3.3x with reduced precision (docs/scaling.md)."""
+    return torch.device(device).type == "cuda" if setting is None else bool(setting)
+
+
+def to_memory_format(model: nn.Module, channels_last: bool) -> nn.Module:
+    """``model`` with its 4-D weights in the channels_last memory format when ``channels_last`` (in place; the
+    values, the state dict and the outputs' values do not change, only the strides), unchanged otherwise."""
+    return model.to(memory_format=torch.channels_last) if channels_last else model
+
+
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
     """The torch device to run on: ``"auto"`` is CUDA when available, else the CPU; an explicitly requested
     accelerator that is not there is an error (never a silent fall back to the CPU).

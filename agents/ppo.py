@@ -26,7 +26,7 @@ from stable_baselines3.common.vec_env import VecEnv
 
 from agents.buffers import PixelRolloutBuffer
 from agents.distributed import average_gradients, sync_buffers
-from agents.networks import MIXED_PRECISION, autocast, autocast_dtype, grad_scaler
+from agents.networks import MIXED_PRECISION, autocast, autocast_dtype, grad_scaler, to_memory_format, use_channels_last
 from agents.policies import PixelActorCriticPolicy, pixel_action_classes, shrink_perturb
 
 __all__ = ["ADVANTAGE_NORMALIZATION", "PixelPPO", "clipped_objective", "shrink_perturb"]
@@ -96,6 +96,9 @@ class PixelPPO(OnPolicyAlgorithm):
     :param image_log_interval: log an image panel (image | action | reward map | value map) every this
         many updates (default 10; 0 disables it).
     :param image_log_count: images (rows) in the panel (default 4).
+    :param mixed_precision: precision of the update's forward passes: ``"off"`` (default), ``"auto"``, ``"bf16"``,
+        ``"fp16"`` (:func:`agents.networks.autocast_dtype`; rollouts stay float32).
+    :param channels_last: the networks in the channels_last memory format (``None``, the default: on CUDA only).
     :param stats_window_size: episodes averaged in ``rollout/ep_rew_mean`` (default 100).
     :param tensorboard_log: TensorBoard log folder (default ``None``: no TensorBoard).
     :param monitor_wrapper: wrap a non-vectorised env in SB3's ``Monitor`` (default ``True``).
@@ -134,6 +137,7 @@ class PixelPPO(OnPolicyAlgorithm):
         image_log_interval: int = 10,
         image_log_count: int = 4,
         mixed_precision: str = "off",
+        channels_last: bool | None = None,
         stats_window_size: int = 100,
         tensorboard_log: str | None = None,
         monitor_wrapper: bool = True,
@@ -177,6 +181,8 @@ class PixelPPO(OnPolicyAlgorithm):
             raise ValueError(f"mixed_precision must be one of {', '.join(MIXED_PRECISION)}, got {mixed_precision!r}")
         #: "off", "auto", "bf16" or "fp16": the precision of the update's forward passes (rollouts stay float32)
         self.mixed_precision = mixed_precision
+        #: channels_last memory format for the actor, critic and reference (None: on CUDA only)
+        self.channels_last = channels_last
         self._scalers: dict[str, torch.amp.GradScaler] = {}
         self._n_train_calls = 0
         self._warned_scalar_reward = False
@@ -190,6 +196,7 @@ class PixelPPO(OnPolicyAlgorithm):
         pixel_action_classes(self.action_space)  # clear error before anything is built
         self.policy = self.policy_class(self.observation_space, self.action_space, self.lr_schedule,
                                         **self.policy_kwargs).to(self.device)
+        to_memory_format(self.policy, use_channels_last(getattr(self, "channels_last", None), self.device))
         self.policy_kwargs = {**self.policy_kwargs, "pretrained_actor": None,
                               "actor_kwargs": self.policy.actor_kwargs, "critic_kwargs": self.policy.critic_kwargs}
         self.rollout_buffer = self._make_rollout_buffer()

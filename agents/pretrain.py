@@ -48,6 +48,7 @@ from tqdm.auto import tqdm
 from agents.distributed import RankSlice, average_gradients, barrier, per_process_batch, sync_buffers
 from agents.distributed import context as distributed_context
 from agents.networks import (MIXED_PRECISION, UNet, autocast, autocast_dtype, grad_scaler, resolve_device, save_unet,
+                             to_memory_format, use_channels_last,
                              unet_kwargs)
 from rl4seg_env.data.base import SegDataset
 from rl4seg_env.io import atomic_torch_save, plain_values, read_checkpoint
@@ -83,6 +84,8 @@ class PretrainConfig:
     #: "off", "auto" (bfloat16 on CUDA when supported, else float16 with loss scaling; off elsewhere), "bf16",
     #: "fp16" (:func:`agents.networks.autocast_dtype`)
     mixed_precision: str = "off"
+    #: channels_last memory format for the network (None: on CUDA only; :func:`agents.networks.use_channels_last`)
+    channels_last: bool | None = None
     #: light on-the-fly augmentation of training batches (random gamma, contrast, small shifts)
     augment: bool = True
     #: gamma range: image <- image ** gamma, gamma log-uniform in this range
@@ -331,7 +334,7 @@ def pretrain_segmentation(train: SegDataset, val: SegDataset, out_path: str | Pa
             torch.manual_seed(config.seed)
             model = UNet(1, train.n_classes, channels=config.channels, norm=config.norm)
     _check_model_fits(model, train, "training")
-    model.to(device)
+    to_memory_format(model.to(device), use_channels_last(config.channels_last, device))
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
 
     history: list[dict[str, float]] = []

@@ -21,7 +21,8 @@ from tqdm.auto import tqdm
 
 from agents.distributed import RankSlice, average_gradients, per_process_batch, sync_buffers
 from agents.distributed import context as distributed_context
-from agents.networks import MIXED_PRECISION, autocast, autocast_dtype, grad_scaler
+from agents.networks import (MIXED_PRECISION, autocast, autocast_dtype, grad_scaler, to_memory_format,
+                             use_channels_last)
 from reward.network import RewardNet, fit_temperature, save_reward_net
 from reward.uncertainty import expected_calibration_error
 
@@ -91,6 +92,8 @@ class RewardTrainConfig:
     num_workers: int = 0
     #: "off", "auto", "bf16" or "fp16", as :attr:`agents.pretrain.PretrainConfig.mixed_precision`
     mixed_precision: str = "off"
+    #: channels_last memory format for the network (None: on CUDA only; :func:`agents.networks.use_channels_last`)
+    channels_last: bool | None = None
     #: show tqdm progress bars
     progress: bool = True
     #: write TensorBoard scalars here (None: no TensorBoard)
@@ -337,6 +340,7 @@ def _train(samples: Any, n_classes: int, config: RewardTrainConfig, device: torc
 
     net = RewardNet(n_classes, seg_encoding=config.seg_encoding, channels=config.channels,
                     norm=config.norm).to(device)
+    to_memory_format(net, use_channels_last(config.channels_last, device))
     optimizer = torch.optim.Adam(net.parameters(), lr=config.lr)
     writer = None
     if config.tensorboard_dir:

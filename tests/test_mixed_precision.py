@@ -74,3 +74,52 @@ def test_step_benchmark_measures_every_variant_and_keeps_rows_as_it_goes(tmp_pat
         (s, p, f) for s in ("pretrain", "reward", "ppo") for p in ("off", "bf16") for f in ("contiguous", "channels_last")]
     assert all(not r["error"] and float(r["ms"]) > 0 for r in rows)
     assert [float(r["speedup"]) for r in rows if r["precision"] == "off" and r["format"] == "contiguous"] == [1.0] * 3
+
+
+def _channels_last(module: torch.nn.Module) -> bool:
+    weights = [p for p in module.parameters() if p.ndim == 4]
+    return bool(weights) and all(p.is_contiguous(memory_format=torch.channels_last) for p in weights)
+
+
+def test_channels_last_is_auto_on_cuda_only_and_changes_strides_not_results(tmp_path):
+    """The channels_last switch (GPU speed, docs/scaling.md): auto means CUDA only; forced on a CPU, pretraining,
+    the reward network and PPO train in that layout with the same numbers as the default layout, and their
+    checkpoints load into ordinary networks."""
+    from agents.networks import load_unet, use_channels_last
+    from agents.ppo import PixelPPO
+    from agents.pretrain import PretrainConfig, pretrain_segmentation
+    from agents.vec_env import make_sb3_vec_env
+    from reward.training import RewardTrainConfig, train_reward_network
+    from test_reward_network import disc_toy
+
+    assert use_channels_last(None, "cuda") and not use_channels_last(None, "cpu")
+    assert use_channels_last(True, "cpu") and not use_channels_last(False, "cuda")
+
+    runs = {}
+    for layout in (False, True):
+        config = PretrainConfig(epochs=2, batch_size=8, channels=(4, 8), augment=False, progress=False,
+                                channels_last=layout)
+        result = pretrain_segmentation(TinyDataset(n=16), TinyDataset(n=4), tmp_path / f"a{layout}.pt", config)
+        assert _channels_last(result.model) == layout
+        runs[layout] = [row["train_loss"] for row in result.history]
+        loaded, _ = load_unet(str(tmp_path / f"a{layout}.pt"))
+        assert not _channels_last(loaded)
+    np.testing.assert_allclose(runs[True], runs[False], rtol=1e-4)
+
+    samples = disc_toy(24, size=16)
+    reward = {layout: train_reward_network(samples, 3, RewardTrainConfig(epochs=2, batch_size=8, channels=(4, 8),
+                                                                         progress=False, channels_last=layout))
+              for layout in (False, True)}
+    assert _channels_last(reward[True].net) and not _channels_last(reward[False].net)
+    np.testing.assert_allclose(reward[True].train_losses, reward[False].train_losses, rtol=1e-4)
+
+    env = make_sb3_vec_env(2, dataset=TinyDataset(n=6))
+    unet = {"channels": [4, 8]}
+    model = PixelPPO("PixelUNetPolicy", env, n_steps=2, batch_size=4, n_epochs=2, seed=0, image_log_interval=0,
+                     channels_last=True, policy_kwargs={"actor_kwargs": unet, "critic_kwargs": unet})
+    assert _channels_last(model.policy.actor) and _channels_last(model.policy.critic)
+    model.learn(4)
+    assert all(torch.isfinite(p).all() for p in model.policy.actor.parameters())
+    model.save(tmp_path / "ppo.zip")
+    reloaded = PixelPPO.load(tmp_path / "ppo.zip", device="cpu")
+    assert reloaded.channels_last is True and _channels_last(reloaded.policy.actor)
