@@ -63,6 +63,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tto", action="store_true", help="with --actor and --reward: test-time optimisation of the "
                    "predictions that fail the anatomical criteria before scoring them")
     p.add_argument("--tto-steps", type=int, default=10, help="PPO steps per invalid image at most (default 10)")
+    p.add_argument("--no-tto-repair", action="store_true",
+                   help="--tto without the morphologically repaired candidates (test_time.repair: false)")
     args = p.parse_args(argv)
     if args.tto and not (args.actor and args.reward):
         p.error("--tto needs --actor and --reward (it optimises the actor's predictions against the reward network)")
@@ -77,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
             if args.tto:
                 test_time = TTOConfig(steps=args.tto_steps)
             seg = Segmenter(args.actor, args.reward, device=args.device, batch_size=args.batch_size,
-                            test_time=test_time, criteria=criteria)
+                            test_time=test_time, criteria=criteria, repair=not args.no_tto_repair)
             if seg.n_classes != ds.n_classes:
                 raise ValueError(f"{args.actor} predicts {seg.n_classes} classes but the dataset has {ds.n_classes} "
                                  f"({', '.join(ds.class_names)}); --keep-atrium switches 3 <-> 4 classes")

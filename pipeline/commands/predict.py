@@ -40,6 +40,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tto", action="store_true",
                    help="test-time optimisation of predictions that fail the anatomical criteria (needs --reward)")
     p.add_argument("--tto-steps", type=int, default=10, help="PPO steps per invalid image at most (default 10)")
+    p.add_argument("--no-tto-repair", action="store_true",
+                   help="--tto without the morphologically repaired candidates (test_time.repair: false)")
     p.add_argument("--criteria", default="echo", help="anatomical criteria set for --tto: echo or generic")
     args = p.parse_args(argv)
 
@@ -47,7 +49,8 @@ def main(argv: list[str] | None = None) -> int:
         test_time = None
         if args.tto:
             test_time = TTOConfig(steps=args.tto_steps)
-        seg = Segmenter(args.actor, args.reward, device=args.device, test_time=test_time, criteria=args.criteria)
+        seg = Segmenter(args.actor, args.reward, device=args.device, test_time=test_time, criteria=args.criteria,
+                        repair=not args.no_tto_repair)
     except (FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
