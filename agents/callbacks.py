@@ -93,6 +93,34 @@ class IterationSchedule:
     def batch_size(self, i: int) -> int:
         return self.batch_size_base * i
 
+    @property
+    def perturbs(self) -> bool:
+        """Whether iterations after the first shrink-and-perturb the networks."""
+        return self.shrink != 1.0 or self.perturb_sigma > 0
+
+    def apply(self, model: Any, i: int, images: torch.Tensor | None = None, batch_size: int | None = None) -> bool:
+        """Put iteration ``i``'s settings on ``model`` (a :class:`agents.ppo.PixelPPO`): entropy and KL
+        coefficients, the rollout of ``batch_size`` images (default :meth:`batch_size`; under torchrun, the
+        process's share) and its steps per env; for ``i > 1`` shrink-and-perturb actor and critic and re-estimate
+        their normalisation statistics on ``images`` (N, 1, H, W), which must then be given.
+
+        :return: whether the networks were shrunk-and-perturbed.
+        """
+        model.ent_coef, model.kl_coef = self.ent_coef(i), self.kl_coef(i)
+        model.batch_size = self.batch_size(i) if batch_size is None else batch_size
+        model.n_steps = rollout_steps(model.batch_size, model.n_envs)
+        if i == 1 or not self.perturbs:
+            return False
+        if images is None:
+            raise ValueError(f"IterationSchedule.apply: iteration {i} shrinks-and-perturbs the networks and needs the "
+                             "target images to re-estimate their normalisation statistics")
+        gen = torch.Generator().manual_seed(1_000 + i)
+        for net in (model.policy.actor, model.policy.critic):
+            shrink_perturb(net, self.shrink, self.perturb_sigma, gen)
+            # the shrunk weights no longer match the normalisation statistics used by rollouts (eval mode)
+            reestimate_norm_statistics(net, images)
+        return True
+
 
 def rollout_steps(batch_images: int, n_envs: int) -> int:
     """Rollout steps per env so that a rollout holds at least ``batch_images`` images."""
@@ -291,18 +319,9 @@ class RewardRetrainingCallback(BaseCallback):
         env.env_method("set_active_indices", list(range(self.images_seen(i))))
 
         # 4. schedule, and shrink-and-perturb between iterations
-        model.ent_coef = self.schedule.ent_coef(i)
-        model.kl_coef = self.schedule.kl_coef(i)
         # under torchrun each process takes its share of the rollout and of every minibatch
-        model.batch_size = per_process_batch(self.schedule.batch_size(i), ctx, "the rollout batch (ppo.batch_size_base)")
-        model.n_steps = rollout_steps(model.batch_size, model.n_envs)
-        if i > 1 and (self.schedule.shrink != 1.0 or self.schedule.perturb_sigma > 0):
-            gen = torch.Generator().manual_seed(1_000 + i)
-            for net in (model.policy.actor, model.policy.critic):
-                shrink_perturb(net, self.schedule.shrink, self.schedule.perturb_sigma, gen)
-                # the shrunk weights no longer match the normalisation statistics used by rollouts (eval
-                # mode): re-estimate them on this iteration's target images
-                reestimate_norm_statistics(net, torch.as_tensor(images[:, None], device=model.device))
+        self.schedule.apply(model, i, torch.as_tensor(images[:, None], device=model.device),
+                            per_process_batch(self.schedule.batch_size(i), ctx, "the rollout batch (ppo.batch_size_base)"))
         record.update(ent_coef=model.ent_coef, kl_coef=model.kl_coef, batch_size=self.schedule.batch_size(i),
                       prepare_seconds=time.time() - t0)
         record["_t_start"] = time.time()

@@ -229,8 +229,8 @@ def test_rl_ceiling_scores_ppo_with_the_true_reward_after_each_step(pretrained, 
 
     save_config(_config(tmp_path / "run"), tmp_path / "run" / "config.yaml")
     out = tmp_path / "ceiling.csv"
-    assert module.main([str(tmp_path / "run"), "--every", "1", "--n-test", "4", "--readapt-norm-stats",
-                        "--csv", str(out), "ppo.perturb_sigma=0.01"]) == 0
+    assert module.main([str(tmp_path / "run"), "--every", "1", "--n-test", "4", "--csv", str(out),
+                        "ppo.adapt_norm_stats=true", "ppo.readapt_norm_stats=true", "ppo.perturb_sigma=0.01"]) == 0
     with open(out) as f:
         rows = list(csv.DictReader(f))
     steps = [(int(r["iteration"]), int(r["updates"]), r["step"]) for r in rows]

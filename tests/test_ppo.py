@@ -378,3 +378,28 @@ def test_batched_env_adapter(dataset, tmp_path):
     episodes = load_results(str(tmp_path))
     assert len(episodes) == 16 and (episodes["l"] == 1).all() and episodes["r"].between(0, 1).all()
     assert len(model.ep_info_buffer) == 16
+
+
+def test_iteration_schedule_puts_each_iterations_settings_on_the_model():
+    """IterationSchedule.apply (shared by the reward-retraining callback and scripts/rl_ceiling.py): entropy and KL
+    1/(2i), rollout batch_size_base * i, and shrink-and-perturb from iteration 2 on, which needs target images."""
+    from agents.callbacks import IterationSchedule
+    from agents.vec_env import make_sb3_vec_env
+
+    env = make_sb3_vec_env(2, dataset=RingDataset(n=4))
+    unet = {"channels": [4, 8]}
+    model = PixelPPO("PixelUNetPolicy", env, n_steps=1, batch_size=2, seed=0, image_log_interval=0,
+                     policy_kwargs={"actor_kwargs": unet, "critic_kwargs": unet})
+    schedule = IterationSchedule(ent_coef_base=0.2, kl_coef_base=0.4, batch_size_base=3, shrink=0.5, perturb_sigma=0.01)
+    before = [p.detach().clone() for p in model.policy.actor.parameters()]
+    assert schedule.apply(model, 1) is False
+    assert (model.ent_coef, model.kl_coef, model.batch_size, model.n_steps) == (0.1, 0.2, 3, 2)
+    assert all(torch.equal(a, b) for a, b in zip(model.policy.actor.parameters(), before))
+    with pytest.raises(ValueError, match="iteration 2 shrinks-and-perturbs"):
+        schedule.apply(model, 2)
+    images = torch.rand(4, 1, 32, 32)
+    assert schedule.apply(model, 2, images, batch_size=4) is True
+    assert (model.ent_coef, model.kl_coef, model.batch_size, model.n_steps) == (0.05, 0.1, 4, 2)
+    assert any(not torch.equal(a, b) for a, b in zip(model.policy.actor.parameters(), before))
+    assert IterationSchedule(shrink=1.0, perturb_sigma=0.0).apply(model, 2) is False  # nothing to perturb
+    env.close()

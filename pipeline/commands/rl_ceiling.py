@@ -1,6 +1,6 @@
 """The ceiling of the RL step: PixelPPO with the ground-truth reward, scored on target test labels as it trains.
 
-    python scripts/rl_ceiling.py RUN_DIR [--iterations 3] [--every 8] [--readapt-norm-stats] [--csv out.csv] [key=value ...]
+    python scripts/rl_ceiling.py RUN_DIR [--iterations 3] [--every 8] [--csv out.csv] [key=value ...]
 
 Starts from the actor a finished (or running) ``rl4seg-train`` run starts RL from (``ppo.init``: its TENT, AdaBN
 or source checkpoint), runs the run's PPO schedule (``ppo`` section: updates per iteration, per-iteration KL and
@@ -12,7 +12,8 @@ image on the first ``--n-test`` target test images.
 
 It reads target labels, so it is a diagnostic for development shifts (docs/protocol.md): with a perfect reward,
 how far can this PPO budget take the actor, and which step of an iteration moves it where? ``key=value``
-overrides change the run's config for this study only (e.g. ``ppo.dual_clip=null ppo.perturb_sigma=0.01``). The
+overrides change the run's config for this study only (e.g. ``ppo.dual_clip=null ppo.perturb_sigma=0.01``;
+``ppo.readapt_norm_stats=true`` re-estimates the statistics after every iteration, the legacy loop). The
 run directory is only read (its lock is not taken).
 """
 from __future__ import annotations
@@ -26,9 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from agents.callbacks import rollout_steps
 from agents.networks import predict, reestimate_norm_statistics, resolve_device
-from agents.policies import shrink_perturb
 from agents.vec_env import make_sb3_vec_env
 from pipeline.commands import cli
 from pipeline.config import load_config
@@ -51,8 +50,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--iterations", type=int, default=None, help="RL iterations (default: the run's ppo.iterations)")
     parser.add_argument("--every", type=int, default=8, help="score the actor every N PPO updates (default 8)")
     parser.add_argument("--n-test", type=int, default=100, help="target test images scored (default 100)")
-    parser.add_argument("--readapt-norm-stats", action="store_true",
-                        help="re-estimate the actor's batch-norm statistics after each iteration (the legacy loop)")
     parser.add_argument("--csv", type=Path, default=None, help="also write the rows to this CSV file")
     parser.add_argument("overrides", nargs="*", help="key=value changes to the run's config, e.g. ppo.dual_clip=null")
     args = parser.parse_intermixed_args(argv)
@@ -112,15 +109,8 @@ def main(argv: list[str] | None = None) -> int:
             reestimate_norm_statistics(net, images)
     score(0, 0, "start")
     for i in range(1, iterations + 1):
-        model.ent_coef, model.kl_coef = p.ent_coef(i), p.kl_coef(i)
-        model.batch_size = p.batch_size(i)
-        model.n_steps = rollout_steps(model.batch_size, model.n_envs)
         env.env_method("set_active_indices", list(range(min(i * per, len(train)))))
-        if i > 1 and (p.shrink != 1.0 or p.perturb_sigma > 0):
-            gen, images = torch.Generator().manual_seed(1_000 + i), iteration_images(i)
-            for net in (model.policy.actor, model.policy.critic):
-                shrink_perturb(net, p.shrink, p.perturb_sigma, gen)
-                reestimate_norm_statistics(net, images)
+        if p.apply(model, i, iteration_images(i) if i > 1 and p.perturbs else None):
             score(i, 0, "after shrink-perturb")
         done = 0
         while done < p.updates_per_iteration:
@@ -128,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
             model.learn(block * model.n_steps * model.n_envs, reset_num_timesteps=False)
             done += block
             score(i, done, "PPO")
-        if args.readapt_norm_stats:
+        if p.adapt_norm_stats and p.readapt_norm_stats:  # the loop's rule (agents.callbacks)
             reestimate_norm_statistics(model.policy.actor, iteration_images(i))
             score(i, done, "re-estimated statistics")
     env.close()
