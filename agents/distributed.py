@@ -106,6 +106,22 @@ def average_gradients(parameters: Iterable[torch.nn.Parameter]) -> None:
         offset += p.numel()
 
 
+def global_mean_std(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and (unbiased) standard deviation of ``x``'s elements over all processes: what one process holding
+    every process's ``x`` would compute (one all-reduce of three numbers); ``x.mean(), x.std()`` for one."""
+    ctx = context()
+    if not ctx.enabled:
+        return x.mean(), x.std()
+    x = x.detach().double()
+    stats = torch.stack([x.sum(), (x * x).sum(), torch.tensor(float(x.numel()), dtype=torch.float64,
+                                                              device=x.device)])
+    dist.all_reduce(stats, op=dist.ReduceOp.SUM)
+    total, squares, n = stats
+    mean = total / n
+    var = (squares - n * mean * mean) / (n - 1).clamp(min=1)
+    return mean.float(), var.clamp(min=0).sqrt().float()
+
+
 def sync_buffers(module: torch.nn.Module) -> None:
     """Make the buffers (batch-norm running statistics) equal on every process: floating-point ones averaged,
     the others (counters) taken from rank 0. Each process updates them from its own share of the batches;

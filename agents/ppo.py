@@ -25,7 +25,7 @@ from stable_baselines3.common.utils import explained_variance, obs_as_tensor
 from stable_baselines3.common.vec_env import VecEnv
 
 from agents.buffers import PixelRolloutBuffer
-from agents.distributed import average_gradients, sync_buffers
+from agents.distributed import average_gradients, global_mean_std, sync_buffers
 from agents.networks import MIXED_PRECISION, autocast, autocast_dtype, grad_scaler, to_memory_format, use_channels_last
 from agents.policies import PixelActorCriticPolicy, pixel_action_classes, shrink_perturb
 
@@ -352,9 +352,11 @@ class PixelPPO(OnPolicyAlgorithm):
                     shaped_reward = batch.reward_maps - self.kl_coef * (log_prob - batch.ref_log_prob)
                     advantages = shaped_reward - values  # per pixel, no bootstrapping (one-step episodes)
                     if self.normalize_advantage != "off":
-                        advantages = advantages - advantages.mean()
+                        # over the global minibatch: under torchrun every process centres by the same mean
+                        mean, std = global_mean_std(advantages)
+                        advantages = advantages - mean
                         if self.normalize_advantage == "mean_std":
-                            advantages = advantages / (advantages.std() + 1e-8)
+                            advantages = advantages / (std + 1e-8)
 
                 ratio = torch.exp(log_prob - batch.old_log_prob)  # per pixel, never summed over pixels
                 surrogate = clipped_objective(ratio, advantages, self.clip_range, self.dual_clip).mean()

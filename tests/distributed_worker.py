@@ -18,7 +18,7 @@ from agents.distributed import init_distributed
 GLOBAL_BATCH, SIZE, N_CLASSES = 4, 16, 3
 
 
-def ppo_update(ctx) -> dict[str, torch.Tensor]:
+def ppo_update(ctx, normalize_advantage: str = "off") -> dict[str, torch.Tensor]:
     from conftest import TinyDataset
     from stable_baselines3.common.logger import configure
 
@@ -29,7 +29,7 @@ def ppo_update(ctx) -> dict[str, torch.Tensor]:
     env = make_sb3_vec_env(per_rank, dataset=TinyDataset(n=8, size=(SIZE, SIZE)))
     unet = {"channels": [4, 8], "norm": "group"}
     model = PixelPPO("PixelUNetPolicy", env, n_steps=1, batch_size=per_rank, n_epochs=2, seed=0, image_log_interval=0,
-                     policy_kwargs={"actor_kwargs": unet, "critic_kwargs": unet})
+                     normalize_advantage=normalize_advantage, policy_kwargs={"actor_kwargs": unet, "critic_kwargs": unet})
     model.set_logger(configure(None, []))
     model.kl_coef, model.ent_coef = 0.1, 0.01
     # the global batch: images 0..3 with fixed actions and rewards; this rank holds its contiguous share
@@ -80,5 +80,8 @@ if __name__ == "__main__":
     task, out = sys.argv[1], sys.argv[2]
     torch.set_num_threads(1)
     ctx = init_distributed("cpu")
-    state = pretrain_epoch(ctx, out) if task == "pretrain" else {"ppo": ppo_update, "reward": reward_epoch}[task](ctx)
+    tasks = {"ppo": ppo_update, "reward": reward_epoch,
+             # advantages normalised over the global minibatch, not each process's share
+             "ppo_mean_std": lambda c: ppo_update(c, normalize_advantage="mean_std")}
+    state = pretrain_epoch(ctx, out) if task == "pretrain" else tasks[task](ctx)
     torch.save({k: v.detach().cpu() for k, v in state.items()}, f"{out}.rank{ctx.rank}.pt")

@@ -35,7 +35,7 @@ def _launch(task: str, out: Path, world_size: int) -> list[dict[str, torch.Tenso
     return [torch.load(f"{out}.rank{r}.pt", weights_only=True) for r in range(world_size)]
 
 
-@pytest.mark.parametrize("task", ["ppo", "reward", "pretrain"])
+@pytest.mark.parametrize("task", ["ppo", "ppo_mean_std", "reward", "pretrain"])
 def test_two_processes_take_the_steps_of_one_with_the_same_global_batch(task, tmp_path):
     (single,) = _launch(task, tmp_path / "one", 1)
     first, second = _launch(task, tmp_path / "two", 2)
