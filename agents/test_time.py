@@ -161,27 +161,29 @@ def optimise_image(actor: nn.Module, image: np.ndarray, reward_model: Callable[[
     # ((worst-case, mean reward), prediction, valid); the start competes too
     best = (score_before, start, _valid(start, spacing, is_valid))
 
-    def consider(pred: np.ndarray) -> bool:
-        """Rank one candidate against the best so far; return its validity (the stop condition)."""
+    def consider(pred: np.ndarray, repaired: bool = False) -> None:
+        """Rank one candidate (with ``repaired``, its repair instead) against the best so far."""
         nonlocal best
-        valid = _valid(pred, spacing, is_valid)
+        if repaired:
+            if repair is None:
+                return
+            fixed = np.asarray(repair(pred), dtype=np.uint8)
+            if np.array_equal(fixed, pred):
+                return
+            pred = fixed
         score = _score(reward_model(image[None], pred[None])[0], config.worst_quantile)
         # ranked by reward only; a candidate that redraws the prediction (Dice to the start below
         # min_dice_to_start) is never kept: TTO repairs a prediction, it does not replace it
         if score > best[0] and _foreground_dice(pred, start) >= config.min_dice_to_start:
-            best = (score, pred, valid)
-        return valid
+            best = (score, pred, _valid(pred, spacing, is_valid))
 
-    def consider_repaired(pred: np.ndarray) -> bool:
-        if repair is None:
-            return False
-        repaired = np.asarray(repair(pred), dtype=np.uint8)
-        return not np.array_equal(repaired, pred) and consider(repaired)
+    def result() -> tuple[np.ndarray, bool, int, float, float]:
+        return best[1], best[2], steps, score_before[0], best[0][0]
 
     steps = 0
-    consider_repaired(start)
+    consider(start, repaired=True)
     if best[1] is not start and best[2] and config.stop_when_valid:  # repaired start valid and preferred: no step
-        return best[1], best[2] or _valid(best[1], spacing, is_valid), steps, score_before[0], best[0][0]
+        return result()
     for steps in range(1, config.steps + 1):
         with torch.no_grad():
             logp_all = torch.log_softmax(model(x), 1)[0]
@@ -204,11 +206,11 @@ def optimise_image(actor: nn.Module, image: np.ndarray, reward_model: Callable[[
         with torch.no_grad():
             pred = model(x).argmax(1)[0].to(torch.uint8).cpu().numpy()
         consider(pred)
-        consider_repaired(pred)
+        consider(pred, repaired=True)
         # validity is the stop condition, not a ranking criterion: stop once the prediction kept is valid
         if best[2] and config.stop_when_valid:
             break
-    return best[1], best[2] or _valid(best[1], spacing, is_valid), steps, score_before[0], best[0][0]
+    return result()
 
 
 def _foreground_dice(a: np.ndarray, b: np.ndarray) -> float:
