@@ -303,10 +303,11 @@ def use_channels_last(setting: bool | None, device: str | torch.device) -> bool:
     return torch.device(device).type == "cuda" if setting is None else bool(setting)
 
 
-def to_memory_format(model: nn.Module, channels_last: bool) -> nn.Module:
-    """``model`` with its 4-D weights in the channels_last memory format when ``channels_last`` (in place; the
-    values, the state dict and the outputs' values do not change, only the strides), unchanged otherwise."""
-    return model.to(memory_format=torch.channels_last) if channels_last else model
+def to_memory_format(model: nn.Module, channels_last: bool | None, device: str | torch.device) -> nn.Module:
+    """``model`` with its 4-D weights in the channels_last memory format when the ``channels_last`` setting applies
+    on ``device`` (:func:`use_channels_last`; in place: the values, the state dict and the outputs' values do not
+    change, only the strides), unchanged otherwise."""
+    return model.to(memory_format=torch.channels_last) if use_channels_last(channels_last, device) else model
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:

@@ -26,7 +26,7 @@ from stable_baselines3.common.vec_env import VecEnv
 
 from agents.buffers import PixelRolloutBuffer
 from agents.distributed import average_gradients, global_mean_std, sync_buffers
-from agents.networks import MIXED_PRECISION, autocast, autocast_dtype, grad_scaler, to_memory_format, use_channels_last
+from agents.networks import MIXED_PRECISION, autocast, autocast_dtype, grad_scaler, to_memory_format
 from agents.policies import PixelActorCriticPolicy, pixel_action_classes, shrink_perturb
 
 __all__ = ["ADVANTAGE_NORMALIZATION", "PixelPPO", "clipped_objective", "shrink_perturb"]
@@ -196,7 +196,7 @@ class PixelPPO(OnPolicyAlgorithm):
         pixel_action_classes(self.action_space)  # clear error before anything is built
         self.policy = self.policy_class(self.observation_space, self.action_space, self.lr_schedule,
                                         **self.policy_kwargs).to(self.device)
-        to_memory_format(self.policy, use_channels_last(getattr(self, "channels_last", None), self.device))
+        to_memory_format(self.policy, getattr(self, "channels_last", None), self.device)
         self.policy_kwargs = {**self.policy_kwargs, "pretrained_actor": None,
                               "actor_kwargs": self.policy.actor_kwargs, "critic_kwargs": self.policy.critic_kwargs}
         self.rollout_buffer = self._make_rollout_buffer()

@@ -48,7 +48,7 @@ from tqdm.auto import tqdm
 from agents.distributed import RankSlice, average_gradients, barrier, per_process_batch, sync_buffers
 from agents.distributed import context as distributed_context
 from agents.networks import (MIXED_PRECISION, UNet, autocast, autocast_dtype, grad_scaler, resolve_device, save_unet,
-                             to_memory_format, use_channels_last,
+                             to_memory_format,
                              unet_kwargs)
 from rl4seg_env.data.base import SegDataset
 from rl4seg_env.io import atomic_torch_save, plain_values, read_checkpoint
@@ -334,7 +334,7 @@ def pretrain_segmentation(train: SegDataset, val: SegDataset, out_path: str | Pa
             torch.manual_seed(config.seed)
             model = UNet(1, train.n_classes, channels=config.channels, norm=config.norm)
     _check_model_fits(model, train, "training")
-    to_memory_format(model.to(device), use_channels_last(config.channels_last, device))
+    to_memory_format(model.to(device), config.channels_last, device)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
 
     history: list[dict[str, float]] = []

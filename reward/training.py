@@ -21,8 +21,7 @@ from tqdm.auto import tqdm
 
 from agents.distributed import RankSlice, average_gradients, per_process_batch, sync_buffers
 from agents.distributed import context as distributed_context
-from agents.networks import (MIXED_PRECISION, autocast, autocast_dtype, grad_scaler, to_memory_format,
-                             use_channels_last)
+from agents.networks import MIXED_PRECISION, autocast, autocast_dtype, grad_scaler, to_memory_format
 from reward.network import RewardNet, fit_temperature, save_reward_net
 from reward.uncertainty import expected_calibration_error
 
@@ -340,7 +339,7 @@ def _train(samples: Any, n_classes: int, config: RewardTrainConfig, device: torc
 
     net = RewardNet(n_classes, seg_encoding=config.seg_encoding, channels=config.channels,
                     norm=config.norm).to(device)
-    to_memory_format(net, use_channels_last(config.channels_last, device))
+    to_memory_format(net, config.channels_last, device)
     optimizer = torch.optim.Adam(net.parameters(), lr=config.lr)
     writer = None
     if config.tensorboard_dir:
