@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from stable_baselines3.common.callbacks import BaseCallback
 
-from agents.distributed import broadcast_object, per_process_batch
+from agents.distributed import per_process_batch
 from agents.distributed import context as distributed_context
 from agents.networks import reestimate_norm_statistics
 from agents.policies import shrink_perturb
@@ -278,13 +278,11 @@ class RewardRetrainingCallback(BaseCallback):
             for net in (model.policy.actor, model.policy.reference_policy):
                 reestimate_norm_statistics(net, torch.as_tensor(images[:, None], device=model.device))
         ctx = distributed_context()
-        report = accepted = None
-        if ctx.is_main:  # under torchrun rank 0 writes the samples; every process gets its report and labels
-            if self.store.is_complete(i):  # interrupted after the samples were written: rebuild, never duplicate
-                self.store.discard(i)
-            report, accepted = self.builder.build(model.policy.actor, images, [s.id for s in samples], self.store, i,
-                                                  progress=self.progress)
-        report, accepted = broadcast_object((report, accepted))
+        if ctx.is_main and self.store.is_complete(i):  # interrupted after the samples were written: rebuild,
+            self.store.discard(i)                       # never duplicate
+        # under torchrun the processes share the batches; rank 0 writes every sample, all get report and labels
+        report, accepted = self.builder.build(model.policy.actor, images, [s.id for s in samples], self.store, i,
+                                              progress=self.progress)
         self.pseudo_labels.update(accepted)
         record.update(report.as_dict())
         record["pseudo_labels_total"] = len(self.pseudo_labels)

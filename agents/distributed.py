@@ -152,6 +152,21 @@ def broadcast_object(obj: Any = None, src: int = 0) -> Any:
     return box[0]
 
 
+def gather_objects(obj: Any, to_all: bool = False) -> list[Any] | None:
+    """Every process's ``obj`` (picklable), in rank order: on rank 0 only (``None`` on the others) or, with
+    ``to_all``, on every process. ``[obj]`` for one process. Every process must call it."""
+    ctx = context()
+    if not ctx.enabled:
+        return [obj]
+    if to_all:
+        out: list[Any] = [None] * ctx.world_size
+        dist.all_gather_object(out, obj)
+        return out
+    out = [None] * ctx.world_size if ctx.is_main else None
+    dist.gather_object(obj, out, dst=0)
+    return out
+
+
 class RankSlice(torch.utils.data.Sampler[int]):
     """This process's share of another sampler's order: positions ``rank, rank + N, ...`` of each pass,
     the pass cut to a multiple of ``N`` so every process takes the same number of steps. Every process must
@@ -182,4 +197,4 @@ def per_process_batch(batch_size: int, ctx: DistributedContext | None = None, wh
 
 
 __all__ = ["DistributedContext", "RankSlice", "average_gradients", "barrier", "broadcast_object", "context",
-           "init_distributed", "per_process_batch", "sync_buffers"]
+           "gather_objects", "global_mean_std", "init_distributed", "per_process_batch", "sync_buffers"]

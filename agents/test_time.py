@@ -36,6 +36,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import time
+import zlib
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -44,6 +45,7 @@ from torch import nn
 
 from tqdm.auto import tqdm
 
+from agents.distributed import DistributedContext, context, gather_objects
 from agents.networks import predict
 from agents.ppo import clipped_objective
 from rl4seg_env.metrics import keep_largest_foreground
@@ -225,7 +227,8 @@ def tto_predict(actor: nn.Module, images: np.ndarray,
                 reward_model: Callable[[np.ndarray, np.ndarray], np.ndarray], is_valid: ValidityCheck,
                 config: TTOConfig | None = None, spacings: Sequence[Sequence[float] | None] | None = None,
                 device: str | torch.device = "cpu", batch_size: int = 32, preds: np.ndarray | None = None,
-                seed: int = 0, progress: bool = False, repair: Repair | None = None) -> TTOResult:
+                seed: int = 0, progress: bool = False, repair: Repair | None = None,
+                distributed: bool = False) -> TTOResult:
     """Predict ``images`` with ``actor`` and optimise the images whose prediction is anatomically invalid.
 
     :param images: (N, H, W) float32 in [0, 1].
@@ -235,9 +238,14 @@ def tto_predict(actor: nn.Module, images: np.ndarray,
         when to stop; it sees only predictions, never labels.
     :param spacings: per-image pixel spacing (mm) for the criteria that use it (default: none).
     :param preds: the actor's argmax predictions when already computed (skips one forward pass).
-    :param seed: seeds the label-map sampling.
+    :param seed: seeds the label-map sampling; each image draws from its own generator (seeded by ``seed`` and
+        the image's pixels), so an image's result depends neither on the other images, nor on their order, nor
+        on how they are shared out.
     :param progress: show a progress bar over the optimised images.
     :param repair: optional label-free :data:`Repair` whose outputs compete as candidates (:func:`optimise_image`).
+    :param distributed: under ``torchrun``, every process optimises its share of the invalid images (images
+        ``rank, rank + N, ...``) and receives everyone's results; every process must then call it with the same
+        arguments. The result is the one-process result.
     """
     config = config or TTOConfig()
     images = np.asarray(images, dtype=np.float32)
@@ -253,13 +261,19 @@ def tto_predict(actor: nn.Module, images: np.ndarray,
     valid_before = np.array([_valid(preds[i], spacing(i), is_valid) for i in range(n)], dtype=bool)
     valid_after, steps = valid_before.copy(), np.zeros(n, dtype=int)
     worst_before, worst_after = np.full(n, np.nan), np.full(n, np.nan)
+    ctx = context() if distributed else DistributedContext()
     todo = np.flatnonzero(~valid_before)
-    generator = torch.Generator(device=torch.device(device)).manual_seed(seed)
-    torch.manual_seed(seed)
-    it = todo
-    if progress and len(todo):
-        it = tqdm(todo, desc="test-time optimisation", unit="img", leave=False)
+    mine = todo[ctx.rank::ctx.world_size]
+    it = tqdm(mine, desc="test-time optimisation", unit="img", leave=False) if progress and len(mine) and ctx.is_main \
+        else mine
+    results = {}
     for i in it:
-        out[i], valid_after[i], steps[i], worst_before[i], worst_after[i] = optimise_image(
-            actor, images[i], reward_model, is_valid, config, spacing(i), device, generator, repair)
+        image_seed = int(np.random.SeedSequence([seed, zlib.crc32(images[i].tobytes())]).generate_state(1)[0])
+        torch.manual_seed(image_seed)
+        generator = torch.Generator(device=torch.device(device)).manual_seed(image_seed)
+        results[int(i)] = optimise_image(actor, images[i], reward_model, is_valid, config, spacing(i), device,
+                                         generator, repair)
+    for part in gather_objects(results, to_all=True) if ctx.enabled else [results]:
+        for i, (pred, valid, n_steps, before, after) in part.items():
+            out[i], valid_after[i], steps[i], worst_before[i], worst_after[i] = pred, valid, n_steps, before, after
     return TTOResult(out, ~valid_before, valid_before, valid_after, steps, worst_before, worst_after, time.time() - t0)

@@ -287,12 +287,14 @@ class RL4SegRun:
                                  title=f"{figure}: worst, median and best by mean reward")
         return result.summary
 
-    def evaluate_tto(self, actor: torch.nn.Module, reward_model,
-                     settings: TestTimeSection | None = None) -> dict[str, float]:
+    def evaluate_tto(self, actor: torch.nn.Module, reward_model, settings: TestTimeSection | None = None,
+                     distributed: bool = False) -> dict[str, float]:
         """Scores on the target test split after test-time optimisation (:mod:`agents.test_time`) of the
         images whose prediction is anatomically invalid, plus the optimisation's own counts and wall time.
 
         :param settings: test-time settings (default: this run's ``test_time`` section).
+        :param distributed: under ``torchrun`` every process calls it and optimises its share of the images;
+            rank 0 evaluates (the others get ``{}``).
         """
         ds, images = self.test_set
         criteria = self.criteria
@@ -300,8 +302,10 @@ class RL4SegRun:
                              self.config.test_time if settings is None else settings,
                              spacings=[ds[i].spacing for i in range(len(ds))], device=self.device,
                              batch_size=self.config.evaluation.batch_size, seed=self.config.seed,
-                             progress=self.config.progress,
+                             progress=self.config.progress and self.ctx.is_main, distributed=distributed,
                              repair=tto_repair((settings or self.config.test_time).repair, self.n_classes))
+        if not self.ctx.is_main:
+            return {}
         scores = evaluate_predictions(result.preds, ds, images=images, criteria=criteria, reward_model=reward_model,
                                       also_criteria=self.reference_criteria).summary
         return {**scores, **result.summary()}
@@ -408,11 +412,30 @@ class RL4SegRun:
                               tensorboard_log=str(self.dirs.tensorboard()) if self.ctx.is_main else None)
 
     def _on_iteration_end(self, iteration: int, callback: RewardRetrainingCallback) -> None:
+        tto_rows = self._tto_rows(iteration, callback)  # every process optimises its share of the images
         if self.ctx.is_main:  # checkpoints, evaluation and report: rank 0; the other processes wait for it
-            self._finish_iteration(iteration, callback)
+            self._finish_iteration(iteration, callback, tto_rows)
         barrier()
 
-    def _finish_iteration(self, iteration: int, callback: RewardRetrainingCallback) -> None:
+    def _tto_rows(self, iteration: int, callback: RewardRetrainingCallback) -> list[dict]:
+        """The iteration's test-time-optimisation rows: the RL4Seg actor and the baselines a user would pick
+        instead, with the same optimisation (on rank 0; ``[]`` on the others or when TTO does not apply)."""
+        if not (self.config.test_time.enabled and callback.reward_model is not None and callback.reward_informative):
+            return []
+        name = "RL4Seg (ground-truth reward)" if self.config.oracle_reward else "RL4Seg"
+        actors = [(name, callback.model.policy.actor)]
+        for base in dict.fromkeys(["tent", self.config.ppo.init]):
+            path = self.dirs.baseline_actor(base)
+            if path is not None and path.is_file():
+                actors.append((RL_INITS[base], load_unet(str(path), map_location=self.device)[0]))
+        rows = []
+        for model_name, actor in actors:
+            scores = self.evaluate_tto(actor, callback.reward_model, distributed=True)
+            rows.append({"iteration": iteration, "model": f"{model_name} + TTO", "test_time": True, **scores,
+                         **({"minutes": (time.time() - self._t0) / 60} if model_name == name else {})})
+        return rows
+
+    def _finish_iteration(self, iteration: int, callback: RewardRetrainingCallback, tto_rows: list[dict]) -> None:
         model = callback.model
         d = self.dirs.iteration_dir(iteration, create=True)
         tmp = d / ".ppo.zip.tmp.zip"
@@ -435,19 +458,7 @@ class RL4SegRun:
         previous, _ = load_unet(str(self.dirs.actor(iteration - 1)), map_location=self.device)
         row = {"iteration": iteration, "model": name, **scores, **record,
                **self.selection_scores(model.policy.actor, previous), "minutes": (time.time() - self._t0) / 60}
-        self.state["rows"].append(row)
-        use_tto = self.config.test_time.enabled and callback.reward_model is not None and callback.reward_informative
-        if use_tto:
-            self.state["rows"].append({"iteration": iteration, "model": f"{name} + TTO", "test_time": True,
-                                       **self.evaluate_tto(model.policy.actor, callback.reward_model),
-                                       "minutes": (time.time() - self._t0) / 60})
-        # the baselines a user would pick instead, with the same test-time optimisation
-        for base in dict.fromkeys(["tent", self.config.ppo.init]) if use_tto else ():
-            path = self.dirs.baseline_actor(base)
-            if path is not None and path.is_file():
-                actor, _ = load_unet(str(path), map_location=self.device)
-                self.state["rows"].append({"iteration": iteration, "model": f"{RL_INITS[base]} + TTO",
-                                           "test_time": True, **self.evaluate_tto(actor, callback.reward_model)})
+        self.state["rows"] += [row, *tto_rows]
         self._select()
         # where the uninterrupted run goes on: a resume restores these generators and env episodes
         self.dirs.save_random_state(iteration, capture_random_state(model))

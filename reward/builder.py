@@ -32,6 +32,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from agents.distributed import broadcast_object, context, gather_objects
 from rl4seg_env.io import atomic_save_npz, atomic_write_text
 
 #: sample kinds, in the order they are reported
@@ -221,42 +222,69 @@ class RewardDatasetBuilder:
         self.device = torch.device(device)
         self.seed = int(seed)
 
-    def build(self, actor: nn.Module, images: np.ndarray, ids: Sequence[str], store: RewardSampleStore,
+    def build(self, actor: nn.Module, images: np.ndarray, ids: Sequence[str], store: RewardSampleStore | None,
               iteration: int, progress: bool = False) -> tuple[BuildReport, dict[str, np.ndarray]]:
         """Predict on ``images`` (N, H, W) float32 [0, 1], write the iteration's samples to ``store``.
 
-        :return: the report and the accepted pseudo-labels ``{id: label map (H, W) uint8}``.
+        Under ``torchrun`` every process must call it with the same actor, images and ids: the batches are
+        dealt out to the processes in turn, each batch's samples are gathered to rank 0, which alone writes
+        them (``store`` may be ``None`` on the other ranks), in batch order. Every batch draws its random
+        numbers from its own generator (seeded by ``seed``, ``iteration`` and the batch's index), so the
+        samples written are the same for any number of processes.
+
+        :return: the report and the accepted pseudo-labels ``{id: label map (H, W) uint8}`` (on every process).
         """
         images = np.asarray(images, dtype=np.float32)
         if images.ndim != 3 or len(images) != len(ids):
             raise ValueError(f"images must be (N, H, W) with one id each; got {images.shape} and {len(ids)} ids")
         if not np.all(np.isfinite(images)):
             raise ValueError("target images contain NaN/Inf values")
-        gen = torch.Generator(device="cpu").manual_seed(self.seed * 1_000_003 + iteration)
-        writer = store.begin(iteration)
+        ctx = context()
+        if ctx.is_main and store is None:
+            raise ValueError("RewardDatasetBuilder.build: rank 0 needs the sample store it writes to")
+        writer = store.begin(iteration) if ctx.is_main else None
         report = BuildReport(iteration=iteration)
         counts: Counter = Counter()
         pseudo_labels: dict[str, np.ndarray] = {}
         was_training = actor.training
         actor.eval()
-        noisy_actors = self._noisy_actors(actor, gen)
-        starts = range(0, len(images), self.batch_size)
-        if progress:
+        noisy_actors = self._noisy_actors(actor, self._generator(iteration))
+        n_batches = -(-len(images) // self.batch_size)
+        rounds = range(0, n_batches, ctx.world_size)  # one batch per process and round
+        if progress and ctx.is_main:
             from tqdm.auto import tqdm
 
-            starts = tqdm(starts, desc=f"reward set (iter {iteration})", unit="batch", leave=False)
+            rounds = tqdm(rounds, desc=f"reward set (iter {iteration})", unit="batch" if not ctx.enabled else "round",
+                          leave=False)
         try:
-            for start in starts:
-                batch = images[start:start + self.batch_size]
-                batch_ids = list(ids[start:start + self.batch_size])
-                self._build_batch(actor, noisy_actors, batch, batch_ids, gen, writer, counts, pseudo_labels)
-                report.images_seen += len(batch)
+            for first in rounds:
+                b = first + ctx.rank
+                part: tuple[list, dict] = ([], {})
+                if b < n_batches:
+                    sl = slice(b * self.batch_size, (b + 1) * self.batch_size)
+                    part = self._build_batch(actor, noisy_actors, images[sl], list(ids[sl]),
+                                             self._generator(iteration, b))
+                parts = gather_objects(part)
+                if not ctx.is_main:
+                    continue
+                for samples, accepted in parts:
+                    for sample in samples:
+                        writer.add(*sample)
+                        counts[sample[3]] += 1
+                    pseudo_labels.update(accepted)
+            report.images_seen = len(images)
         finally:
             actor.train(was_training)
         report.accepted = len(pseudo_labels)
         report.samples_by_kind = {k: counts.get(k, 0) for k in SAMPLE_KINDS}
-        writer.commit(report)
-        return report, pseudo_labels
+        if ctx.is_main:
+            writer.commit(report)
+        return broadcast_object((report, pseudo_labels))
+
+    def _generator(self, iteration: int, batch: int | None = None) -> torch.Generator:
+        """The random stream of one batch (``batch``) or of the weight noise (``None``) of an iteration."""
+        key = [self.seed, iteration] + ([] if batch is None else [batch + 1])
+        return torch.Generator(device="cpu").manual_seed(int(np.random.SeedSequence(key).generate_state(1)[0]))
 
     def _noisy_actors(self, actor: nn.Module, gen: torch.Generator) -> list[tuple[float, nn.Module]]:
         # copies, so the actor's own weights are never touched (equivalent to "perturb then restore")
@@ -270,8 +298,9 @@ class RewardDatasetBuilder:
         return out
 
     @torch.no_grad()
-    def _build_batch(self, actor, noisy_actors, batch: np.ndarray, batch_ids: list[str], gen: torch.Generator,
-                     writer: _IterationWriter, counts: Counter, pseudo_labels: dict[str, np.ndarray]) -> None:
+    def _build_batch(self, actor, noisy_actors, batch: np.ndarray, batch_ids: list[str], gen: torch.Generator
+                     ) -> tuple[list[tuple[np.ndarray, np.ndarray, np.ndarray, str, str]], dict[str, np.ndarray]]:
+        """One batch's samples ``(image, pred, reference, kind, id)`` in writing order and its pseudo-labels."""
         x = torch.from_numpy(batch).to(self.device)[:, None]
         logits = actor(x)
         pred_t = logits.argmax(1)
@@ -300,18 +329,16 @@ class RewardDatasetBuilder:
             if self.perturbations.swap and len(batch) > 1:
                 negatives.append(("swap", np.roll(sampled, 1, axis=0)))
 
+        samples, pseudo_labels = [], {}
         for i, sid in enumerate(batch_ids):
             if accepted[i]:
                 pseudo_labels[sid] = pred[i]
-                writer.add(batch[i], pred[i], pred[i], "pseudo_label", sid)
-                counts["pseudo_label"] += 1
-                for kind, maps in negatives:
-                    if maps[i].any():  # empty predictions are skipped
-                        writer.add(batch[i], maps[i], pred[i], kind, sid)
-                        counts[kind] += 1
+                samples.append((batch[i], pred[i], pred[i], "pseudo_label", sid))
+                samples.extend((batch[i], maps[i], pred[i], kind, sid)
+                               for kind, maps in negatives if maps[i].any())  # empty predictions are skipped
             elif corrected_valid[i] and sampled[i].any():
-                writer.add(batch[i], sampled[i], corrected[i], "corrected", sid)
-                counts["corrected"] += 1
+                samples.append((batch[i], sampled[i], corrected[i], "corrected", sid))
+        return samples, pseudo_labels
 
 
 class RewardSampleDataset(torch.utils.data.Dataset):

@@ -1,7 +1,8 @@
 """One process of tests/test_distributed.py, started as torchrun would (RANK, WORLD_SIZE, MASTER_ADDR/PORT):
 ``python tests/distributed_worker.py TASK OUT`` writes this rank's weights to ``OUT.rank<r>.pt`` after one
 PPO update (TASK ``ppo``), one reward-network epoch (TASK ``reward``) or two pretraining epochs (TASK
-``pretrain``) on fixed global batches."""
+``pretrain``) on fixed global batches; or the reward samples written (TASK ``build``) and the test-time
+optimised predictions (TASK ``tto``) of a fixed actor, shared out among the processes."""
 from __future__ import annotations
 
 import sys
@@ -76,6 +77,47 @@ def pretrain_epoch(ctx, out: str) -> dict[str, torch.Tensor]:
     return result.model.state_dict()
 
 
+def build_samples(ctx, out: str) -> dict[str, torch.Tensor]:
+    from test_builder import _Corrector, _FixedActor, _validity
+
+    from agents.distributed import barrier
+    from reward.builder import SAMPLE_KINDS, PerturbationConfig, RewardDatasetBuilder, RewardSampleStore
+
+    # 11 images (3 batches of 4: the last round has a batch for rank 0 only), bright ones give pseudo-labels
+    rng = np.random.default_rng(0)
+    images = (rng.random((11, 16, 16)) * 0.3 + rng.choice([0.1, 0.65], 11)[:, None, None]).astype(np.float32)
+    ids = [f"im{i:02d}" for i in range(len(images))]
+    builder = RewardDatasetBuilder(_Corrector(), _validity, PerturbationConfig(), batch_size=4, seed=0)
+    store = RewardSampleStore(f"{out}.store") if ctx.is_main else None
+    report, pseudo = builder.build(_FixedActor(), images, ids, store, iteration=1)
+    barrier()  # every process reads what rank 0 wrote
+    samples = RewardSampleStore(f"{out}.store").load()
+    return {"images": torch.as_tensor(samples["images"]), "preds": torch.as_tensor(samples["preds"]),
+            "references": torch.as_tensor(samples["references"]),
+            "kinds": torch.tensor([SAMPLE_KINDS.index(k) for k in samples["kinds"]]),
+            "ids": torch.tensor([ids.index(i) for i in samples["ids"]]),
+            "pseudo": torch.as_tensor(np.stack([pseudo[k] for k in sorted(pseudo)])),
+            "report": torch.tensor([report.images_seen, report.accepted, report.n_samples])}
+
+
+def tto_predictions(ctx) -> dict[str, torch.Tensor]:
+    from functools import partial
+
+    from agents.networks import UNet
+    from agents.test_time import TTOConfig, tto_predict
+    from reward.anatomy import is_valid
+
+    rng = np.random.default_rng(0)
+    images = rng.random((5, SIZE, SIZE)).astype(np.float32)
+    torch.manual_seed(0)
+    actor = UNet(1, N_CLASSES, channels=(4, 8), norm="group").eval()
+    reward = lambda imgs, actions: (np.asarray(actions) == 1).astype(np.float32)  # noqa: E731
+    result = tto_predict(actor, images, reward, partial(is_valid, criteria="generic"),
+                         TTOConfig(steps=2, n_samples=2, min_dice_to_start=0.0), seed=3, distributed=True)
+    return {"preds": torch.as_tensor(result.preds), "steps": torch.as_tensor(result.steps),
+            "valid": torch.as_tensor(result.valid_after), "worst": torch.as_tensor(np.nan_to_num(result.worst_after, nan=-1.0))}
+
+
 if __name__ == "__main__":
     task, out = sys.argv[1], sys.argv[2]
     torch.set_num_threads(1)
@@ -83,5 +125,7 @@ if __name__ == "__main__":
     tasks = {"ppo": ppo_update, "reward": reward_epoch,
              # advantages normalised over the global minibatch, not each process's share
              "ppo_mean_std": lambda c: ppo_update(c, normalize_advantage="mean_std")}
-    state = pretrain_epoch(ctx, out) if task == "pretrain" else tasks[task](ctx)
+    tasks |= {"pretrain": lambda c: pretrain_epoch(c, out), "build": lambda c: build_samples(c, out),
+              "tto": tto_predictions}
+    state = tasks[task](ctx)
     torch.save({k: v.detach().cpu() for k, v in state.items()}, f"{out}.rank{ctx.rank}.pt")

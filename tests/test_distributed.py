@@ -48,6 +48,17 @@ def test_two_processes_take_the_steps_of_one_with_the_same_global_batch(task, tm
     assert initial is not None
 
 
+@pytest.mark.parametrize("task", ["build", "tto"])
+def test_work_shared_out_among_processes_gives_the_one_process_result(task, tmp_path):
+    # the reward samples rank 0 writes and the test-time optimised predictions, exactly
+    (single,) = _launch(task, tmp_path / "one", 1)
+    first, second = _launch(task, tmp_path / "two", 2)
+    assert single and single.keys() == first.keys()
+    for name, value in single.items():
+        assert torch.equal(first[name], second[name]), f"{name}: the two processes disagree"
+        assert torch.equal(first[name], value), f"{name}: two processes differ from one"
+
+
 def _children(pid: int) -> list[int]:
     """Process ids whose parent is ``pid`` (from /proc)."""
     found = []
@@ -118,6 +129,8 @@ def test_a_two_process_run_writes_one_report_and_resumes(tmp_path):
     keys = [(r["iteration"], r["model"]) for r in state["rows"]]
     assert len(keys) == len(set(keys)) and state["completed_iterations"] == 2
     assert [i for i, m in keys if m == "RL4Seg"] == [1, 2]
+    tto = [r for r in state["rows"] if r["model"] == "RL4Seg + TTO"]  # optimised by both processes, rank 0 wrote
+    assert [r["iteration"] for r in tto] == [1, 2] and all(r["tto_images"] > 0 for r in tto)
     store = RewardSampleStore(run / "reward_dataset")
     assert store.completed_iterations() == [1, 2]
     assert len(store.load()["ids"]) == sum(store.report(i)["n_samples"] for i in (1, 2))  # no sample twice

@@ -116,6 +116,21 @@ def test_tto_is_deterministic_for_a_seed(data):
     np.testing.assert_array_equal(runs[0].preds, runs[1].preds)
 
 
+def test_an_images_result_does_not_depend_on_the_other_images(data):
+    # each image draws from its own generator: reordering (or sharing out) the test set changes nothing
+    images, labels = data
+    reward = _accuracy_reward(labels)
+    reward.images_ref.extend(images)
+    torch.manual_seed(1)
+    actor = UNet(1, 3, channels=(8, 16), norm="batch").eval()
+    config = TTOConfig(steps=3, lr=2e-3, min_dice_to_start=0.0)
+    both = tto_predict(actor, images, reward, GENERIC, config, seed=3)
+    alone = tto_predict(actor, images[1:], reward, GENERIC, config, seed=3)
+    assert both.steps[1] > 0
+    np.testing.assert_array_equal(both.preds[1], alone.preds[0])
+    assert both.steps[1] == alone.steps[0]
+
+
 def test_tto_checks_its_inputs(data):
     images, labels = data
     actor = UNet(1, 3, channels=(4, 8), norm="batch").eval()
