@@ -251,12 +251,17 @@ class PixelActorCriticPolicy(BasePolicy):
         actions = dist.get_actions(deterministic=deterministic)
         return actions, self.critic(images).squeeze(1), dist.log_prob(actions)
 
-    def evaluate_actions(self, obs: torch.Tensor, actions: torch.Tensor
-                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Per-pixel ``(values, log_prob, entropy)`` of ``actions`` (B, H, W), each (B, H, W), with gradients."""
+    def evaluate_actions(self, obs: torch.Tensor, actions: torch.Tensor, actor: torch.nn.Module | None = None,
+                         critic: torch.nn.Module | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Per-pixel ``(values, log_prob, entropy)`` of ``actions`` (B, H, W), each (B, H, W), with gradients.
+
+        :param actor: what to call in place of :attr:`actor` (e.g. its ``torch.compile`` wrapper, which shares its
+            weights); likewise ``critic``.
+        """
         images = self.preprocess(obs)
-        dist = PixelCategorical(self.n_classes).proba_distribution(self.actor(images))
-        return self.critic(images).squeeze(1), dist.log_prob(actions), dist.entropy()
+        actor, critic = self.actor if actor is None else actor, self.critic if critic is None else critic
+        dist = PixelCategorical(self.n_classes).proba_distribution(actor(images))
+        return critic(images).squeeze(1), dist.log_prob(actions), dist.entropy()
 
     def reference_log_prob(self, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
         """log pi_ref(a | s) per pixel (B, H, W), no gradient."""

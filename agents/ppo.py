@@ -26,7 +26,7 @@ from stable_baselines3.common.vec_env import VecEnv
 
 from agents.buffers import PixelRolloutBuffer
 from agents.distributed import average_gradients, global_mean_std, sync_buffers
-from agents.networks import MIXED_PRECISION, autocast, autocast_dtype, grad_scaler, to_memory_format
+from agents.networks import MIXED_PRECISION, autocast, autocast_dtype, compile_backend, compiled, grad_scaler, to_memory_format
 from agents.policies import PixelActorCriticPolicy, pixel_action_classes, shrink_perturb
 
 __all__ = ["ADVANTAGE_NORMALIZATION", "PixelPPO", "clipped_objective", "shrink_perturb"]
@@ -99,6 +99,8 @@ class PixelPPO(OnPolicyAlgorithm):
     :param mixed_precision: precision of the update's forward passes: ``"off"`` (default), ``"auto"``, ``"bf16"``,
         ``"fp16"`` (:func:`agents.networks.autocast_dtype`; rollouts stay float32).
     :param channels_last: the networks in the channels_last memory format (``None``, the default: on CUDA only).
+    :param compile: ``torch.compile`` the actor's and critic's forward passes of the update: ``False`` (default),
+        ``True`` or a backend name (:func:`agents.networks.compiled`; rollouts and the weights are unchanged).
     :param stats_window_size: episodes averaged in ``rollout/ep_rew_mean`` (default 100).
     :param tensorboard_log: TensorBoard log folder (default ``None``: no TensorBoard).
     :param monitor_wrapper: wrap a non-vectorised env in SB3's ``Monitor`` (default ``True``).
@@ -138,6 +140,7 @@ class PixelPPO(OnPolicyAlgorithm):
         image_log_count: int = 4,
         mixed_precision: str = "off",
         channels_last: bool | None = None,
+        compile: bool | str = False,
         stats_window_size: int = 100,
         tensorboard_log: str | None = None,
         monitor_wrapper: bool = True,
@@ -183,6 +186,10 @@ class PixelPPO(OnPolicyAlgorithm):
         self.mixed_precision = mixed_precision
         #: channels_last memory format for the actor, critic and reference (None: on CUDA only)
         self.channels_last = channels_last
+        compile_backend(compile, "PixelPPO.compile")  # clear error now rather than at the first update
+        #: torch.compile the update's forward passes (False, True or a backend name)
+        self.compile = compile
+        self._compiled: tuple[torch.nn.Module, torch.nn.Module] | None = None
         self._scalers: dict[str, torch.amp.GradScaler] = {}
         self._n_train_calls = 0
         self._warned_scalar_reward = False
@@ -206,10 +213,21 @@ class PixelPPO(OnPolicyAlgorithm):
                                          device=self.device, n_envs=self.n_envs, **self.rollout_buffer_kwargs)
 
     def _excluded_save_params(self) -> list[str]:
-        return [*super()._excluded_save_params(), "_scalers"]
+        return [*super()._excluded_save_params(), "_scalers", "_compiled"]
 
     def _get_torch_save_params(self) -> tuple[list[str], list[str]]:
         return ["policy", "policy.actor_optimizer", "policy.critic_optimizer"], []
+
+    def _update_networks(self) -> tuple[torch.nn.Module, torch.nn.Module]:
+        """The actor and critic the update calls: their ``torch.compile`` wrappers (made once, sharing the weights)
+        when :attr:`compile` asks for them, else the networks themselves."""
+        setting = getattr(self, "compile", False)  # models saved before the switch existed
+        if not setting:
+            return self.policy.actor, self.policy.critic
+        if getattr(self, "_compiled", None) is None or self._compiled[0]._orig_mod is not self.policy.actor:
+            self._compiled = (compiled(self.policy.actor, setting, "PixelPPO.compile"),
+                              compiled(self.policy.critic, setting, "PixelPPO.compile"))
+        return self._compiled
 
     @property
     def actor_lr(self) -> float:
@@ -346,7 +364,8 @@ class PixelPPO(OnPolicyAlgorithm):
         for _ in range(self.n_epochs):
             for batch in self.rollout_buffer.get(self.batch_size):
                 with autocast(precision, self.device):
-                    values, log_prob, entropy = self.policy.evaluate_actions(batch.observations, batch.actions)
+                    values, log_prob, entropy = self.policy.evaluate_actions(batch.observations, batch.actions,
+                                                                             *self._update_networks())
                 values, log_prob, entropy = values.float(), log_prob.float(), entropy.float()
                 with torch.no_grad():
                     shaped_reward = batch.reward_maps - self.kl_coef * (log_prob - batch.ref_log_prob)

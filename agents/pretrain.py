@@ -47,9 +47,8 @@ from tqdm.auto import tqdm
 
 from agents.distributed import RankSlice, average_gradients, barrier, per_process_batch, sync_buffers
 from agents.distributed import context as distributed_context
-from agents.networks import (MIXED_PRECISION, UNet, autocast, autocast_dtype, grad_scaler, resolve_device, save_unet,
-                             to_memory_format,
-                             unet_kwargs)
+from agents.networks import (MIXED_PRECISION, UNet, autocast, autocast_dtype, compile_backend, compiled, grad_scaler, resolve_device,
+                             save_unet, to_memory_format, unet_kwargs)
 from rl4seg_env.data.base import SegDataset
 from rl4seg_env.io import atomic_torch_save, plain_values, read_checkpoint
 from rl4seg_env.metrics import dice_per_class
@@ -86,6 +85,8 @@ class PretrainConfig:
     mixed_precision: str = "off"
     #: channels_last memory format for the network (None: on CUDA only; :func:`agents.networks.use_channels_last`)
     channels_last: bool | None = None
+    #: torch.compile the training steps' forward pass: false, true or a backend name (:func:`agents.networks.compiled`)
+    compile: bool | str = False
     #: light on-the-fly augmentation of training batches (random gamma, contrast, small shifts)
     augment: bool = True
     #: gamma range: image <- image ** gamma, gamma log-uniform in this range
@@ -120,6 +121,7 @@ class PretrainConfig:
         if self.mixed_precision not in MIXED_PRECISION:
             raise ValueError(f"PretrainConfig.mixed_precision must be one of {', '.join(MIXED_PRECISION)}, "
                              f"got {self.mixed_precision!r}")
+        compile_backend(self.compile, "PretrainConfig.compile")
         if not 0 <= self.max_shift < 0.5:
             raise ValueError(f"PretrainConfig.max_shift must be in [0, 0.5), got {self.max_shift!r}")
         self.channels = tuple(int(c) for c in self.channels)
@@ -428,6 +430,7 @@ def _train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.opti
     dtype = autocast_dtype(config.mixed_precision, device)
     scaler = grad_scaler(dtype, device)
     model.train()
+    forward = compiled(model, config.compile, "PretrainConfig.compile")
     total, seen = 0.0, 0
     bar = tqdm(loader, desc=desc, unit="batch", leave=False, disable=not config.progress)
     for images, labels in bar:
@@ -436,7 +439,7 @@ def _train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.opti
             images, labels = augment_batch(images, labels, aug_gen, config.gamma_range, config.contrast_range,
                                            config.max_shift)
         with autocast(dtype, device):
-            logits = model(images)
+            logits = forward(images)
             loss = F.cross_entropy(logits, labels)
             if config.loss == "ce+dice":
                 loss = loss + config.dice_weight * soft_dice_loss(logits.float(), labels)

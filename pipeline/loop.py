@@ -223,7 +223,7 @@ class RL4SegRun:
         n = self.config.network
         cfg = dataclasses.replace(self.config.pretrain, channels=n.channels, norm=n.norm, device=str(self.device),
                                   seed=self.config.seed, mixed_precision=self.config.mixed_precision,
-                                  channels_last=self.config.channels_last,
+                                  channels_last=self.config.channels_last, compile=self.config.compile,
                                   tensorboard_log=str(self.dirs.tensorboard(tag)),
                                   progress=self.config.progress)
         return pretrain_segmentation(train, val, path, cfg, resume=True)
@@ -375,7 +375,7 @@ class RL4SegRun:
         main = self.ctx.is_main
         cfg = dataclasses.replace(self.config.reward_net, channels=n.channels, norm=n.norm, device=str(self.device),
                                   mixed_precision=self.config.mixed_precision, seed=self.config.seed + iteration,
-                                  channels_last=self.config.channels_last,
+                                  channels_last=self.config.channels_last, compile=self.config.compile,
                                   progress=self.config.progress and main,
                                   tensorboard_dir=str(self.dirs.tensorboard(f"reward_iter_{iteration:03d}"))
                                   if main else None)
@@ -574,7 +574,7 @@ def make_pixel_ppo(config: LoopConfig, env, actor_path: str | os.PathLike, devic
                     dual_clip=p.dual_clip, critic_warmup_epochs=p.critic_warmup_epochs, use_pseudo_labels=p.anchors,
                     update_actor_norm_stats=p.update_norm_stats_in_ppo, image_log_interval=p.image_log_interval,
                     mixed_precision=config.mixed_precision, channels_last=config.channels_last,
-                    tensorboard_log=tensorboard_log, seed=config.seed,
+                    compile=config.compile, tensorboard_log=tensorboard_log, seed=config.seed,
                     device=device, policy_kwargs={"actor_kwargs": unet, "critic_kwargs": unet,
                                                   "pretrained_actor": str(actor_path), "actor_lr": p.actor_lr,
                                                   "critic_lr": p.critic_lr})

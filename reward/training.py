@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 from agents.distributed import RankSlice, average_gradients, per_process_batch, sync_buffers
 from agents.distributed import context as distributed_context
-from agents.networks import MIXED_PRECISION, autocast, autocast_dtype, grad_scaler, to_memory_format
+from agents.networks import MIXED_PRECISION, autocast, autocast_dtype, compile_backend, compiled, grad_scaler, to_memory_format
 from reward.network import RewardNet, fit_temperature, save_reward_net
 from reward.uncertainty import expected_calibration_error
 
@@ -93,6 +93,8 @@ class RewardTrainConfig:
     mixed_precision: str = "off"
     #: channels_last memory format for the network (None: on CUDA only; :func:`agents.networks.use_channels_last`)
     channels_last: bool | None = None
+    #: torch.compile the training steps' forward pass: false, true or a backend name (:func:`agents.networks.compiled`)
+    compile: bool | str = False
     #: show tqdm progress bars
     progress: bool = True
     #: write TensorBoard scalars here (None: no TensorBoard)
@@ -116,6 +118,7 @@ class RewardTrainConfig:
         if self.mixed_precision not in MIXED_PRECISION:
             raise ValueError(f"RewardTrainConfig.mixed_precision must be one of {', '.join(MIXED_PRECISION)}, "
                              f"got {self.mixed_precision!r}")
+        compile_backend(self.compile, "RewardTrainConfig.compile")
         if self.max_steps is not None and self.max_steps < 1:
             raise ValueError(f"RewardTrainConfig.max_steps must be >= 1 or null, got {self.max_steps}")
         if self.patience is not None and self.patience < 1:
@@ -353,6 +356,8 @@ def _train(samples: Any, n_classes: int, config: RewardTrainConfig, device: torc
     rounds, steps_per_round = _training_rounds(train_loader, config.max_steps, config.epochs)
     precision = autocast_dtype(config.mixed_precision, device)
     scaler = grad_scaler(precision, device)
+    # the U-Net is compiled; the input checks and encoding of the label maps stay outside its graph
+    unet = compiled(net.unet, config.compile, "RewardTrainConfig.compile")
     epochs = tqdm(range(config.epochs), desc="reward net", unit="epoch", disable=not config.progress, leave=False)
     for epoch in epochs:
         net.train()
@@ -361,7 +366,7 @@ def _train(samples: Any, n_classes: int, config: RewardTrainConfig, device: torc
                                            total=steps_per_round, disable=not config.progress):
             images, preds, targets = images.to(device), preds.to(device), targets.to(device)
             with autocast(precision, device):
-                logits = net(images, preds)[:, 0]
+                logits = unet(net.encode(images, preds))[:, 0]
             loss = F.binary_cross_entropy_with_logits(logits.float(), targets)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()

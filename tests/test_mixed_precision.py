@@ -123,3 +123,55 @@ def test_channels_last_is_auto_on_cuda_only_and_changes_strides_not_results(tmp_
     model.save(tmp_path / "ppo.zip")
     reloaded = PixelPPO.load(tmp_path / "ppo.zip", device="cpu")
     assert reloaded.channels_last is True and _channels_last(reloaded.policy.actor)
+
+
+def test_compile_switch_traces_the_training_steps_with_the_same_numbers_and_plain_checkpoints(tmp_path):
+    """``compile`` (torch.compile of the training steps' forward passes; here the ``eager`` backend, which traces
+    the graphs without needing a C++ compiler): pretraining, the reward network and a PPO update give the
+    numbers of the uncompiled steps, and checkpoints hold the plain networks' keys."""
+    import torch._dynamo
+
+    from agents.networks import compile_backend
+    from agents.ppo import PixelPPO
+    from agents.pretrain import PretrainConfig, pretrain_segmentation
+    from agents.vec_env import make_sb3_vec_env
+    from reward.training import RewardTrainConfig, train_reward_network
+    from test_reward_network import disc_toy
+
+    assert compile_backend(False) is None and compile_backend(True) == "inductor"
+    with pytest.raises(ValueError, match="PretrainConfig.compile must be true, false or a torch.compile backend"):
+        PretrainConfig(compile="fast")
+    torch._dynamo.reset()
+    runs = {}
+    for setting in (False, "eager"):
+        config = PretrainConfig(epochs=2, batch_size=8, channels=(4, 8), augment=False, progress=False,
+                                compile=setting)
+        runs[setting] = pretrain_segmentation(TinyDataset(n=16), TinyDataset(n=4), tmp_path / f"a{setting}.pt",
+                                              config)
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] > 0  # something was traced
+    np.testing.assert_allclose([r["train_loss"] for r in runs["eager"].history],
+                               [r["train_loss"] for r in runs[False].history], rtol=1e-5)
+    saved = torch.load(tmp_path / "aeager.pt", weights_only=True)
+    assert not any("_orig_mod" in k for k in saved["state_dict"])
+
+    samples = disc_toy(24, size=16)
+    reward = {s: train_reward_network(samples, 3, RewardTrainConfig(epochs=2, batch_size=8, channels=(4, 8),
+                                                                    progress=False, compile=s))
+              for s in (False, "eager")}
+    np.testing.assert_allclose(reward["eager"].train_losses, reward[False].train_losses, rtol=1e-5)
+
+    unet = {"channels": [4, 8]}
+    actors = {}
+    for setting in (False, "eager"):
+        env = make_sb3_vec_env(2, dataset=TinyDataset(n=6))
+        model = PixelPPO("PixelUNetPolicy", env, n_steps=2, batch_size=4, n_epochs=2, seed=0, image_log_interval=0,
+                         compile=setting, policy_kwargs={"actor_kwargs": unet, "critic_kwargs": unet})
+        model.learn(4)
+        actors[setting] = model.policy.actor.state_dict()
+    for key, value in actors[False].items():
+        assert torch.allclose(actors["eager"][key].float(), value.float(), atol=1e-5), key
+    model.save(tmp_path / "ppo.zip")
+    reloaded = PixelPPO.load(tmp_path / "ppo.zip", device="cpu")
+    assert reloaded.compile == "eager" and reloaded._compiled is None
+    with pytest.raises(ValueError, match="PixelPPO.compile must be"):
+        PixelPPO("PixelUNetPolicy", env, compile="fast")
