@@ -327,7 +327,9 @@ def _train(samples: Any, n_classes: int, config: RewardTrainConfig, device: torc
 
     gen = torch.Generator().manual_seed(config.seed)
     ctx = distributed_context()
-    loader_kw = {"batch_size": config.batch_size, "collate_fn": _collate, "num_workers": config.num_workers}
+    # worker processes read the shards while the device trains; page-locked batches copy to a GPU asynchronously
+    loader_kw = {"batch_size": config.batch_size, "collate_fn": _collate, "num_workers": config.num_workers,
+                 "pin_memory": device.type == "cuda", "persistent_workers": config.num_workers > 0}
     # a lazily read sample set is shuffled in blocks of the shards its cache holds (each decoded once a pass)
     order = (ShardBlockSampler(samples.shard_of[train_idx], samples.block_shards, gen)
              if hasattr(samples, "shard_of") else torch.utils.data.RandomSampler(train_idx, generator=gen))
@@ -364,7 +366,7 @@ def _train(samples: Any, n_classes: int, config: RewardTrainConfig, device: torc
         total, count = torch.zeros((), device=device), 0  # summed on the device: no transfer per step
         for images, preds, targets in tqdm(next(rounds), desc=f"epoch {epoch + 1}", leave=False, unit="batch",
                                            total=steps_per_round, disable=not config.progress):
-            images, preds, targets = images.to(device), preds.to(device), targets.to(device)
+            images, preds, targets = (t.to(device, non_blocking=True) for t in (images, preds, targets))
             with autocast(precision, device):
                 logits = unet(net.encode(images, preds))[:, 0]
             loss = F.binary_cross_entropy_with_logits(logits.float(), targets)
