@@ -266,6 +266,18 @@ def predict(actor: nn.Module, images: np.ndarray, batch_size: int = 32, device: 
 MIXED_PRECISION = ("off", "auto", "bf16", "fp16")
 
 
+def check_speed_settings(mixed_precision: str, compile: bool | str | None, owner: str = "") -> None:
+    """Check the training-speed settings of a config or model (``owner``, e.g. ``"PretrainConfig."``, prefixes
+    the key in the message): ``mixed_precision`` one of :data:`MIXED_PRECISION`, ``compile`` as
+    :func:`compile_backend` accepts it.
+
+    :raises ValueError: naming the key and the accepted values.
+    """
+    if mixed_precision not in MIXED_PRECISION:
+        raise ValueError(f"{owner}mixed_precision must be one of {', '.join(MIXED_PRECISION)}, got {mixed_precision!r}")
+    compile_backend(compile, f"{owner}compile")
+
+
 def autocast_dtype(mode: str, device: str | torch.device) -> torch.dtype | None:
     """The reduced precision training runs in: ``None`` for ``"off"``; ``"auto"``: bfloat16 on a CUDA device
     that supports it, float16 on one that does not, ``None`` elsewhere; ``"bf16"`` / ``"fp16"`` as named.

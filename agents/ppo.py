@@ -26,7 +26,7 @@ from stable_baselines3.common.vec_env import VecEnv
 
 from agents.buffers import PixelRolloutBuffer
 from agents.distributed import average_gradients, global_mean_std, sync_buffers
-from agents.networks import MIXED_PRECISION, autocast, autocast_dtype, compile_backend, compiled, grad_scaler, to_memory_format
+from agents.networks import autocast, autocast_dtype, check_speed_settings, compiled, grad_scaler, to_memory_format
 from agents.policies import PixelActorCriticPolicy, pixel_action_classes, shrink_perturb
 
 __all__ = ["ADVANTAGE_NORMALIZATION", "PixelPPO", "clipped_objective", "shrink_perturb"]
@@ -180,13 +180,11 @@ class PixelPPO(OnPolicyAlgorithm):
         self.skip_updates = False
         self.image_log_interval = image_log_interval
         self.image_log_count = image_log_count
-        if mixed_precision not in MIXED_PRECISION:
-            raise ValueError(f"mixed_precision must be one of {', '.join(MIXED_PRECISION)}, got {mixed_precision!r}")
+        check_speed_settings(mixed_precision, compile, "PixelPPO.")  # clear errors now, not at the first update
         #: "off", "auto", "bf16" or "fp16": the precision of the update's forward passes (rollouts stay float32)
         self.mixed_precision = mixed_precision
         #: channels_last memory format for the actor, critic and reference (None: on CUDA only)
         self.channels_last = channels_last
-        compile_backend(compile, "PixelPPO.compile")  # clear error now rather than at the first update
         #: torch.compile the update's forward passes (False, True or a backend name)
         self.compile = compile
         self._compiled: tuple[torch.nn.Module, torch.nn.Module] | None = None

@@ -47,8 +47,8 @@ from tqdm.auto import tqdm
 
 from agents.distributed import RankSlice, average_gradients, barrier, per_process_batch, sync_buffers
 from agents.distributed import context as distributed_context
-from agents.networks import (MIXED_PRECISION, UNet, autocast, autocast_dtype, compile_backend, compiled, grad_scaler, resolve_device,
-                             save_unet, to_memory_format, unet_kwargs)
+from agents.networks import (UNet, autocast, autocast_dtype, check_speed_settings, compiled, grad_scaler,
+                             resolve_device, save_unet, to_memory_format, unet_kwargs)
 from rl4seg_env.data.base import SegDataset
 from rl4seg_env.io import atomic_torch_save, plain_values, read_checkpoint
 from rl4seg_env.metrics import dice_per_class
@@ -118,10 +118,7 @@ class PretrainConfig:
             raise ValueError(f"PretrainConfig.patience must be >= 1 or None, got {self.patience!r}")
         if self.num_workers < 0:
             raise ValueError(f"PretrainConfig.num_workers must be >= 0, got {self.num_workers!r}")
-        if self.mixed_precision not in MIXED_PRECISION:
-            raise ValueError(f"PretrainConfig.mixed_precision must be one of {', '.join(MIXED_PRECISION)}, "
-                             f"got {self.mixed_precision!r}")
-        compile_backend(self.compile, "PretrainConfig.compile")
+        check_speed_settings(self.mixed_precision, self.compile, "PretrainConfig.")
         if not 0 <= self.max_shift < 0.5:
             raise ValueError(f"PretrainConfig.max_shift must be in [0, 0.5), got {self.max_shift!r}")
         self.channels = tuple(int(c) for c in self.channels)

@@ -33,7 +33,7 @@ from typing import Any
 import yaml
 
 from agents.callbacks import IterationSchedule
-from agents.networks import MIXED_PRECISION, UNetConfig, compile_backend
+from agents.networks import UNetConfig, check_speed_settings
 from agents.ppo import ADVANTAGE_NORMALIZATION
 from agents.pretrain import PretrainConfig
 from agents.test_time import TTOConfig
@@ -277,10 +277,7 @@ class LoopConfig:
             raise ValueError(f"LoopConfig.device must be auto, cpu, cuda, cuda:N or mps, got {self.device!r}")
         if self.num_threads < 0:
             raise ValueError(f"LoopConfig.num_threads must be >= 0, got {self.num_threads}")
-        if self.mixed_precision not in MIXED_PRECISION:
-            raise ValueError(f"LoopConfig.mixed_precision must be one of {', '.join(MIXED_PRECISION)}, "
-                             f"got {self.mixed_precision!r}")
-        compile_backend(self.compile, "compile")
+        check_speed_settings(self.mixed_precision, self.compile, "LoopConfig.")
 
 
 #: fields of library dataclasses that the run fills from one top-level key (declared once, set once):

@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 from agents.distributed import RankSlice, average_gradients, per_process_batch, sync_buffers
 from agents.distributed import context as distributed_context
-from agents.networks import MIXED_PRECISION, autocast, autocast_dtype, compile_backend, compiled, grad_scaler, to_memory_format
+from agents.networks import autocast, autocast_dtype, check_speed_settings, compiled, grad_scaler, to_memory_format
 from reward.network import RewardNet, fit_temperature, save_reward_net
 from reward.uncertainty import expected_calibration_error
 
@@ -115,10 +115,7 @@ class RewardTrainConfig:
                              f"{self.min_samples} and {self.min_error_reduction}")
         if not 0 < self.val_fraction < 1:
             raise ValueError(f"RewardTrainConfig.val_fraction must be in (0, 1), got {self.val_fraction}")
-        if self.mixed_precision not in MIXED_PRECISION:
-            raise ValueError(f"RewardTrainConfig.mixed_precision must be one of {', '.join(MIXED_PRECISION)}, "
-                             f"got {self.mixed_precision!r}")
-        compile_backend(self.compile, "RewardTrainConfig.compile")
+        check_speed_settings(self.mixed_precision, self.compile, "RewardTrainConfig.")
         if self.max_steps is not None and self.max_steps < 1:
             raise ValueError(f"RewardTrainConfig.max_steps must be >= 1 or null, got {self.max_steps}")
         if self.patience is not None and self.patience < 1:
