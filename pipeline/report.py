@@ -122,21 +122,26 @@ def plot_metrics(rows: Sequence[dict], path: str | Path) -> Path:
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
     for key, label in (("dice_lv", "LV"), ("dice_myo", "MYO"), ("dice_epi", "epi"), ("dice_mean", "LV+MYO")):
         axes[0].plot(it, [r.get(key, np.nan) for r in loop_rows], marker="o", label=label)
-    for r in refs:
-        if "dice_mean" in r:
-            axes[0].axhline(r["dice_mean"], ls="--", color="grey")
-            axes[0].annotate(str(r.get("model", "")), (it[0] if it else 0, r["dice_mean"]), fontsize=8)
     if tto_rows:
         axes[0].plot(tto_it, [r.get("dice_mean", np.nan) for r in tto_rows], marker="s", ls="--", color="C3",
                      label="LV+MYO + TTO")
-    axes[0].set(title="target Dice", xlabel="iteration", ylim=(0, 1))
-    axes[0].legend(fontsize=8)
     axes[1].plot(it, [r.get("validity_pct", np.nan) for r in loop_rows], marker="o", color="C2", label="argmax")
     if tto_rows:
         axes[1].plot(tto_it, [r.get("validity_pct", np.nan) for r in tto_rows], marker="s", ls="--", color="C3",
                      label="+ TTO")
-        axes[1].legend(fontsize=8)
+    # the references (oracle, baselines, the selected model) as dotted levels, named in the legends
+    for k, r in enumerate(refs):
+        style = {"ls": ":", "lw": 1.2, "color": f"C{4 + k % 6}", "label": str(r.get("model", ""))}
+        if "dice_mean" in r:
+            axes[0].axhline(r["dice_mean"], **{**style, "label": f"{style['label']} (LV+MYO)"})
+        if "validity_pct" in r:
+            axes[1].axhline(r["validity_pct"], **style)
+    dice = [v for line in axes[0].get_lines() for v in np.ravel(line.get_ydata()) if np.isfinite(v)]
+    low = max(0.0, np.floor((min(dice) if dice else 0.0) * 20) / 20 - 0.05)  # zoom on the values shown
+    axes[0].set(title="target Dice", xlabel="iteration", ylim=(low, 1))
+    axes[0].legend(fontsize=7)
     axes[1].set(title="anatomical validity (%)", xlabel="iteration", ylim=(0, 101))
+    axes[1].legend(fontsize=7)
     for key, label in (("ece_before", "val ECE before T"), ("ece_after", "val ECE after T"),
                        ("reward_ece", "target test ECE"), ("reward_correlation", "reward-Dice r")):
         axes[2].plot(it, [r.get(key, np.nan) for r in loop_rows], marker="o", label=label)
