@@ -419,7 +419,8 @@ class RL4SegRun:
 
     def _tto_rows(self, iteration: int, callback: RewardRetrainingCallback) -> list[dict]:
         """The iteration's test-time-optimisation rows: the RL4Seg actor and the baselines a user would pick
-        instead, with the same optimisation (on rank 0; ``[]`` on the others or when TTO does not apply)."""
+        instead, with the same optimisation (``[]`` when TTO does not apply). Every process must call it; only
+        rank 0's rows hold scores."""
         if not (self.config.test_time.enabled and callback.reward_model is not None and callback.reward_informative):
             return []
         name = "RL4Seg (ground-truth reward)" if self.config.oracle_reward else "RL4Seg"
