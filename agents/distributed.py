@@ -10,6 +10,7 @@ summation order, as long as the networks' normalisation does not depend on the b
 mode computes its statistics per process, as DDP's does by default).
 
     ctx = init_distributed()          # reads torchrun's RANK / WORLD_SIZE / LOCAL_RANK; gloo on CPU, nccl on CUDA
+                                      # (gloo when processes share a GPU)
     ...
     loss.backward(); average_gradients(model.parameters()); optimizer.step()
 
@@ -62,8 +63,10 @@ def init_distributed(device: str | torch.device = "auto", backend: str | None = 
                      timeout_s: float = DEFAULT_TIMEOUT_S) -> DistributedContext:
     """Join the process group ``torchrun`` set up (``WORLD_SIZE`` > 1 in the environment); else one process.
 
-    :param device: the run's device; with CUDA each process takes ``cuda:LOCAL_RANK``.
-    :param backend: ``None`` picks ``nccl`` for CUDA and ``gloo`` otherwise.
+    :param device: the run's device; with CUDA each process takes ``cuda:LOCAL_RANK``, or, when a node runs more
+        processes than it has GPUs, ``cuda:(LOCAL_RANK mod the GPU count)`` (processes share the GPUs).
+    :param backend: ``None`` picks ``nccl`` for CUDA with one GPU per process and ``gloo`` otherwise (NCCL
+        refuses two processes on one GPU).
     :param timeout_s: how long a collective waits for the other processes.
     :raises RuntimeError: ``WORLD_SIZE`` > 1 but torch was built without distributed support.
     """
@@ -76,9 +79,14 @@ def init_distributed(device: str | torch.device = "auto", backend: str | None = 
         return context()
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     cuda = str(device).startswith("cuda") or (str(device) == "auto" and torch.cuda.is_available())
+    shared_gpus = False
     if cuda:
-        torch.cuda.set_device(local_rank)
-    dist.init_process_group(backend or ("nccl" if cuda else "gloo"),
+        n_gpus = torch.cuda.device_count()
+        if n_gpus == 0:
+            raise RuntimeError(f"device {device!r} asks for CUDA but this machine has no CUDA device")
+        shared_gpus = int(os.environ.get("LOCAL_WORLD_SIZE", str(world))) > n_gpus
+        torch.cuda.set_device(local_rank % n_gpus)
+    dist.init_process_group(backend or ("nccl" if cuda and not shared_gpus else "gloo"),
                             timeout=datetime.timedelta(seconds=timeout_s))
     return context()
 

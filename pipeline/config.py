@@ -223,7 +223,7 @@ class TestTimeSection(TTOConfig):
 class DistributedSection:
     """What a ``torchrun`` run needs set by hand (ranks, world size and addresses come from torchrun)."""
 
-    #: ``null``: ``nccl`` on CUDA, ``gloo`` otherwise
+    #: ``null``: ``nccl`` on CUDA with one GPU per process, ``gloo`` otherwise (also when processes share a GPU)
     backend: str | None = None
     #: how long a process waits for the others at a collective; rank 0 alone pretrains and evaluates while
     #: the others wait, so this must cover the longest of those phases (a crash of one process stops all of

@@ -78,7 +78,7 @@ class RL4SegRun:
             self.config.run_dir = str(self.dirs.root)
         self.device = resolve_device(self.config.device)  # "auto": CUDA if available; a missing one is an error
         if self.device.type == "cuda" and self.ctx.enabled:
-            self.device = torch.device("cuda", self.ctx.local_rank)
+            self.device = torch.device("cuda", torch.cuda.current_device())  # set by init_distributed
         if self.config.num_threads > 0:
             torch.set_num_threads(self.config.num_threads)
         self.state = self.dirs.load_state()

@@ -157,3 +157,29 @@ def test_one_process_needs_no_process_group_and_batches_must_split_evenly():
     with pytest.raises(ValueError, match=r"ppo.batch_size_base=5 must be a multiple of the number of processes \(2\)"):
         per_process_batch(5, two, "ppo.batch_size_base")
     assert list(RankSlice(range(7), two)) == [1, 3, 5] and len(RankSlice(range(7), two)) == 3
+
+
+@pytest.mark.parametrize("n_gpus, device_index, backend", [(2, 1, "nccl"), (1, 0, "gloo")])
+def test_processes_take_their_own_gpu_or_share_one_over_gloo(monkeypatch, n_gpus, device_index, backend):
+    """Rank 1 of 2 on a node: its own GPU and NCCL when there are two, else the one GPU shared over gloo (NCCL
+    refuses two processes on one device). The process group is not started; its arguments are recorded."""
+    from agents import distributed
+
+    calls = {}
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setattr(distributed.dist, "is_initialized", lambda: False)
+    monkeypatch.setattr(distributed.torch.cuda, "device_count", lambda: n_gpus)
+    monkeypatch.setattr(distributed.torch.cuda, "set_device", lambda i: calls.setdefault("device", i))
+    monkeypatch.setattr(distributed.dist, "init_process_group",
+                        lambda backend, timeout: calls.setdefault("backend", backend))
+    monkeypatch.setattr(distributed, "context", lambda: None)
+    distributed.init_distributed("cuda")
+    assert calls == {"device": device_index, "backend": backend}
+    calls.clear()
+    distributed.init_distributed("cuda", backend="gloo")  # a backend set by hand is kept
+    assert calls["backend"] == "gloo"
+    monkeypatch.setattr(distributed.torch.cuda, "device_count", lambda: 0)
+    with pytest.raises(RuntimeError, match="no CUDA device"):
+        distributed.init_distributed("cuda")
