@@ -8,7 +8,10 @@ target is ``pred == reference``:
   becomes a **pseudo-label** (reference = pred, target all ones) and negatives are made around it:
   predictions of the actor with Gaussian noise on all weights (``weight_noise``), predictions on
   contrast-reduced (``contrast``) and noisy (``image_noise``) images, and a sampled prediction of
-  another image of the batch (``swap``). Empty predictions are skipped.
+  another image of the batch (``swap``), and, when ``anatomical`` > 0, copies of the pseudo-label damaged
+  where the anatomical checks look (kind ``anatomical``: the myocardium broken or thinned, the LV grown
+  into or shrunk away from the myocardium, in one patch; RL4Seg3D's stronger perturbations; see
+  :func:`anatomical_negative`). Empty predictions are skipped.
 - otherwise, if the corrected map is valid: reference = corrected map, pred = the sampled action
   (kind ``corrected``);
 - otherwise the image gives no sample.
@@ -36,7 +39,10 @@ from agents.distributed import broadcast_object, context, gather_objects
 from rl4seg_env.io import atomic_save_npz, atomic_write_text
 
 #: sample kinds, in the order they are reported
-SAMPLE_KINDS = ("pseudo_label", "weight_noise", "contrast", "image_noise", "swap", "corrected")
+SAMPLE_KINDS = ("pseudo_label", "weight_noise", "contrast", "image_noise", "swap", "anatomical", "corrected")
+#: the damages :func:`anatomical_negative` draws from
+ANATOMICAL_DAMAGES = ("break", "thin", "lv_grow", "lv_shrink")
+_LV, _MYO = 1, 2
 
 
 @dataclasses.dataclass
@@ -47,18 +53,23 @@ class PerturbationConfig:
     :param contrast: contrast-reduction factors (``mean + f * (x - mean)``); one negative per value.
     :param image_noise: std of additive Gaussian image noise (intensities in [0, 1]); one negative each.
     :param swap: add the sampled prediction of another image of the batch as a negative.
+    :param anatomical: copies of the pseudo-label damaged in one patch (:func:`anatomical_negative`), one random
+        damage each; 0 (the paper's set) makes none.
     """
 
     weight_noise: Sequence[float] = (0.005, 0.01, 0.015, 0.02)
     contrast: Sequence[float] = (0.7, 0.8)
     image_noise: Sequence[float] = (0.05, 0.1)
     swap: bool = True
+    anatomical: int = 0
 
     def __post_init__(self) -> None:
         for name in ("weight_noise", "contrast", "image_noise"):
             values = list(getattr(self, name))
             if any(v < 0 for v in values):
                 raise ValueError(f"PerturbationConfig.{name} must hold values >= 0, got {values}")
+        if self.anatomical < 0:
+            raise ValueError(f"PerturbationConfig.anatomical must be >= 0, got {self.anatomical}")
         if any(not 0 <= f <= 1 for f in self.contrast):
             raise ValueError(f"PerturbationConfig.contrast factors must be in [0, 1], got {list(self.contrast)}")
 
@@ -197,6 +208,46 @@ def contrast_reduce(images: torch.Tensor, factor: float) -> torch.Tensor:
     return (mean + factor * (images - mean)).clamp(0, 1)
 
 
+def anatomical_negative(label: np.ndarray, damage: str, gen: torch.Generator) -> np.ndarray:
+    """A copy of ``label`` (H, W; 0 background, 1 LV, 2 myocardium) damaged in one disk-shaped patch centred on a
+    random myocardium pixel, of radius ``H / 10``; ``k = max(1, H / 32)`` pixels is the damage's depth:
+
+    - ``break``: the myocardium in the patch becomes background (a gap in the wall);
+    - ``thin``: the myocardium within ``k`` px of the outside, in the patch, becomes background;
+    - ``lv_grow``: the myocardium within ``k`` px of the LV, in the patch, becomes LV;
+    - ``lv_shrink``: the LV within ``k`` px of the myocardium, in the patch, becomes myocardium.
+
+    Other classes (the atrium) are left alone. The copy equals ``label`` when there is no myocardium or the
+    damage changes nothing (a wall already thinner than the patch's reach, say).
+    """
+    from scipy import ndimage
+
+    if damage not in ANATOMICAL_DAMAGES:
+        raise ValueError(f"anatomical_negative: unknown damage {damage!r}; choose from {ANATOMICAL_DAMAGES}")
+    out = np.array(label, copy=True)
+    myo = out == _MYO
+    rows, cols = np.nonzero(myo)
+    if not len(rows):
+        return out
+    h, w = out.shape
+    i = int(torch.randint(len(rows), (1,), generator=gen))
+    radius, k = max(2.0, h / 10), max(1, round(h / 32))
+    yy, xx = np.ogrid[:h, :w]
+    patch = (yy - rows[i]) ** 2 + (xx - cols[i]) ** 2 <= radius ** 2
+    lv = out == _LV
+    near = np.ones((2 * k + 1, 2 * k + 1), bool)
+    if damage == "break":
+        out[patch & myo] = 0
+    elif damage == "thin":
+        outside = ~(myo | lv)
+        out[patch & myo & ndimage.binary_dilation(outside, near)] = 0
+    elif damage == "lv_grow":
+        out[patch & myo & ndimage.binary_dilation(lv, near)] = _LV
+    else:
+        out[patch & lv & ndimage.binary_dilation(myo, near)] = _MYO
+    return out
+
+
 class RewardDatasetBuilder:
     """Turns actor predictions on unlabelled target images into reward-network samples.
 
@@ -328,14 +379,20 @@ class RewardDatasetBuilder:
                 negatives.append(("image_noise", _predict(actor, (x + noise).clamp(0, 1)).cpu().numpy()))
             if self.perturbations.swap and len(batch) > 1:
                 negatives.append(("swap", np.roll(sampled, 1, axis=0)))
+            for _ in range(self.perturbations.anatomical):
+                damages = torch.randint(len(ANATOMICAL_DAMAGES), (len(pred),), generator=gen).tolist()
+                negatives.append(("anatomical", np.stack([
+                    anatomical_negative(pred[i], ANATOMICAL_DAMAGES[d], gen) if accepted[i] else pred[i]
+                    for i, d in enumerate(damages)])))
 
         samples, pseudo_labels = [], {}
         for i, sid in enumerate(batch_ids):
             if accepted[i]:
                 pseudo_labels[sid] = pred[i]
                 samples.append((batch[i], pred[i], pred[i], "pseudo_label", sid))
-                samples.extend((batch[i], maps[i], pred[i], kind, sid)
-                               for kind, maps in negatives if maps[i].any())  # empty predictions are skipped
+                samples.extend((batch[i], maps[i], pred[i], kind, sid)  # empty predictions are skipped, and
+                               for kind, maps in negatives  # damages that changed nothing
+                               if maps[i].any() and (kind != "anatomical" or (maps[i] != pred[i]).any()))
             elif corrected_valid[i] and sampled[i].any():
                 samples.append((batch[i], sampled[i], corrected[i], "corrected", sid))
         return samples, pseudo_labels

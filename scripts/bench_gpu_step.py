@@ -4,6 +4,8 @@ setting (docs/scaling.md), all measured in one process so the ratios are compara
 
     python scripts/bench_gpu_step.py                                  # 256 px, the paper's U-Net widths
     python scripts/bench_gpu_step.py --device cpu --image-size 64 --channels 16 32 64 128 --steps 3
+    python scripts/bench_gpu_step.py --device cpu --image-size 64 --channels 16 32 64 128 --batch 16 32 8 \
+        --precision off --compile --threads 1                         # the default config's steps on a CPU
 
 Three steps, each with random inputs of the loop's shapes:
 
@@ -152,14 +154,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", nargs="+", choices=STEPS, default=list(STEPS), help="steps to measure")
     parser.add_argument("--compile", nargs="*", choices=STEPS, default=["pretrain"],
                         help="steps that also get torch.compile'd rows (default: pretrain; none: --compile)")
+    parser.add_argument("--precision", nargs="+", choices=["off", "bf16", "fp16"],
+                        help="precisions to measure (default: off and bf16, and fp16 on CUDA)")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads on the CPU (default 0: torch's)")
     parser.add_argument("--csv", type=Path, help="also write the rows to this CSV")
     args = parser.parse_args(argv)
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
     if args.steps < 1 or args.warmup < 1:
         parser.error("--steps and --warmup must be >= 1")
 
     device = resolve_device(args.device)
     torch.backends.cudnn.benchmark = device.type == "cuda"
-    precisions = ["off", "bf16"] + (["fp16"] if device.type == "cuda" else [])
+    precisions = args.precision or ["off", "bf16"] + (["fp16"] if device.type == "cuda" else [])
+    if "off" not in precisions:
+        parser.error("--precision needs off: the speed-ups are measured against it")
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     print(f"device {device} ({name}), torch {torch.__version__}, {args.image_size} px, widths {args.channels}, "
           f"batches {dict(zip(STEPS, args.batch))}, {args.steps} timed steps")
@@ -170,7 +179,8 @@ def main(argv: list[str] | None = None) -> int:
             for p in precisions for cl in (False, True)]
     # the compiled rows last: their compilation is the slow part, and a time limit should cut them, not the rest
     plan += [(name, batch, p, cl, True) for name, batch in zip(STEPS, args.batch)
-             if name in args.only and name in args.compile for p, cl in (("off", False), ("bf16", True))]
+             if name in args.only and name in args.compile for p, cl in (("off", False), ("bf16", True))
+             if p in precisions]
     fields = ["step", "precision", "format", "compile", "batch", "first_s", "ms", "img_per_s", "peak_mb",
               "speedup", "error"]
     writer = None

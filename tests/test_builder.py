@@ -156,3 +156,66 @@ def test_shard_block_sampler_shuffles_within_blocks_of_shards():
         assert [len(set(shards[a:b])) for a, b in ((0, 15), (15, 30), (30, 35))] == [3, 3, 1]
     # every shard in one block: a plain shuffle of all positions
     assert sorted(ShardBlockSampler(shard_of, block_shards=7, generator=gen)) == list(range(35))
+
+
+def _heart(size: int = 64) -> np.ndarray:
+    """A left ventricle (1) inside a horseshoe myocardium (2) open at the bottom, as in an apical view."""
+    yy, xx = np.mgrid[:size, :size]
+    r = np.hypot((yy - size * 0.45) / 1.6, xx - size / 2)
+    label = np.zeros((size, size), np.uint8)
+    label[r < size * 0.22] = 2
+    label[r < size * 0.15] = 1
+    label[yy > size * 0.62] = 0
+    return label
+
+
+@pytest.mark.parametrize("damage", ["break", "thin", "lv_grow", "lv_shrink"])
+def test_anatomical_negatives_damage_the_wall_where_they_say(damage):
+    from scipy import ndimage
+
+    from reward.builder import anatomical_negative
+
+    label = _heart()
+    out = anatomical_negative(label, damage, torch.Generator().manual_seed(3))
+    changed = out != label
+    assert changed.any() and changed.sum() < 0.05 * label.size  # one patch, not the whole map
+    rows, cols = np.nonzero(changed)
+    assert np.hypot(rows - rows.mean(), cols - cols.mean()).max() <= 2 * 64 / 10  # within one disk
+    moved = {"break": (2, 0), "thin": (2, 0), "lv_grow": (2, 1), "lv_shrink": (1, 2)}[damage]
+    assert np.all(label[changed] == moved[0]) and np.all(out[changed] == moved[1])
+    if damage == "break":  # the wall is cut in two unless the patch only trims one end of the horseshoe
+        pieces = [ndimage.label(anatomical_negative(label, damage, torch.Generator().manual_seed(s)) == 2)[1]
+                  for s in range(20)]
+        assert min(pieces) >= 1 and sum(p >= 2 for p in pieces) >= 10
+    if damage == "thin":  # only the outer side of the wall goes: the LV keeps its whole border
+        assert np.array_equal(out == 1, label == 1)
+        assert not ndimage.binary_dilation(label == 1)[changed].any()
+    assert np.array_equal(anatomical_negative(np.zeros((8, 8), np.uint8), damage, torch.Generator()),
+                          np.zeros((8, 8)))  # nothing to damage
+    with pytest.raises(ValueError, match="unknown damage"):
+        anatomical_negative(label, "twist", torch.Generator())
+
+
+def test_anatomical_negatives_are_added_around_pseudo_labels_only(tmp_path):
+    images = np.concatenate([np.full((3, H, W), 0.9, np.float32), np.full((2, H, W), 0.1, np.float32)])
+    store = RewardSampleStore(tmp_path / "rs")
+
+    class _HeartActor(_FixedActor):  # the square of class 1 inside a ring of class 2
+        def forward(self, x):
+            logits = super().forward(x)
+            ring = torch.zeros(H, W, dtype=torch.bool)
+            ring[2:14, 2:14] = True
+            ring[4:12, 4:12] = False
+            logits[:, 2] = torch.where(ring, 10.0, 0.0) * (x.mean(dim=(1, 2, 3)) > 0.5).float()[:, None, None]
+            return logits
+
+    report, _ = _builder(anatomical=2).build(_HeartActor(), images, list("abcde"), store, iteration=1)
+    assert report.accepted == 3 and report.samples_by_kind["anatomical"] == 3 * 2
+    ds = RewardSampleDataset(store)
+    for i in np.flatnonzero(ds.kinds == "anatomical"):
+        target = ds[int(i)][2]
+        assert 0 < (target == 0).sum() < H * W  # wrong in the damaged patch only
+    report, _ = _builder().build(_HeartActor(), images, list("abcde"), RewardSampleStore(tmp_path / "b"), 1)
+    assert report.samples_by_kind["anatomical"] == 0  # off by default (the paper's negatives)
+    with pytest.raises(ValueError, match="anatomical"):
+        PerturbationConfig(anatomical=-1)
