@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from agents.distributed import context, gather_objects
 from pipeline.tables import rows_to_csv
 from reward.anatomy import Criterion, check_anatomy, get_criteria, is_valid
 from reward.uncertainty import UncertaintyAccumulator
@@ -27,40 +28,81 @@ from rl4seg_env.metrics import ECHO_STRUCTURES, keep_largest_foreground, segment
 
 @dataclasses.dataclass
 class EvaluationResult:
-    """Per-image rows (``id``, ``dice_*``, ``hd_*``, ``hd95_*``, ``masd_*``, ``valid``, ``failed``, ``mean_reward``) and their summary."""
+    """Per-image rows (``id``, ``dice_*``, ``hd_*``, ``hd95_*``, ``masd_*``, ``valid``, ``failed``, ``mean_reward``), their
+    summary, and the (N, H, W) predictions scored (as given; gathered from every process in a distributed call)."""
 
     per_image: list[dict]
     summary: dict[str, float]
+    preds: np.ndarray | None = None
 
 
 def evaluate_predictions(preds: np.ndarray, dataset: SegDataset, images: np.ndarray | None = None,
                          criteria: str | Sequence[Criterion] = "echo",
                          reward_model: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None,
                          structures: dict[str, tuple[int, ...]] | None = None,
-                         also_criteria: Mapping[str, str | Sequence[Criterion]] | None = None) -> EvaluationResult:
-    """Score label maps against the first ``len(preds)`` samples of a labelled ``dataset``.
+                         also_criteria: Mapping[str, str | Sequence[Criterion]] | None = None,
+                         indices: Sequence[int] | None = None, distributed: bool = False) -> EvaluationResult | None:
+    """Score label maps against the samples of a labelled ``dataset``: the first ``len(preds)`` ones, or
+    ``indices``.
 
     :param preds: (N, H, W) integer label maps.
-    :param images: (N, H, W) float32 images (needed with ``reward_model``; read from the dataset otherwise).
+    :param images: (N, H, W) float32 images of the same samples (needed with ``reward_model``; read from the
+        dataset otherwise); with ``indices``, the images of the whole dataset (or of its first
+        ``max(indices) + 1`` samples).
     :param criteria: anatomical criteria of :mod:`reward.anatomy`: a set name (``"echo"``, ``"generic"``), a
         calibrated-criteria YAML path or a list of criteria.
     :param also_criteria: other criteria sets to report validity under, by name: adds ``valid_<name>`` per
         image and ``validity_<name>_pct`` to the summary (e.g. ``{"paper": "echo"}`` next to calibrated ones).
     :param reward_model: learned reward ``(images, preds) -> reward maps``; adds calibration metrics of
         ``1 - reward`` against the error map over foreground pixels, and the reward-Dice correlation.
+    :param indices: the dataset index of each prediction (default ``0 .. len(preds) - 1``).
+    :param distributed: under ``torchrun`` every process calls it with its share of the samples (``indices``);
+        each scores its own images, the rows and predictions are gathered to rank 0, which returns the result
+        over all of them in index order, as one process given every prediction would; the others get ``None``.
     """
     if not dataset.with_labels:
         raise ValueError("evaluation needs a labelled dataset (built with with_labels=True)")
     structures = ECHO_STRUCTURES if structures is None else structures
+    preds = np.asarray(preds)
+    indices = np.arange(len(preds)) if indices is None else np.asarray(indices, dtype=np.int64)
+    if len(indices) != len(preds):
+        raise ValueError(f"evaluate_predictions: {len(preds)} predictions but {len(indices)} indices")
+    rows = score_images(preds, dataset, indices, criteria, structures, also_criteria)
+    if distributed and context().enabled:
+        parts = gather_objects((indices, preds, rows))
+        if parts is None:
+            return None
+        order = np.argsort(np.concatenate([p[0] for p in parts]), kind="stable")
+        indices = np.concatenate([p[0] for p in parts])[order]
+        preds = np.concatenate([p[1] for p in parts])[order]
+        every = [row for p in parts for row in p[2]]
+        rows = [every[i] for i in order]
+    summary = summarize(rows, structures)
+    for name in also_criteria or {}:
+        summary[f"validity_{name}_pct"] = 100.0 * float(np.mean([r[f"valid_{name}"] for r in rows]))
+    if reward_model is not None:
+        if images is None:
+            images = np.stack([dataset[int(i)].image for i in indices])
+        elif len(images) != len(preds) or not np.array_equal(indices, np.arange(len(preds))):
+            images = np.asarray(images)[indices]
+        labels = np.stack([dataset[int(i)].label for i in indices])
+        summary.update(_uncertainty_summary(reward_model, images, preds, labels, rows, dataset.n_classes))
+    return EvaluationResult(rows, summary, preds)
+
+
+def score_images(preds: np.ndarray, dataset: SegDataset, indices: Sequence[int],
+                 criteria: str | Sequence[Criterion] = "echo", structures: dict[str, tuple[int, ...]] | None = None,
+                 also_criteria: Mapping[str, str | Sequence[Criterion]] | None = None) -> list[dict]:
+    """The per-image rows of :func:`evaluate_predictions` (``preds[k]`` is the prediction of sample
+    ``indices[k]``): largest foreground component kept, Dice / Hausdorff distances per structure, validity."""
+    structures = ECHO_STRUCTURES if structures is None else structures
     criteria = get_criteria(criteria)
     also = {name: get_criteria(c) for name, c in (also_criteria or {}).items()}
     rows: list[dict] = []
-    labels = []
-    for i, pred in enumerate(np.asarray(preds)):
-        sample = dataset[i]
+    for index, pred in zip(indices, preds):
+        sample = dataset[int(index)]
         if sample.label is None:
             raise ValueError(f"sample {sample.id} has no label; cannot evaluate")
-        labels.append(sample.label)
         pred = keep_largest_foreground(pred)
         row: dict = {"id": sample.id}
         row.update(segmentation_scores(pred, sample.label, sample.spacing, structures, largest_component=False))
@@ -70,15 +112,7 @@ def evaluate_predictions(preds: np.ndarray, dataset: SegDataset, images: np.ndar
         for name, other in also.items():
             row[f"valid_{name}"] = is_valid(pred, sample.spacing, other)
         rows.append(row)
-    summary = summarize(rows, structures)
-    for name in also:
-        summary[f"validity_{name}_pct"] = 100.0 * float(np.mean([r[f"valid_{name}"] for r in rows]))
-    if reward_model is not None:
-        if images is None:
-            images = np.stack([dataset[i].image for i in range(len(rows))])
-        summary.update(_uncertainty_summary(reward_model, images, np.asarray(preds), np.stack(labels), rows,
-                                            dataset.n_classes))
-    return EvaluationResult(rows, summary)
+    return rows
 
 
 def summarize(rows: list[dict], structures: dict[str, tuple[int, ...]] | None = None) -> dict[str, float]:

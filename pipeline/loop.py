@@ -265,13 +265,29 @@ class RL4SegRun:
         ae.save(path)
         return ae
 
-    def evaluate(self, actor: torch.nn.Module, reward_model=None, figure: str | None = None) -> dict[str, float]:
-        """Scores of ``actor`` on the target test split (the only place target test labels are read)."""
+    def _share(self, n: int, distributed: bool) -> np.ndarray:
+        """The test images this process handles: every ``world_size``-th from its rank (all of them alone)."""
+        if distributed and self.ctx.enabled:
+            return np.arange(self.ctx.rank, n, self.ctx.world_size)
+        return np.arange(n)
+
+    def evaluate(self, actor: torch.nn.Module, reward_model=None, figure: str | None = None,
+                 distributed: bool = False) -> dict[str, float]:
+        """Scores of ``actor`` on the target test split (the only place target test labels are read).
+
+        :param distributed: under ``torchrun`` every process calls it with the same actor and predicts and scores
+            its share of the images (:meth:`_share`); rank 0 gathers them, makes the figures and returns the
+            scores, the others get ``{}``.
+        """
         ds, images = self.test_set
         e = self.config.evaluation
-        preds = predict(actor, images, e.batch_size, self.device)
-        result = evaluate_predictions(preds, ds, images=images, criteria=self.criteria,
-                                      reward_model=reward_model, also_criteria=self.reference_criteria)
+        share = self._share(len(images), distributed)
+        result = evaluate_predictions(predict(actor, images[share], e.batch_size, self.device), ds, images=images,
+                                      criteria=self.criteria, reward_model=reward_model,
+                                      also_criteria=self.reference_criteria, indices=share, distributed=distributed)
+        if result is None:
+            return {}
+        preds = result.preds
         if figure:
             k = min(e.n_figures, len(images))
             maps = reward_model(images[:k], preds[:k]) if reward_model is not None else None
@@ -293,8 +309,8 @@ class RL4SegRun:
         images whose prediction is anatomically invalid, plus the optimisation's own counts and wall time.
 
         :param settings: test-time settings (default: this run's ``test_time`` section).
-        :param distributed: under ``torchrun`` every process calls it and optimises its share of the images;
-            rank 0 evaluates (the others get ``{}``).
+        :param distributed: under ``torchrun`` every process calls it, optimises and scores its share of the
+            images; rank 0 gathers the scores (the others get ``{}``).
         """
         ds, images = self.test_set
         criteria = self.criteria
@@ -304,26 +320,32 @@ class RL4SegRun:
                              batch_size=self.config.evaluation.batch_size, seed=self.config.seed,
                              progress=self.config.progress and self.ctx.is_main, distributed=distributed,
                              repair=tto_repair((settings or self.config.test_time).repair, self.n_classes))
-        if not self.ctx.is_main:
-            return {}
-        scores = evaluate_predictions(result.preds, ds, images=images, criteria=criteria, reward_model=reward_model,
-                                      also_criteria=self.reference_criteria).summary
-        return {**scores, **result.summary()}
+        share = self._share(len(images), distributed)  # every process holds every result; each scores its share
+        scored = evaluate_predictions(np.asarray(result.preds)[share], ds, images=images, criteria=criteria,
+                                      reward_model=reward_model, also_criteria=self.reference_criteria, indices=share,
+                                      distributed=distributed)
+        return {} if scored is None else {**scored.summary, **result.summary()}
 
     def _baselines(self, actor_path: Path) -> None:
+        """The reference rows (source only, oracle, AdaBN / TENT). Under ``torchrun`` every process calls it once
+        rank 0 has made the adapted actors (:meth:`adapted_actor`): the evaluations are shared out, rank 0
+        records the rows."""
         if self.state.get("baselines_done"):
             return
+        main = self.ctx.is_main
         rows = []
         actor, _ = load_unet(str(actor_path), map_location=self.device)
-        rows.append({"iteration": 0, "model": "source-only", **self.evaluate(actor, figure="predictions_iter_000"),
-                     **self.selection_scores(actor)})
+        rows.append({"iteration": 0, "model": "source-only",
+                     **self.evaluate(actor, figure="predictions_iter_000", distributed=True),
+                     **(self.selection_scores(actor) if main else {})})
         if self.config.evaluation.oracle:
             oracle, _ = load_unet(str(self.train_oracle()), map_location=self.device)
-            rows.append({"iteration": "oracle", "model": "oracle (target labels)", **self.evaluate(oracle)})
+            rows.append({"iteration": "oracle", "model": "oracle (target labels)",
+                         **self.evaluate(oracle, distributed=True)})
         for name in self.config.evaluation.baselines:
             model = self.adapted_actor(name)
-            rows.append({"iteration": "baseline", "model": RL_INITS[name], **self.evaluate(model),
-                         **self.selection_scores(model)})
+            rows.append({"iteration": "baseline", "model": RL_INITS[name], **self.evaluate(model, distributed=True),
+                         **(self.selection_scores(model) if main else {})})
         self.state["rows"] = rows
         self.state["baselines_done"] = True
         self._save_state()
@@ -412,9 +434,13 @@ class RL4SegRun:
                               tensorboard_log=str(self.dirs.tensorboard()) if self.ctx.is_main else None)
 
     def _on_iteration_end(self, iteration: int, callback: RewardRetrainingCallback) -> None:
-        tto_rows = self._tto_rows(iteration, callback)  # every process optimises its share of the images
-        if self.ctx.is_main:  # checkpoints, evaluation and report: rank 0; the other processes wait for it
-            self._finish_iteration(iteration, callback, tto_rows)
+        # every process optimises and scores its share of the test images; checkpoints, selection and the report:
+        # rank 0, the other processes wait for it
+        tto_rows = self._tto_rows(iteration, callback)
+        scores = self.evaluate(callback.model.policy.actor, callback.reward_model,
+                               figure=f"predictions_iter_{iteration:03d}", distributed=True)
+        if self.ctx.is_main:
+            self._finish_iteration(iteration, callback, tto_rows, scores)
         barrier()
 
     def _tto_rows(self, iteration: int, callback: RewardRetrainingCallback) -> list[dict]:
@@ -436,7 +462,8 @@ class RL4SegRun:
                          **({"minutes": (time.time() - self._t0) / 60} if model_name == name else {})})
         return rows
 
-    def _finish_iteration(self, iteration: int, callback: RewardRetrainingCallback, tto_rows: list[dict]) -> None:
+    def _finish_iteration(self, iteration: int, callback: RewardRetrainingCallback, tto_rows: list[dict],
+                          scores: dict[str, float]) -> None:
         model = callback.model
         d = self.dirs.iteration_dir(iteration, create=True)
         tmp = d / ".ppo.zip.tmp.zip"
@@ -446,7 +473,6 @@ class RL4SegRun:
             self.datasets["source_train"].class_names), image_size=[self.config.data.image_size] * 2)
         save_unet(model.policy.critic, str(d / "critic.pt"), iteration=iteration)
         self.dirs.save_pseudo_labels(iteration, callback.pseudo_labels)
-        scores = self.evaluate(model.policy.actor, callback.reward_model, figure=f"predictions_iter_{iteration:03d}")
         if callback.reward_model is not None:  # reliability diagram of the reward network on target test predictions
             ds, images = self.test_set
             preds = predict(model.policy.actor, images, self.config.evaluation.batch_size, self.device)
@@ -525,19 +551,26 @@ class RL4SegRun:
             self.dirs.unlock()
 
     def _run(self) -> list[dict]:
-        # under torchrun every process takes part in the supervised pretraining (its share of each batch);
-        # the shape auto-encoder, baselines and evaluations run on rank 0 while the others wait, then read them
+        # under torchrun every process takes part in the supervised pretraining (its share of each batch) and the
+        # evaluations (its share of the test images); the shape auto-encoder and the AdaBN / TENT adaptations run
+        # on rank 0 while the others wait, then read them
         source = self.pretrain_source()
         if self.config.evaluation.oracle:
             self.train_oracle()
         if self.ctx.is_main:
             ae = self.train_shape_ae()
-            self._baselines(source)
-            init = self.initial_actor()
+            if not self.state.get("baselines_done"):
+                for name in self.config.evaluation.baselines:
+                    self.adapted_actor(name)
         barrier()
         if not self.ctx.is_main:
             self.state = self.dirs.load_state()
             ae = self.train_shape_ae()  # loads rank 0's
+        self._baselines(source)  # evaluations shared out among the processes
+        if self.ctx.is_main:
+            init = self.initial_actor()
+        barrier()
+        if not self.ctx.is_main:
             init = self.dirs.actor(0)
         self.run_iterations(init, ae)
         barrier()
@@ -555,6 +588,8 @@ class RL4SegRun:
         return self.state["rows"]
 
     def _write_report(self, plots: bool = True) -> None:
+        if not self.ctx.is_main:
+            return
         rows = self.state["rows"]
         write_report(rows, self.run_dir, header=[f"world size: {self.ctx.world_size}"
                                                   + (f" (backend {self.ctx.backend})" if self.ctx.enabled else "")])

@@ -2,7 +2,8 @@
 ``python tests/distributed_worker.py TASK OUT`` writes this rank's weights to ``OUT.rank<r>.pt`` after one
 PPO update (TASK ``ppo``), one reward-network epoch (TASK ``reward``) or two pretraining epochs (TASK
 ``pretrain``) on fixed global batches; or the reward samples written (TASK ``build``) and the test-time
-optimised predictions (TASK ``tto``) of a fixed actor, shared out among the processes."""
+optimised predictions (TASK ``tto``) of a fixed actor, or its evaluation (TASK ``evaluate``), shared out
+among the processes."""
 from __future__ import annotations
 
 import sys
@@ -118,6 +119,29 @@ def tto_predictions(ctx) -> dict[str, torch.Tensor]:
             "valid": torch.as_tensor(result.valid_after), "worst": torch.as_tensor(np.nan_to_num(result.worst_after, nan=-1.0))}
 
 
+def evaluation(ctx) -> dict[str, torch.Tensor]:
+    from conftest import TinyDataset
+
+    from agents.networks import UNet, predict
+    from pipeline.evaluation import evaluate_predictions
+
+    dataset = TinyDataset(n=7, size=(SIZE, SIZE))
+    images = np.stack([dataset[i].image for i in range(len(dataset))])
+    torch.manual_seed(0)
+    actor = UNet(1, N_CLASSES, channels=(4, 8), norm="group").eval()
+    share = np.arange(ctx.rank, len(images), ctx.world_size)  # this process's share of the test images
+    reward = lambda imgs, actions: (np.asarray(actions) == 1).astype(np.float32)  # noqa: E731
+    result = evaluate_predictions(predict(actor, images[share]), dataset, images=images, criteria="generic",
+                                  reward_model=reward, also_criteria={"echo": "echo"}, indices=share,
+                                  distributed=True)
+    if result is None:  # not rank 0
+        return {"none": torch.tensor(1)}
+    keys = sorted(result.summary)
+    return {"preds": torch.as_tensor(result.preds), "ids": torch.tensor([int(r["id"][-3:]) for r in result.per_image]),
+            "summary": torch.tensor([result.summary[k] for k in keys], dtype=torch.float64).nan_to_num(nan=-1.0),
+            "keys": torch.tensor([sum(map(ord, k)) for k in keys])}
+
+
 if __name__ == "__main__":
     task, out = sys.argv[1], sys.argv[2]
     torch.set_num_threads(1)
@@ -126,6 +150,6 @@ if __name__ == "__main__":
              # advantages normalised over the global minibatch, not each process's share
              "ppo_mean_std": lambda c: ppo_update(c, normalize_advantage="mean_std")}
     tasks |= {"pretrain": lambda c: pretrain_epoch(c, out), "build": lambda c: build_samples(c, out),
-              "tto": tto_predictions}
+              "tto": tto_predictions, "evaluate": evaluation}
     state = tasks[task](ctx)
     torch.save({k: v.detach().cpu() for k, v in state.items()}, f"{out}.rank{ctx.rank}.pt")

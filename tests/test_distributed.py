@@ -48,12 +48,16 @@ def test_two_processes_take_the_steps_of_one_with_the_same_global_batch(task, tm
     assert initial is not None
 
 
-@pytest.mark.parametrize("task", ["build", "tto"])
+@pytest.mark.parametrize("task", ["build", "tto", "evaluate"])
 def test_work_shared_out_among_processes_gives_the_one_process_result(task, tmp_path):
-    # the reward samples rank 0 writes and the test-time optimised predictions, exactly
+    # the reward samples rank 0 writes, the test-time optimised predictions and the evaluation, exactly
     (single,) = _launch(task, tmp_path / "one", 1)
     first, second = _launch(task, tmp_path / "two", 2)
     assert single and single.keys() == first.keys()
+    if task == "evaluate":  # rank 0 alone gets the result, over every image in order
+        assert second == {"none": torch.tensor(1)}
+        assert torch.equal(first["ids"], torch.arange(7))
+        second = first
     for name, value in single.items():
         assert torch.equal(first[name], second[name]), f"{name}: the two processes disagree"
         assert torch.equal(first[name], value), f"{name}: two processes differ from one"
