@@ -451,13 +451,40 @@ def parse_overrides(overrides: Sequence[str]) -> list[tuple[str, Any]]:
     return out
 
 
+def _duplicate_keys(text: str) -> list[str]:
+    """Keys given twice in one mapping of a YAML document, as ``'key' (lines a and b)``: plain YAML keeps the last
+    one silently, so a key edited in one place and left in another would be ignored. Reads the document's node
+    tree (``yaml.compose``), which builds no objects."""
+    found: list[str] = []
+    stack = [yaml.compose(text, Loader=yaml.SafeLoader)]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, yaml.MappingNode):
+            seen: dict[str, int] = {}
+            for key, value in node.value:
+                if isinstance(key, yaml.ScalarNode):
+                    line = key.start_mark.line + 1
+                    if key.value in seen:
+                        found.append(f"{key.value!r} (lines {seen[key.value]} and {line})")
+                    seen.setdefault(key.value, line)
+                stack.append(value)
+        elif isinstance(node, yaml.SequenceNode):
+            stack.extend(node.value)
+    return found
+
+
 def _read_yaml(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     try:
-        tree = yaml.safe_load(path.read_text())
+        text = path.read_text()
+        tree = yaml.safe_load(text)
+        duplicates = _duplicate_keys(text)
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: invalid YAML ({exc})") from None
+    if duplicates:
+        raise ConfigError(f"{path}: key given twice in one section (YAML would keep the last silently): "
+                          + ", ".join(duplicates))
     tree = tree or {}
     if not isinstance(tree, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of config keys")

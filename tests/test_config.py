@@ -101,3 +101,17 @@ def test_print_config_prints_the_resolved_config(capsys):
     assert printed["ppo"]["iterations"] == 2 and printed["data"]["image_size"] == 64
     assert "channels" not in printed["pretrain"]  # filled by the run from network.channels
 
+
+
+def test_a_key_given_twice_in_a_file_is_refused_with_both_lines(tmp_path):
+    # plain YAML keeps the last value: an edit in one place would be silently undone by a copy left in another
+    path = tmp_path / "twice.yaml"
+    path.write_text("reward_dataset:\n  anatomical: 2\n  swap: true\n  anatomical: 0\nppo: {iterations: 2}\n")
+    with pytest.raises(ConfigError, match=r"twice\.yaml.*'anatomical' \(lines 2 and 4\)"):
+        load_config(path)
+    path.write_text("ppo: {iterations: 2}\nreward_net: {epochs: 2}\nppo: {iterations: 3}\n")
+    with pytest.raises(ConfigError, match=r"'ppo' \(lines 1 and 3\)"):
+        load_config(path)
+    path.write_text("pretrain: {epochs: 3}\nreward_net: {epochs: 2}\n")  # one key in two sections: no duplicate
+    config = load_config(path)
+    assert config.pretrain.epochs == 3 and config.reward_net.epochs == 2
