@@ -217,9 +217,16 @@ class DABenchmark:
             base = RL4SegRun(resume=True, run_dir=base_dir)
         else:
             base = RL4SegRun(method_config(self.config, METHODS["rl4seg"], seed, base_dir))
+        try:
+            self._run_methods(seed, todo, base)
+        finally:  # the base run's write lock, released now rather than whenever the object is collected
+            base.dirs.unlock()
+
+    def _run_methods(self, seed: int, todo: list[str], base) -> None:
+        """The missing methods of one seed, on the shared ``base`` run (source model, shape AE, test set)."""
         t0 = time.time()
         source_path = base.pretrain_source()
-        pretrain_path = base_dir / "pretrain_minutes.json"
+        pretrain_path = base.dirs.root / "pretrain_minutes.json"
         if not pretrain_path.is_file():  # first time only: a resumed base run did not pretrain now
             atomic_write_text(pretrain_path, json.dumps({"minutes": (time.time() - t0) / 60}))
         source, _ = load_unet(str(source_path), map_location=base.device)
