@@ -29,11 +29,13 @@ from rl4seg_env.metrics import ECHO_STRUCTURES, keep_largest_foreground, segment
 @dataclasses.dataclass
 class EvaluationResult:
     """Per-image rows (``id``, ``dice_*``, ``hd_*``, ``hd95_*``, ``masd_*``, ``valid``, ``failed``, ``mean_reward``), their
-    summary, and the (N, H, W) predictions scored (as given; gathered from every process in a distributed call)."""
+    summary, the (N, H, W) predictions scored (as given; gathered from every process in a distributed call) and,
+    with a reward model, its per-pixel calibration over them (what a reliability diagram plots)."""
 
     per_image: list[dict]
     summary: dict[str, float]
     preds: np.ndarray | None = None
+    uncertainty: UncertaintyAccumulator | None = None
 
 
 def evaluate_predictions(preds: np.ndarray, dataset: SegDataset, images: np.ndarray | None = None,
@@ -86,7 +88,9 @@ def evaluate_predictions(preds: np.ndarray, dataset: SegDataset, images: np.ndar
         elif len(images) != len(preds) or not np.array_equal(indices, np.arange(len(preds))):
             images = np.asarray(images)[indices]
         labels = np.stack([dataset[int(i)].label for i in indices])
-        summary.update(_uncertainty_summary(reward_model, images, preds, labels, rows, dataset.n_classes))
+        uncertainty = _uncertainty(reward_model, images, preds, labels, rows, dataset.n_classes)
+        summary.update({f"reward_{k}": float(v) for k, v in uncertainty.compute().items()})
+        return EvaluationResult(rows, summary, preds, uncertainty)
     return EvaluationResult(rows, summary, preds)
 
 
@@ -133,7 +137,8 @@ def summarize(rows: list[dict], structures: dict[str, tuple[int, ...]] | None = 
     return out
 
 
-def _uncertainty_summary(reward_model, images, preds, labels, rows, n_classes: int) -> dict[str, float]:
+def _uncertainty(reward_model, images, preds, labels, rows, n_classes: int) -> UncertaintyAccumulator:
+    """The reward maps' calibration against the error maps of ``preds``; each row gets its ``mean_reward``."""
     acc = UncertaintyAccumulator(n_classes)
     mean_rewards = []
     for start in range(0, len(images), 64):
@@ -143,7 +148,7 @@ def _uncertainty_summary(reward_model, images, preds, labels, rows, n_classes: i
         mean_rewards.extend(maps.reshape(len(maps), -1).mean(1).tolist())
     for row, r in zip(rows, mean_rewards):
         row["mean_reward"] = float(r)
-    return {f"reward_{k}": float(v) for k, v in acc.compute().items()}
+    return acc
 
 
 # --------------------------------------------------------------------------------------------------

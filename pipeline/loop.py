@@ -27,7 +27,7 @@ from agents.random_state import capture_random_state
 from agents.test_time import tto_predict
 from agents.vec_env import make_sb3_vec_env
 from pipeline.config import RL_INITS, LoopConfig, TestTimeSection, config_to_yaml, load_config
-from pipeline.evaluation import evaluate_predictions
+from pipeline.evaluation import EvaluationResult, evaluate_predictions
 from pipeline.html_report import write_html_report
 from pipeline.inference import tto_repair
 from pipeline.report import plot_metrics, plot_predictions, print_report, write_report
@@ -38,7 +38,7 @@ from reward.builder import RewardDatasetBuilder, RewardSampleDataset, RewardSamp
 from reward.correctors import Corrector, ShapeAutoEncoder, train_shape_autoencoder
 from reward.network import LearnedReward, load_reward_net
 from reward.training import train_reward_network
-from reward.uncertainty import UncertaintyAccumulator, plot_reliability_diagram
+from reward.uncertainty import plot_reliability_diagram
 from rl4seg_env.data import SegDataset, dataset_from_config
 from rl4seg_env.data.base import load_images
 from rl4seg_env.metrics import dice_per_class, keep_largest_foreground
@@ -279,6 +279,13 @@ class RL4SegRun:
             its share of the images (:meth:`_share`); rank 0 gathers them, makes the figures and returns the
             scores, the others get ``{}``.
         """
+        result = self._evaluation(actor, reward_model, figure, distributed)
+        return {} if result is None else result.summary
+
+    def _evaluation(self, actor: torch.nn.Module, reward_model=None, figure: str | None = None,
+                    distributed: bool = False) -> EvaluationResult | None:
+        """:meth:`evaluate`'s whole result (rows, predictions, the reward network's calibration); None off rank 0
+        in a distributed call."""
         ds, images = self.test_set
         e = self.config.evaluation
         share = self._share(len(images), distributed)
@@ -286,7 +293,7 @@ class RL4SegRun:
                                       criteria=self.criteria, reward_model=reward_model,
                                       also_criteria=self.reference_criteria, indices=share, distributed=distributed)
         if result is None:
-            return {}
+            return None
         preds = result.preds
         if figure:
             k = min(e.n_figures, len(images))
@@ -301,7 +308,7 @@ class RL4SegRun:
                                  self.dirs.figure(figure.replace("predictions", "cases")),
                                  labels=np.stack([ds[int(i)].label for i in pick]),
                                  title=f"{figure}: worst, median and best by mean reward")
-        return result.summary
+        return result
 
     def evaluate_tto(self, actor: torch.nn.Module, reward_model, settings: TestTimeSection | None = None,
                      distributed: bool = False) -> dict[str, float]:
@@ -437,10 +444,10 @@ class RL4SegRun:
         # every process optimises and scores its share of the test images; checkpoints, selection and the report:
         # rank 0, the other processes wait for it
         tto_rows = self._tto_rows(iteration, callback)
-        scores = self.evaluate(callback.model.policy.actor, callback.reward_model,
-                               figure=f"predictions_iter_{iteration:03d}", distributed=True)
+        result = self._evaluation(callback.model.policy.actor, callback.reward_model,
+                                  figure=f"predictions_iter_{iteration:03d}", distributed=True)
         if self.ctx.is_main:
-            self._finish_iteration(iteration, callback, tto_rows, scores)
+            self._finish_iteration(iteration, callback, tto_rows, result)
         barrier()
 
     def _tto_rows(self, iteration: int, callback: RewardRetrainingCallback) -> list[dict]:
@@ -463,7 +470,7 @@ class RL4SegRun:
         return rows
 
     def _finish_iteration(self, iteration: int, callback: RewardRetrainingCallback, tto_rows: list[dict],
-                          scores: dict[str, float]) -> None:
+                          evaluation: EvaluationResult) -> None:
         model = callback.model
         d = self.dirs.iteration_dir(iteration, create=True)
         tmp = d / ".ppo.zip.tmp.zip"
@@ -473,12 +480,9 @@ class RL4SegRun:
             self.datasets["source_train"].class_names), image_size=[self.config.data.image_size] * 2)
         save_unet(model.policy.critic, str(d / "critic.pt"), iteration=iteration)
         self.dirs.save_pseudo_labels(iteration, callback.pseudo_labels)
-        if callback.reward_model is not None:  # reliability diagram of the reward network on target test predictions
-            ds, images = self.test_set
-            preds = predict(model.policy.actor, images, self.config.evaluation.batch_size, self.device)
-            acc = UncertaintyAccumulator(self.n_classes)
-            acc.update(callback.reward_model(images, preds), preds, np.stack([ds[i].label for i in range(len(ds))]))
-            plot_reliability_diagram(acc, self.dirs.figure(f"reliability_iter_{iteration:03d}"),
+        scores = evaluation.summary
+        if evaluation.uncertainty is not None:  # the reward network's reliability on the target test predictions
+            plot_reliability_diagram(evaluation.uncertainty, self.dirs.figure(f"reliability_iter_{iteration:03d}"),
                                      title=f"reward network, iteration {iteration} (target test)")
         record = {k: v for k, v in callback.records[iteration].items() if not k.startswith("_")}
         name = "RL4Seg (ground-truth reward)" if self.config.oracle_reward else "RL4Seg"
