@@ -16,6 +16,12 @@ target is ``pred == reference``:
   (kind ``corrected``);
 - otherwise the image gives no sample.
 
+With ``source`` (:class:`SourceSampleConfig`, ``images`` > 0) and a labelled source dataset, each iteration also
+predicts on that many *labelled source* images, intensity-augmented (gamma, contrast, noise), and adds the actor's
+argmax and one sampled prediction with the true label as reference (kind ``source``): real errors of the current
+actor, which the target samples (references made from the actor's own predictions) cannot show. No target label is
+read.
+
 Samples are written to disk as compressed ``.npz`` shards, one folder per iteration, and accumulate
 across iterations (:class:`RewardSampleStore`). Writes are atomic and an iteration is committed by a
 ``done.json`` marker written last, so a rerun of an interrupted iteration replaces its partial shards
@@ -39,7 +45,8 @@ from agents.distributed import broadcast_object, context, gather_objects
 from rl4seg_env.io import atomic_save_npz, atomic_write_text
 
 #: sample kinds, in the order they are reported
-SAMPLE_KINDS = ("pseudo_label", "weight_noise", "contrast", "image_noise", "swap", "anatomical", "corrected")
+SAMPLE_KINDS = ("pseudo_label", "weight_noise", "contrast", "image_noise", "swap", "anatomical", "corrected",
+                "source")
 #: the damages :func:`anatomical_negative` draws from
 ANATOMICAL_DAMAGES = ("break", "thin", "lv_grow", "lv_shrink")
 _LV, _MYO = 1, 2
@@ -72,6 +79,47 @@ class PerturbationConfig:
             raise ValueError(f"PerturbationConfig.anatomical must be >= 0, got {self.anatomical}")
         if any(not 0 <= f <= 1 for f in self.contrast):
             raise ValueError(f"PerturbationConfig.contrast factors must be in [0, 1], got {list(self.contrast)}")
+
+
+@dataclasses.dataclass
+class SourceSampleConfig:
+    """Labelled source images added to every iteration's reward set (kind ``source``).
+
+    :param images: source images per iteration (0: none, the paper's target-only set). Consecutive windows of the
+        source training set, so the iterations go through it in turn.
+    :param gamma: range of the gamma applied to each image (log-uniform).
+    :param contrast: range of the contrast factor about the image mean (uniform).
+    :param noise: range of the std of additive Gaussian noise (uniform; intensities in [0, 1]).
+    """
+
+    images: int = 0
+    gamma: Sequence[float] = (0.5, 2.0)
+    contrast: Sequence[float] = (0.6, 1.3)
+    noise: Sequence[float] = (0.0, 0.12)
+
+    def __post_init__(self) -> None:
+        if self.images < 0:
+            raise ValueError(f"SourceSampleConfig.images must be >= 0, got {self.images}")
+        for name, low in (("gamma", 1e-6), ("contrast", 0.0), ("noise", 0.0)):
+            values = list(getattr(self, name))
+            if len(values) != 2 or values[0] > values[1] or values[0] < low:
+                raise ValueError(f"SourceSampleConfig.{name} must be a [low, high] range with {low} <= low <= high, "
+                                 f"got {values}")
+
+
+def augment_intensity(images: torch.Tensor, config: SourceSampleConfig, gen: torch.Generator) -> torch.Tensor:
+    """Gamma, contrast about the mean, then Gaussian noise, one draw per image of ``images`` (B, 1, H, W) in
+    [0, 1]; the result is clipped to [0, 1]."""
+    b = images.shape[0]
+
+    def uniform(low: float, high: float) -> torch.Tensor:
+        return (low + (high - low) * torch.rand(b, 1, 1, 1, generator=gen)).to(images.device)
+
+    out = images.clamp(0, 1) ** torch.exp(uniform(float(np.log(config.gamma[0])), float(np.log(config.gamma[1]))))
+    mean = out.mean(dim=(1, 2, 3), keepdim=True)
+    out = mean + uniform(*config.contrast) * (out - mean)
+    noise = torch.randn(out.shape, generator=gen).to(images.device) * uniform(*config.noise)
+    return (out + noise).clamp(0, 1)
 
 
 @dataclasses.dataclass
@@ -260,11 +308,21 @@ class RewardDatasetBuilder:
     :param batch_size: images per forward pass.
     :param device: torch device of the actor.
     :param seed: seeds the sampled actions, weight noise and image noise.
+    :param source_dataset: labelled source dataset (a :class:`rl4seg_env.data.SegDataset`) for the ``source``
+        samples; needed when ``source.images`` > 0.
+    :param source: :class:`SourceSampleConfig` (default: no source samples).
     """
 
     def __init__(self, corrector, validity_fn: Callable[[np.ndarray], np.ndarray],
                  perturbations: PerturbationConfig | None = None, valid_dice_threshold: float = 0.95,
-                 batch_size: int = 32, device: str | torch.device = "cpu", seed: int = 0) -> None:
+                 batch_size: int = 32, device: str | torch.device = "cpu", seed: int = 0,
+                 source_dataset=None, source: SourceSampleConfig | None = None) -> None:
+        self.source = source or SourceSampleConfig()
+        if self.source.images and source_dataset is None:
+            raise ValueError("RewardDatasetBuilder: source samples (source.images > 0) need a labelled source dataset")
+        if source_dataset is not None and self.source.images and not getattr(source_dataset, "with_labels", True):
+            raise ValueError("RewardDatasetBuilder: the source dataset must be labelled (with_labels=True)")
+        self.source_dataset = source_dataset
         self.corrector = corrector
         self.validity_fn = validity_fn
         self.perturbations = perturbations or PerturbationConfig()
@@ -324,6 +382,10 @@ class RewardDatasetBuilder:
                         counts[sample[3]] += 1
                     pseudo_labels.update(accepted)
             report.images_seen = len(images)
+            if self.source.images and ctx.is_main:
+                for sample in self._source_samples(actor, iteration):
+                    writer.add(*sample)
+                    counts["source"] += 1
         finally:
             actor.train(was_training)
         report.accepted = len(pseudo_labels)
@@ -332,10 +394,40 @@ class RewardDatasetBuilder:
             writer.commit(report)
         return broadcast_object((report, pseudo_labels))
 
-    def _generator(self, iteration: int, batch: int | None = None) -> torch.Generator:
-        """The random stream of one batch (``batch``) or of the weight noise (``None``) of an iteration."""
-        key = [self.seed, iteration] + ([] if batch is None else [batch + 1])
+    def _generator(self, iteration: int, batch: int | None = None, source: bool = False) -> torch.Generator:
+        """The random stream of one batch (``batch``), of the weight noise (``None``) or of the source samples
+        (``source``) of an iteration."""
+        key = [self.seed, iteration] + ([] if batch is None else [batch + 1]) + ([0, 1] if source else [])
         return torch.Generator(device="cpu").manual_seed(int(np.random.SeedSequence(key).generate_state(1)[0]))
+
+    def source_indices(self, iteration: int) -> list[int]:
+        """The source images of iteration ``iteration`` (>= 1): the ``iteration``-th window of ``source.images``
+        consecutive images, wrapping around the source set."""
+        n, size = self.source.images, len(self.source_dataset)
+        return [((iteration - 1) * n + k) % size for k in range(min(n, size))]
+
+    @torch.no_grad()
+    def _source_samples(self, actor: nn.Module, iteration: int) -> list[tuple[np.ndarray, np.ndarray, np.ndarray,
+                                                                              str, str]]:
+        """``(augmented source image, argmax or sampled prediction, true label, "source", id)`` for this iteration's
+        source images; rank 0 alone makes them (a few hundred forward passes), with its own random stream."""
+        gen = self._generator(iteration, source=True)
+        out = []
+        indices = self.source_indices(iteration)
+        for first in range(0, len(indices), self.batch_size):
+            samples = [self.source_dataset[i] for i in indices[first:first + self.batch_size]]
+            x = torch.from_numpy(np.stack([s.image for s in samples]).astype(np.float32))[:, None]
+            x = augment_intensity(x, self.source, gen).to(self.device)
+            logits = actor(x)
+            pred = logits.argmax(1).cpu().numpy().astype(np.uint8)
+            probs = torch.softmax(logits, 1).permute(0, 2, 3, 1).cpu()
+            sampled = torch.multinomial(probs.reshape(-1, probs.shape[-1]), 1, generator=gen).reshape(pred.shape)
+            sampled = sampled.numpy().astype(np.uint8)
+            for k, s in enumerate(samples):
+                image, label, sid = x[k, 0].cpu().numpy(), np.asarray(s.label, dtype=np.uint8), f"source:{s.id}"
+                out.append((image, pred[k], label, "source", sid))
+                out.append((image, sampled[k], label, "source", sid))
+        return out
 
     def _noisy_actors(self, actor: nn.Module, gen: torch.Generator) -> list[tuple[float, nn.Module]]:
         # copies, so the actor's own weights are never touched (equivalent to "perturb then restore")

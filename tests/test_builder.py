@@ -3,7 +3,8 @@ import pytest
 import torch
 from torch import nn
 
-from reward.builder import SAMPLE_KINDS, PerturbationConfig, RewardDatasetBuilder, RewardSampleDataset, RewardSampleStore
+from reward.builder import (SAMPLE_KINDS, PerturbationConfig, RewardDatasetBuilder, RewardSampleDataset,
+                            RewardSampleStore, SourceSampleConfig)
 
 H = W = 16
 
@@ -219,3 +220,56 @@ def test_anatomical_negatives_are_added_around_pseudo_labels_only(tmp_path):
     assert report.samples_by_kind["anatomical"] == 0  # off by default (the paper's negatives)
     with pytest.raises(ValueError, match="anatomical"):
         PerturbationConfig(anatomical=-1)
+
+
+class _LabelledSource:
+    """A labelled source set: bright images whose true label is a 6x6 square of class 2 (not the actor's)."""
+
+    with_labels = True
+
+    def __init__(self, n):
+        self.n = n
+
+    def __len__(self):
+        return self.n
+
+    def __getitem__(self, i):
+        from types import SimpleNamespace
+
+        label = np.zeros((H, W), np.uint8)
+        label[5:11, 5:11] = 2
+        return SimpleNamespace(image=np.full((H, W), 0.9, np.float32), label=label, id=f"s{i}")
+
+
+def test_source_samples_carry_true_labels_and_augmented_images(tmp_path):
+    images = np.full((3, H, W), 0.9, np.float32)
+    source = SourceSampleConfig(images=5)
+    builder = RewardDatasetBuilder(_Corrector(), _validity, PerturbationConfig(), batch_size=4, seed=0,
+                                   source_dataset=_LabelledSource(8), source=source)
+    store = RewardSampleStore(tmp_path / "rs")
+    report, pseudo = builder.build(_FixedActor(), images, list("abc"), store, iteration=1)
+    assert report.samples_by_kind["source"] == 2 * 5  # the argmax and one sampled prediction per source image
+    assert len(pseudo) == 3  # source samples are never pseudo-labels
+    ds = RewardSampleDataset(store)
+    rows = np.flatnonzero(ds.kinds == "source")
+    assert sorted(set(ds.ids[rows])) == [f"source:s{i}" for i in range(5)]
+    data = store.load()
+    for i in rows:
+        assert np.array_equal(data["references"][i][5:11, 5:11], np.full((6, 6), 2))  # the true label
+        assert not np.allclose(data["images"][i], 0.9, atol=1e-2)  # intensity-augmented copy
+        assert 0 <= data["images"][i].min() and data["images"][i].max() <= 1
+    # the actor predicts class 1 where the label says 2: those are errors in the targets the network learns
+    assert (ds[int(rows[0])][2] == 0).sum() > 0
+    # iterations take consecutive windows of the source set, wrapping around
+    assert builder.source_indices(1) == [0, 1, 2, 3, 4] and builder.source_indices(2) == [5, 6, 7, 0, 1]
+
+
+def test_source_samples_need_a_labelled_source(tmp_path):
+    with pytest.raises(ValueError, match="labelled source dataset"):
+        RewardDatasetBuilder(_Corrector(), _validity, source=SourceSampleConfig(images=4))
+    with pytest.raises(ValueError, match="noise"):
+        SourceSampleConfig(images=4, noise=(0.2, 0.1))
+    # off by default: the paper's target-only reward set
+    report, _ = _builder().build(_FixedActor(), np.full((2, H, W), 0.9, np.float32), ["a", "b"],
+                                 RewardSampleStore(tmp_path), 1)
+    assert report.samples_by_kind["source"] == 0

@@ -46,7 +46,8 @@ def test_shipped_configs_load(name):
 #: the bad values a user reported, each with the key its error must name
 BAD_VALUES = ["network.norm=banana", "network.channels=[a,b]", "ppo.clip_range=-3", "data.image_size=63",
               "reward_dataset.criteria=nope", "data.target.preset=nope", "ppo.iterations=0", "ppo.iteratons=2",
-              "device=gpu", "evaluation.n_test=null", "data.source=3"]
+              "device=gpu", "evaluation.n_test=null", "data.source=3",
+              "reward_dataset.source_images=-1", "reward_dataset.source_noise=[0.2,0.1]"]
 
 
 @pytest.mark.parametrize("override", BAD_VALUES)
