@@ -383,7 +383,7 @@ class RewardDatasetBuilder:
                     pseudo_labels.update(accepted)
             report.images_seen = len(images)
             if self.source.images and ctx.is_main:
-                for sample in self._source_samples(actor, iteration):
+                for sample in self.source_samples(actor, iteration):
                     writer.add(*sample)
                     counts["source"] += 1
         finally:
@@ -407,7 +407,7 @@ class RewardDatasetBuilder:
         return [((iteration - 1) * n + k) % size for k in range(min(n, size))]
 
     @torch.no_grad()
-    def _source_samples(self, actor: nn.Module, iteration: int) -> list[tuple[np.ndarray, np.ndarray, np.ndarray,
+    def source_samples(self, actor: nn.Module, iteration: int) -> list[tuple[np.ndarray, np.ndarray, np.ndarray,
                                                                               str, str]]:
         """``(augmented source image, argmax or sampled prediction, true label, "source", id)`` for this iteration's
         source images; rank 0 alone makes them (a few hundred forward passes), with its own random stream."""

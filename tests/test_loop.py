@@ -219,6 +219,25 @@ def test_selection_study_reports_what_each_score_picks(pretrained, tmp_path, cap
     assert module.main([str(tmp_path / "nope")]) == 2
 
 
+def test_source_samples_join_the_reward_set_and_the_reward_probe_compares_them(pretrained, tmp_path, capsys):
+    """reward_dataset.source_images: the run's reward set holds 2 samples per labelled source image (kind source);
+    scripts/reward_probe.py retrains on the iteration's target samples alone and with N source images."""
+    import json
+    import re
+
+    from pipeline.commands import reward_probe as module
+
+    run = _new_run(pretrained, tmp_path / "run", "ppo.iterations=1", "reward_dataset.source_images=4")
+    run.run()
+    report = json.loads((tmp_path / "run" / "reward_dataset" / "iter_001" / "done.json").read_text())
+    assert report["n_source"] == 8
+    assert module.main([str(tmp_path / "run"), "--source-images", "0", "3", "--n-test", "4", "--samples", "1"]) == 0
+    table = capsys.readouterr().out.split("| source images |")[1]
+    counts = {int(m[0]): int(m[1]) for m in re.findall(r"^\| (\d+) \| (\d+) \|", table, re.M)}
+    assert counts == {0: report["n_samples"] - 8, 3: report["n_samples"] - 8 + 6}
+    assert module.main([str(tmp_path / "run"), "--iteration", "2"]) == 2  # no such reward set: named, exit 2
+
+
 def test_rl_ceiling_scores_ppo_with_the_true_reward_after_each_step(pretrained, tmp_path, capsys):
     """scripts/rl_ceiling.py: rows for the start, every --every updates of each iteration and each step that
     changes the actor outside PPO (shrink-and-perturb, re-estimated statistics); CSV; bad arguments named."""

@@ -1,0 +1,146 @@
+"""How well a reward network tells PPO's right moves from wrong ones, in minutes instead of a full run.
+
+    python scripts/reward_probe.py RUN_DIR [--iteration 1] [--source-images 0 250] [--samples 4] [key=value ...]
+
+Takes the target reward samples one iteration of a ``rl4seg-train`` run built (``reward_dataset/iter_XXX``, its
+``source`` samples left out) and the actor that built them (``checkpoints/iter_{XXX-1}/actor.pt``, the source actor for iteration 1 of a run
+started from it; without the re-estimation of ``ppo.adapt_norm_stats`` before iteration 1), trains one reward
+network per ``--source-images`` value (that many labelled source images added the way
+``reward_dataset.source_images`` adds them) with the run's ``reward_net`` settings, and scores each on the first
+``--n-test`` target test images against their labels:
+
+- ``AUC argmax``: wrong pixels of the actor's argmax ranked below right ones by the reward;
+- ``AUC explored``: the same on the pixels where a sampled action differs from the argmax (the pixels PPO's
+  advantages are made of), over ``--samples`` sampled predictions per image;
+- ``advantage AUC``: on those pixels, how often reward(sample) - reward(argmax) is higher where the sampled label
+  is right than where it is wrong (0.5: the reward cannot tell PPO which way to move).
+
+It reads target labels, so it is a tool for development shifts (docs/protocol.md). The run directory is only read.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from agents.networks import load_unet, resolve_device
+from pipeline.commands import cli
+from pipeline.config import load_config
+from pipeline.run_dir import RunDirectory
+from pipeline.tables import markdown_table
+from reward.builder import BuildReport, RewardDatasetBuilder, RewardSampleDataset, RewardSampleStore
+from reward.network import LearnedReward
+from reward.training import error_detection_auc, train_reward_network
+from rl4seg_env.data import dataset_from_config
+from rl4seg_env.data.base import load_images
+
+COLUMNS = ("source images", "reward samples", "val AUC", "AUC argmax", "AUC explored", "advantage AUC")
+
+
+def probe_store(dirs: RunDirectory, iteration: int, out: Path) -> RewardSampleStore:
+    """A store in ``out`` holding the target samples (every kind but ``source``) of the run's ``iteration``."""
+    run_store = RewardSampleStore(dirs.reward_dataset)
+    if not run_store.is_complete(iteration):
+        raise FileNotFoundError(f"{dirs.reward_dataset}: iteration {iteration}'s reward set is not complete")
+    store = RewardSampleStore(out)
+    writer = store.begin(iteration)
+    counts: dict[str, int] = {}
+    for shard in sorted((dirs.reward_dataset / f"iter_{iteration:03d}").glob("shard_*.npz")):
+        with np.load(shard) as data:
+            for i in np.flatnonzero(data["kinds"] != "source"):
+                writer.add(data["images"][i], data["preds"][i], data["references"][i], str(data["kinds"][i]),
+                           str(data["ids"][i]))
+                counts[str(data["kinds"][i])] = counts.get(str(data["kinds"][i]), 0) + 1
+    writer.commit(BuildReport(iteration, samples_by_kind=counts))
+    return store
+
+
+def score_reward(reward: LearnedReward, actor: torch.nn.Module, images: np.ndarray, labels: np.ndarray,
+                 n_samples: int, seed: int = 0) -> dict[str, float]:
+    """The three AUCs of the module docstring for ``reward`` on ``images`` (N, H, W) with true ``labels``."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        logits = torch.cat([actor(torch.from_numpy(images[i:i + 32])[:, None]) for i in range(0, len(images), 32)])
+    probs = torch.softmax(logits, 1).permute(0, 2, 3, 1).reshape(-1, logits.shape[1])
+    argmax = logits.argmax(1).numpy()
+    r_argmax = reward(images, argmax)
+    explored, advantage, explored_wrong, sample_right = [], [], [], []
+    for _ in range(n_samples):
+        sampled = torch.multinomial(probs, 1, generator=gen).reshape(argmax.shape).numpy()
+        r = reward(images, sampled)
+        moved = sampled != argmax
+        explored.append(r[moved])
+        advantage.append((r - r_argmax)[moved])
+        explored_wrong.append((sampled != labels)[moved])
+        sample_right.append((sampled == labels)[moved])
+    explored_wrong, sample_right = np.concatenate(explored_wrong), np.concatenate(sample_right)
+    return {"AUC argmax": error_detection_auc(r_argmax, argmax != labels),
+            "AUC explored": error_detection_auc(np.concatenate(explored), explored_wrong),
+            # "errors" = sampled label right: a good reward gives them the *higher* advantage, so rank by -advantage
+            "advantage AUC": error_detection_auc(-np.concatenate(advantage), sample_right)}
+
+
+@cli
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("run", help="run directory of rl4seg-train with a built reward set")
+    parser.add_argument("--iteration", type=int, default=1, help="whose reward set and starting actor (default 1)")
+    parser.add_argument("--source-images", type=int, nargs="+", default=[0, 250],
+                        help="labelled source images added per variant (default: 0 250)")
+    parser.add_argument("--samples", type=int, default=4, help="sampled predictions per test image (default 4)")
+    parser.add_argument("--n-test", type=int, default=200, help="target test images scored (default 200)")
+    parser.add_argument("overrides", nargs="*", help="key=value changes to the run's config, e.g. "
+                                                     "reward_dataset.source_noise=[0,0.2] reward_net.epochs=10")
+    args = parser.parse_intermixed_args(argv)
+    if args.iteration < 1 or args.samples < 1 or args.n_test < 1 or min(args.source_images) < 0:
+        raise ValueError("--iteration, --samples and --n-test must be >= 1, --source-images >= 0")
+    dirs = RunDirectory(args.run)
+    config = load_config(dirs.config_path, args.overrides)
+    if config.num_threads:
+        torch.set_num_threads(config.num_threads)
+    device = resolve_device(config.device)
+    actor_path = dirs.actor(args.iteration - 1)
+    if not actor_path.is_file():
+        raise FileNotFoundError(f"{actor_path}: the actor that built iteration {args.iteration}'s reward set")
+    actor, _ = load_unet(str(actor_path), map_location="cpu")
+    actor.eval()
+    d = config.data
+    test = dataset_from_config(d.target, "test", d.image_size, True, d.keep_atrium, args.n_test)  # target labels
+    images, _ = load_images(test)
+    labels = np.stack([test[i].label for i in range(len(test))])
+    source = dataset_from_config(d.source, "train", d.image_size, True, d.keep_atrium)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for n in args.source_images:
+            store = probe_store(dirs, args.iteration, Path(tmp) / f"source_{n}")
+            if n:
+                builder = RewardDatasetBuilder(None, None, batch_size=config.reward_dataset.batch_size,
+                                               seed=config.seed, source_dataset=source,
+                                               source=dataclasses.replace(config.reward_dataset.source_samples(),
+                                                                          images=n))
+                writer = store.begin(0)
+                made = builder.source_samples(actor, args.iteration)
+                for sample in made:
+                    writer.add(*sample)
+                writer.commit(BuildReport(0, samples_by_kind={"source": len(made)}))
+            samples = RewardSampleDataset(store)
+            cfg = dataclasses.replace(config.reward_net, channels=config.network.channels, norm=config.network.norm,
+                                      device=str(device), seed=config.seed + args.iteration, progress=False)
+            result = train_reward_network(samples, test.n_classes, cfg)
+            scores = score_reward(LearnedReward(result.net, device=device), actor, images, labels, args.samples,
+                                  seed=config.seed)
+            rows.append([n, len(samples), f"{result.val_auc:.4f}",
+                         *(f"{scores[k]:.4f}" for k in COLUMNS[3:])])
+            print(f"[reward_probe] {n} source images: " + ", ".join(f"{k} {v:.4f}" for k, v in scores.items()),
+                  flush=True)
+    print(markdown_table(list(COLUMNS), rows))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
