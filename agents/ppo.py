@@ -83,6 +83,10 @@ class PixelPPO(OnPolicyAlgorithm):
     :param dual_clip: dual-clip PPO's bound ``c > 1`` (Ye et al., 2020): for a negative advantage the per-pixel
         objective is at least ``c * advantage``, so a pixel whose sampled action was improbable (a huge ratio)
         cannot dominate the update (default ``None``: plain PPO clipping).
+    :param target_kl: stop an update's epochs at the first minibatch whose approximate KL to the rollout policy
+        (mean over its pixels of ``(ratio - 1) - log ratio``) exceeds ``1.5 * target_kl``, before its gradient
+        step (SB3's ``target_kl``; default ``None``: every epoch runs). Under torchrun the KL is the global mean, so
+        every process stops at the same minibatch.
     :param critic_warmup_epochs: epochs of critic-only regression on the first rollout before the first actor
         update (default 0), so that the first advantages use a critic that has seen the rewards.
     :param use_pseudo_labels: when an env's ``info["pseudo_label"]`` is present, credit that label as
@@ -133,6 +137,7 @@ class PixelPPO(OnPolicyAlgorithm):
         max_grad_norm: float | None = 0.5,
         normalize_advantage: str = "off",
         dual_clip: float | None = None,
+        target_kl: float | None = None,
         critic_warmup_epochs: int = 0,
         use_pseudo_labels: bool = True,
         update_actor_norm_stats: bool = True,
@@ -169,6 +174,9 @@ class PixelPPO(OnPolicyAlgorithm):
             raise ValueError(f"dual_clip must be > 1 (or None), got {dual_clip}")
         if critic_warmup_epochs < 0:
             raise ValueError(f"critic_warmup_epochs must be >= 0, got {critic_warmup_epochs}")
+        if target_kl is not None and target_kl <= 0:
+            raise ValueError(f"target_kl must be > 0 (or None), got {target_kl}")
+        self.target_kl = target_kl
         self.normalize_advantage = normalize_advantage
         self.dual_clip = dual_clip
         self.critic_warmup_epochs = int(critic_warmup_epochs)
@@ -359,8 +367,11 @@ class PixelPPO(OnPolicyAlgorithm):
 
         if self._n_train_calls == 0 and self.critic_warmup_epochs > 0:
             self._warm_up_critic(precision)
-        for _ in range(self.n_epochs):
-            for batch in self.rollout_buffer.get(self.batch_size):
+        stopped_at = None  # (epoch, minibatch) where target_kl stopped the update
+        for epoch in range(self.n_epochs):
+            if stopped_at is not None:
+                break
+            for minibatch, batch in enumerate(self.rollout_buffer.get(self.batch_size)):
                 with autocast(precision, self.device):
                     values, log_prob, entropy = self.policy.evaluate_actions(batch.observations, batch.actions,
                                                                              *self._update_networks())
@@ -376,6 +387,12 @@ class PixelPPO(OnPolicyAlgorithm):
                             advantages = advantages / (std + 1e-8)
 
                 ratio = torch.exp(log_prob - batch.old_log_prob)  # per pixel, never summed over pixels
+                if self.target_kl is not None:
+                    with torch.no_grad():
+                        kl = global_mean_std((ratio - 1) - (log_prob - batch.old_log_prob))[0]
+                    if float(kl) > 1.5 * self.target_kl:
+                        stopped_at = (epoch, minibatch)
+                        break
                 surrogate = clipped_objective(ratio, advantages, self.clip_range, self.dual_clip).mean()
                 policy_loss = -surrogate - self.ent_coef * entropy.mean()
                 self.policy.actor_optimizer.zero_grad()
@@ -411,6 +428,11 @@ class PixelPPO(OnPolicyAlgorithm):
                     stats["kl_ref"].append((log_prob - batch.ref_log_prob).mean())
 
         sync_buffers(self.policy)  # torchrun: batch-norm statistics equal on every process
+        if self.target_kl is not None:
+            self.logger.record("train/stopped_early", int(stopped_at is not None))
+            if stopped_at is not None and self.verbose >= 2:
+                print(f"PixelPPO: update stopped at epoch {stopped_at[0]}, minibatch {stopped_at[1]} "
+                      f"(approximate KL > 1.5 x target_kl {self.target_kl})")
         self._n_updates += self.n_epochs
         self._n_train_calls += 1
         if stats:

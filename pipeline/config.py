@@ -153,6 +153,9 @@ class PPOSection(IterationSchedule):
     #: dual-clip PPO bound c > 1 for negative advantages (null: plain clipping). Per-pixel ratios of actions sampled
     #: at tiny probabilities blew PPO up without it (approx. KL 1.6-81 in single updates, docs/benchmarks.md)
     dual_clip: float | None = 3.0
+    #: stop an update's epochs once a minibatch's approximate KL to the rollout policy exceeds 1.5 x this
+    #: (PixelPPO's target_kl, SB3's rule; null: every epoch runs)
+    target_kl: float | None = None
     #: critic-only epochs on the first rollout before the first actor update
     critic_warmup_epochs: int = 0
     #: use accepted pseudo-labels as supervised anchors inside the RL batch
@@ -190,6 +193,8 @@ class PPOSection(IterationSchedule):
             raise ValueError(f"PPOSection.dual_clip must be > 1 or null, got {self.dual_clip}")
         if self.critic_warmup_epochs < 0:
             raise ValueError(f"PPOSection.critic_warmup_epochs must be >= 0, got {self.critic_warmup_epochs}")
+        if self.target_kl is not None and self.target_kl <= 0:
+            raise ValueError(f"PPOSection.target_kl must be > 0 or null, got {self.target_kl}")
 
 
 @dataclass

@@ -612,7 +612,7 @@ def make_pixel_ppo(config: LoopConfig, env, actor_path: str | os.PathLike, devic
     unet = {"channels": list(n.channels), "norm": n.norm}
     return PixelPPO("PixelUNetPolicy", env, n_steps=1, batch_size=p.batch_size_base, n_epochs=p.n_epochs,
                     clip_range=p.clip_range, max_grad_norm=p.max_grad_norm, normalize_advantage=p.normalize_advantage,
-                    dual_clip=p.dual_clip, critic_warmup_epochs=p.critic_warmup_epochs, use_pseudo_labels=p.anchors,
+                    dual_clip=p.dual_clip, target_kl=p.target_kl, critic_warmup_epochs=p.critic_warmup_epochs, use_pseudo_labels=p.anchors,
                     update_actor_norm_stats=p.update_norm_stats_in_ppo, image_log_interval=p.image_log_interval,
                     mixed_precision=config.mixed_precision, channels_last=config.channels_last,
                     compile=config.compile, tensorboard_log=tensorboard_log, seed=config.seed,

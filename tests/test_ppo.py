@@ -96,6 +96,24 @@ def test_first_minibatch_ratio_is_one_and_nothing_is_clipped(dataset):
     assert values["train/clip_fraction"] == 0.0
 
 
+def test_target_kl_stops_the_update_at_the_first_minibatch_past_it(dataset):
+    """target_kl: the first minibatch (ratio 1, KL 0) steps, the next one is past a tiny target: the update stops
+    after one actor step (instead of n_epochs x minibatches) and says so; None runs every epoch."""
+    steps = {}
+    for target in (1e-9, None):
+        model = make_model(dataset, n_epochs=3, batch_size=4, update_actor_norm_stats=False, target_kl=target)
+        calls = []
+        step = model.policy.actor_optimizer.step
+        model.policy.actor_optimizer.step = lambda *a, **k: (calls.append(1), step(*a, **k))[1]
+        model.learn(8)  # one rollout (2 envs x 4 steps = 8 images: 2 minibatches per epoch), one update
+        steps[target] = len(calls)
+        if target is not None:
+            assert model.logger.name_to_value["train/stopped_early"] == 1
+    assert steps == {1e-9: 1, None: 3 * 2}
+    with pytest.raises(ValueError, match="target_kl"):
+        make_model(dataset, target_kl=0.0)
+
+
 def test_dual_clip_bounds_the_objective_of_an_improbable_action_with_a_negative_advantage():
     from agents.ppo import clipped_objective
 
