@@ -103,6 +103,9 @@ class RewardDatasetSection(PerturbationConfig):
     #: labelled *source* images per iteration whose actor predictions, on intensity-augmented copies, join the
     #: reward set with their true labels as reference (kind "source"; 0: the paper's target-only set)
     source_images: int = 0
+    #: what each gives: "predictions" (the actor's argmax and a sampled prediction) and / or "boundaries" (the true
+    #: label with one boundary moved in or out in one patch; reward.builder.SourceSampleConfig)
+    source_kinds: Sequence[str] = ("predictions",)
     #: the augmentation of those images: gamma (log-uniform), contrast about the mean, Gaussian noise std (uniform)
     source_gamma: Sequence[float] = (0.5, 2.0)
     source_contrast: Sequence[float] = (0.6, 1.3)
@@ -110,7 +113,8 @@ class RewardDatasetSection(PerturbationConfig):
 
     def source_samples(self) -> SourceSampleConfig:
         """The builder's :class:`reward.builder.SourceSampleConfig`."""
-        return SourceSampleConfig(images=self.source_images, gamma=tuple(self.source_gamma),
+        return SourceSampleConfig(images=self.source_images, kinds=tuple(self.source_kinds),
+                                  gamma=tuple(self.source_gamma),
                                   contrast=tuple(self.source_contrast), noise=tuple(self.source_noise))
 
     def __post_init__(self) -> None:

@@ -49,6 +49,10 @@ SAMPLE_KINDS = ("pseudo_label", "weight_noise", "contrast", "image_noise", "swap
                 "source")
 #: the damages :func:`anatomical_negative` draws from
 ANATOMICAL_DAMAGES = ("break", "thin", "lv_grow", "lv_shrink")
+#: boundary moves of the ``boundaries`` source samples: each boundary (epicardium, endocardium) moved in and out
+BOUNDARY_MOVES = ("thin", "thicken", "lv_grow", "lv_shrink")
+#: what ``source`` samples are made of (:class:`SourceSampleConfig`)
+SOURCE_KINDS = ("predictions", "boundaries")
 _LV, _MYO = 1, 2
 
 
@@ -87,12 +91,18 @@ class SourceSampleConfig:
 
     :param images: source images per iteration (0: none, the paper's target-only set). Consecutive windows of the
         source training set, so the iterations go through it in turn.
+    :param kinds: what each image gives, with its true label as reference: ``"predictions"`` (the actor's argmax
+        and one sampled prediction: the actor's own errors, which on augmented source images have a direction,
+        e.g. a myocardium too thick) and/or ``"boundaries"`` (two copies of the true label with one boundary moved
+        by ``H / 32`` px in one patch, :data:`BOUNDARY_MOVES`: in and out equally often, so no direction is
+        taught).
     :param gamma: range of the gamma applied to each image (log-uniform).
     :param contrast: range of the contrast factor about the image mean (uniform).
     :param noise: range of the std of additive Gaussian noise (uniform; intensities in [0, 1]).
     """
 
     images: int = 0
+    kinds: Sequence[str] = ("predictions",)
     gamma: Sequence[float] = (0.5, 2.0)
     contrast: Sequence[float] = (0.6, 1.3)
     noise: Sequence[float] = (0.0, 0.12)
@@ -100,6 +110,9 @@ class SourceSampleConfig:
     def __post_init__(self) -> None:
         if self.images < 0:
             raise ValueError(f"SourceSampleConfig.images must be >= 0, got {self.images}")
+        if not self.kinds or any(k not in SOURCE_KINDS for k in self.kinds):
+            raise ValueError(f"SourceSampleConfig.kinds must be a non-empty list of {', '.join(SOURCE_KINDS)}, "
+                             f"got {list(self.kinds)}")
         for name, low in (("gamma", 1e-6), ("contrast", 0.0), ("noise", 0.0)):
             values = list(getattr(self, name))
             if len(values) != 2 or values[0] > values[1] or values[0] < low:
@@ -262,6 +275,7 @@ def anatomical_negative(label: np.ndarray, damage: str, gen: torch.Generator) ->
 
     - ``break``: the myocardium in the patch becomes background (a gap in the wall);
     - ``thin``: the myocardium within ``k`` px of the outside, in the patch, becomes background;
+    - ``thicken``: the background within ``k`` px of the myocardium, in the patch, becomes myocardium;
     - ``lv_grow``: the myocardium within ``k`` px of the LV, in the patch, becomes LV;
     - ``lv_shrink``: the LV within ``k`` px of the myocardium, in the patch, becomes myocardium.
 
@@ -270,8 +284,9 @@ def anatomical_negative(label: np.ndarray, damage: str, gen: torch.Generator) ->
     """
     from scipy import ndimage
 
-    if damage not in ANATOMICAL_DAMAGES:
-        raise ValueError(f"anatomical_negative: unknown damage {damage!r}; choose from {ANATOMICAL_DAMAGES}")
+    if damage not in ANATOMICAL_DAMAGES + BOUNDARY_MOVES:
+        raise ValueError(f"anatomical_negative: unknown damage {damage!r}; choose from "
+                         f"{tuple(dict.fromkeys(ANATOMICAL_DAMAGES + BOUNDARY_MOVES))}")
     out = np.array(label, copy=True)
     myo = out == _MYO
     rows, cols = np.nonzero(myo)
@@ -289,6 +304,8 @@ def anatomical_negative(label: np.ndarray, damage: str, gen: torch.Generator) ->
     elif damage == "thin":
         outside = ~(myo | lv)
         out[patch & myo & ndimage.binary_dilation(outside, near)] = 0
+    elif damage == "thicken":
+        out[patch & (out == 0) & ndimage.binary_dilation(myo, near)] = _MYO
     elif damage == "lv_grow":
         out[patch & myo & ndimage.binary_dilation(lv, near)] = _LV
     else:
@@ -409,8 +426,9 @@ class RewardDatasetBuilder:
     @torch.no_grad()
     def source_samples(self, actor: nn.Module, iteration: int) -> list[tuple[np.ndarray, np.ndarray, np.ndarray,
                                                                               str, str]]:
-        """``(augmented source image, argmax or sampled prediction, true label, "source", id)`` for this iteration's
-        source images; rank 0 alone makes them (a few hundred forward passes), with its own random stream."""
+        """``(augmented source image, prediction or moved-boundary label, true label, "source", id)`` for this
+        iteration's source images (``source.kinds``); rank 0 alone makes them (a few hundred forward passes), with
+        its own random stream."""
         gen = self._generator(iteration, source=True)
         out = []
         indices = self.source_indices(iteration)
@@ -425,8 +443,13 @@ class RewardDatasetBuilder:
             sampled = sampled.numpy().astype(np.uint8)
             for k, s in enumerate(samples):
                 image, label, sid = x[k, 0].cpu().numpy(), np.asarray(s.label, dtype=np.uint8), f"source:{s.id}"
-                out.append((image, pred[k], label, "source", sid))
-                out.append((image, sampled[k], label, "source", sid))
+                if "predictions" in self.source.kinds:
+                    out.append((image, pred[k], label, "source", sid))
+                    out.append((image, sampled[k], label, "source", sid))
+                if "boundaries" in self.source.kinds:
+                    for _ in range(2):
+                        move = BOUNDARY_MOVES[int(torch.randint(len(BOUNDARY_MOVES), (1,), generator=gen))]
+                        out.append((image, anatomical_negative(label, move, gen), label, "source", sid))
         return out
 
     def _noisy_actors(self, actor: nn.Module, gen: torch.Generator) -> list[tuple[float, nn.Module]]:

@@ -170,7 +170,7 @@ def _heart(size: int = 64) -> np.ndarray:
     return label
 
 
-@pytest.mark.parametrize("damage", ["break", "thin", "lv_grow", "lv_shrink"])
+@pytest.mark.parametrize("damage", ["break", "thin", "thicken", "lv_grow", "lv_shrink"])
 def test_anatomical_negatives_damage_the_wall_where_they_say(damage):
     from scipy import ndimage
 
@@ -182,7 +182,7 @@ def test_anatomical_negatives_damage_the_wall_where_they_say(damage):
     assert changed.any() and changed.sum() < 0.05 * label.size  # one patch, not the whole map
     rows, cols = np.nonzero(changed)
     assert np.hypot(rows - rows.mean(), cols - cols.mean()).max() <= 2 * 64 / 10  # within one disk
-    moved = {"break": (2, 0), "thin": (2, 0), "lv_grow": (2, 1), "lv_shrink": (1, 2)}[damage]
+    moved = {"break": (2, 0), "thin": (2, 0), "thicken": (0, 2), "lv_grow": (2, 1), "lv_shrink": (1, 2)}[damage]
     assert np.all(label[changed] == moved[0]) and np.all(out[changed] == moved[1])
     if damage == "break":  # the wall is cut in two unless the patch only trims one end of the horseshoe
         pieces = [ndimage.label(anatomical_negative(label, damage, torch.Generator().manual_seed(s)) == 2)[1]
@@ -262,6 +262,29 @@ def test_source_samples_carry_true_labels_and_augmented_images(tmp_path):
     assert (ds[int(rows[0])][2] == 0).sum() > 0
     # iterations take consecutive windows of the source set, wrapping around
     assert builder.source_indices(1) == [0, 1, 2, 3, 4] and builder.source_indices(2) == [5, 6, 7, 0, 1]
+
+
+def test_boundary_source_samples_move_one_boundary_of_the_true_label(tmp_path):
+    """source kinds [boundaries]: two copies of the true label per image, each with one boundary moved in or out
+    (no prediction of the actor), the true label as reference."""
+    class _HeartSource(_LabelledSource):
+        def __getitem__(self, i):
+            sample = super().__getitem__(i)
+            sample.label = _heart(H)
+            return sample
+
+    builder = RewardDatasetBuilder(_Corrector(), _validity, batch_size=4, seed=0, source_dataset=_HeartSource(6),
+                                   source=SourceSampleConfig(images=6, kinds=("boundaries",)))
+    store = RewardSampleStore(tmp_path / "rs")
+    report, _ = builder.build(_FixedActor(), np.full((2, H, W), 0.1, np.float32), ["a", "b"], store, iteration=1)
+    assert report.samples_by_kind["source"] == 2 * 6
+    data = store.load()
+    heart = _heart(H)
+    assert all(np.array_equal(ref, heart) for ref in data["references"])
+    changed = [(pred != heart) for pred in data["preds"]]
+    assert sum(c.any() for c in changed) >= 10 and all(c.sum() < 0.2 * H * W for c in changed)
+    with pytest.raises(ValueError, match="kinds"):
+        SourceSampleConfig(images=2, kinds=("banana",))
 
 
 def test_source_samples_need_a_labelled_source(tmp_path):
