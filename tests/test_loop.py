@@ -231,7 +231,7 @@ def test_source_samples_join_the_reward_set_and_the_reward_probe_compares_them(p
     run.run()
     report = json.loads((tmp_path / "run" / "reward_dataset" / "iter_001" / "done.json").read_text())
     assert report["n_source"] == 8
-    assert module.main([str(tmp_path / "run"), "--source-images", "0", "3", "--n-test", "4", "--samples", "1"]) == 0
+    assert module.main([str(tmp_path / "run"), "--source-images", "0,3", "--n-test", "4", "--samples", "1"]) == 0
     table = capsys.readouterr().out.split("| source images |")[1]
     counts = {int(m[0]): int(m[1]) for m in re.findall(r"^\| (\d+) \| (\d+) \|", table, re.M)}
     assert counts == {0: report["n_samples"] - 8, 3: report["n_samples"] - 8 + 6}

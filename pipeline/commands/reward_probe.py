@@ -1,6 +1,6 @@
 """How well a reward network tells PPO's right moves from wrong ones, in minutes instead of a full run.
 
-    python scripts/reward_probe.py RUN_DIR [--iteration 1] [--source-images 0 250] [--samples 4] [key=value ...]
+    python scripts/reward_probe.py RUN_DIR [--iteration 1] [--source-images 0,250] [--samples 4] [key=value ...]
 
 Takes the target reward samples one iteration of a ``rl4seg-train`` run built (``reward_dataset/iter_XXX``, its
 ``source`` samples left out) and the actor that built them (``checkpoints/iter_{XXX-1}/actor.pt``, the source actor for iteration 1 of a run
@@ -85,13 +85,18 @@ def score_reward(reward: LearnedReward, actor: torch.nn.Module, images: np.ndarr
             "advantage AUC": error_detection_auc(-np.concatenate(advantage), sample_right)}
 
 
+def image_counts(text: str) -> list[int]:
+    """``"0,250"`` -> ``[0, 250]`` (argparse names this function in its error for a bad value)."""
+    return [int(v) for v in text.split(",")]
+
+
 @cli
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run", help="run directory of rl4seg-train with a built reward set")
     parser.add_argument("--iteration", type=int, default=1, help="whose reward set and starting actor (default 1)")
-    parser.add_argument("--source-images", type=int, nargs="+", default=[0, 250],
-                        help="labelled source images added per variant (default: 0 250)")
+    parser.add_argument("--source-images", type=image_counts, default=[0, 250],
+                        help="comma-separated labelled source images added per variant (default: 0,250)")
     parser.add_argument("--samples", type=int, default=4, help="sampled predictions per test image (default 4)")
     parser.add_argument("--n-test", type=int, default=200, help="target test images scored (default 200)")
     parser.add_argument("overrides", nargs="*", help="key=value changes to the run's config, e.g. "
