@@ -13,7 +13,10 @@ network per ``--source-images`` value (that many labelled source images added th
 - ``AUC explored``: the same on the pixels where a sampled action differs from the argmax (the pixels PPO's
   advantages are made of), over ``--samples`` sampled predictions per image;
 - ``advantage AUC``: on those pixels, how often reward(sample) - reward(argmax) is higher where the sampled label
-  is right than where it is wrong (0.5: the reward cannot tell PPO which way to move).
+  is right than where it is wrong (0.5: the reward cannot tell PPO which way to move);
+- ``MYO drift``: myocardium pixels per image the reward pushes towards (explored moves that add a myocardium pixel
+  minus those that remove one, among those whose reward beats the argmax's), against the same count among the right
+  moves: a reward that ranks well can still favour a direction the labels do not.
 
 It reads target labels, so it is a tool for development shifts (docs/protocol.md). The run directory is only read.
 """
@@ -38,8 +41,10 @@ from reward.network import LearnedReward
 from reward.training import error_detection_auc, train_reward_network
 from rl4seg_env.data import dataset_from_config
 from rl4seg_env.data.base import load_images
+from rl4seg_env.metrics import ECHO_STRUCTURES
 
-COLUMNS = ("source images", "reward samples", "val AUC", "AUC argmax", "AUC explored", "advantage AUC")
+COLUMNS = ("source images", "reward samples", "val AUC", "AUC argmax", "AUC explored", "advantage AUC",
+           "MYO drift (reward / right)")
 
 
 def probe_store(dirs: RunDirectory, iteration: int, out: Path) -> RewardSampleStore:
@@ -62,7 +67,8 @@ def probe_store(dirs: RunDirectory, iteration: int, out: Path) -> RewardSampleSt
 
 def score_reward(reward: LearnedReward, actor: torch.nn.Module, images: np.ndarray, labels: np.ndarray,
                  n_samples: int, seed: int = 0) -> dict[str, float]:
-    """The three AUCs of the module docstring for ``reward`` on ``images`` (N, H, W) with true ``labels``."""
+    """The AUCs and the myocardium drift of the module docstring for ``reward`` on ``images`` (N, H, W) with true
+    ``labels``."""
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         logits = torch.cat([actor(torch.from_numpy(images[i:i + 32])[:, None]) for i in range(0, len(images), 32)])
@@ -70,6 +76,8 @@ def score_reward(reward: LearnedReward, actor: torch.nn.Module, images: np.ndarr
     argmax = logits.argmax(1).numpy()
     r_argmax = reward(images, argmax)
     explored, advantage, explored_wrong, sample_right = [], [], [], []
+    myo = ECHO_STRUCTURES["myo"][0]
+    drift = np.zeros(2)  # myocardium pixels added minus removed: by the moves the reward prefers, by the right ones
     for _ in range(n_samples):
         sampled = torch.multinomial(probs, 1, generator=gen).reshape(argmax.shape).numpy()
         r = reward(images, sampled)
@@ -78,11 +86,15 @@ def score_reward(reward: LearnedReward, actor: torch.nn.Module, images: np.ndarr
         advantage.append((r - r_argmax)[moved])
         explored_wrong.append((sampled != labels)[moved])
         sample_right.append((sampled == labels)[moved])
+        change = (sampled == myo).astype(int) - (argmax == myo).astype(int)  # +1 adds, -1 removes a myocardium pixel
+        drift += [(change * (r > r_argmax)).sum(), (change * (sampled == labels)).sum()]
+    drift /= n_samples * len(images)
     explored_wrong, sample_right = np.concatenate(explored_wrong), np.concatenate(sample_right)
     return {"AUC argmax": error_detection_auc(r_argmax, argmax != labels),
             "AUC explored": error_detection_auc(np.concatenate(explored), explored_wrong),
             # "errors" = sampled label right: a good reward gives them the *higher* advantage, so rank by -advantage
-            "advantage AUC": error_detection_auc(-np.concatenate(advantage), sample_right)}
+            "advantage AUC": error_detection_auc(-np.concatenate(advantage), sample_right),
+            "MYO drift (reward)": float(drift[0]), "MYO drift (right)": float(drift[1])}
 
 
 def image_counts(text: str) -> list[int]:
@@ -139,8 +151,8 @@ def main(argv: list[str] | None = None) -> int:
             result = train_reward_network(samples, test.n_classes, cfg)
             scores = score_reward(LearnedReward(result.net, device=device), actor, images, labels, args.samples,
                                   seed=config.seed)
-            rows.append([n, len(samples), f"{result.val_auc:.4f}",
-                         *(f"{scores[k]:.4f}" for k in COLUMNS[3:])])
+            rows.append([n, len(samples), f"{result.val_auc:.4f}", *(f"{scores[k]:.4f}" for k in COLUMNS[3:6]),
+                         f"{scores['MYO drift (reward)']:+.1f} / {scores['MYO drift (right)']:+.1f}"])
             print(f"[reward_probe] {n} source images: " + ", ".join(f"{k} {v:.4f}" for k, v in scores.items()),
                   flush=True)
     print(markdown_table(list(COLUMNS), rows))
