@@ -436,11 +436,12 @@ class RewardDatasetBuilder:
             samples = [self.source_dataset[i] for i in indices[first:first + self.batch_size]]
             x = torch.from_numpy(np.stack([s.image for s in samples]).astype(np.float32))[:, None]
             x = augment_intensity(x, self.source, gen).to(self.device)
-            logits = actor(x)
-            pred = logits.argmax(1).cpu().numpy().astype(np.uint8)
-            probs = torch.softmax(logits, 1).permute(0, 2, 3, 1).cpu()
-            sampled = torch.multinomial(probs.reshape(-1, probs.shape[-1]), 1, generator=gen).reshape(pred.shape)
-            sampled = sampled.numpy().astype(np.uint8)
+            if "predictions" in self.source.kinds:  # the actor runs only when its predictions are used
+                logits = actor(x)
+                pred = logits.argmax(1).cpu().numpy().astype(np.uint8)
+                probs = torch.softmax(logits, 1).permute(0, 2, 3, 1).cpu()
+                sampled = torch.multinomial(probs.reshape(-1, probs.shape[-1]), 1, generator=gen).reshape(pred.shape)
+                sampled = sampled.numpy().astype(np.uint8)
             for k, s in enumerate(samples):
                 image, label, sid = x[k, 0].cpu().numpy(), np.asarray(s.label, dtype=np.uint8), f"source:{s.id}"
                 if "predictions" in self.source.kinds:
