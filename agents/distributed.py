@@ -91,6 +91,15 @@ def init_distributed(device: str | torch.device = "auto", backend: str | None = 
     return context()
 
 
+def shutdown_distributed() -> None:
+    """Leave the process group (after a barrier) when one was joined; a no-op for one process. A process that
+    exits with the group still up can abort in gloo's thread teardown ("terminate called without an active
+    exception") while the others are still in their last collective."""
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def average_gradients(parameters: Iterable[torch.nn.Parameter]) -> None:
     """Replace each parameter's gradient by its mean over all processes (one flat all-reduce); no-op for one
     process. Parameters without a gradient on this process count as zero gradients."""

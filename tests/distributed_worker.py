@@ -15,7 +15,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
-from agents.distributed import init_distributed
+from agents.distributed import init_distributed, shutdown_distributed
 
 GLOBAL_BATCH, SIZE, N_CLASSES = 4, 16, 3
 
@@ -153,3 +153,4 @@ if __name__ == "__main__":
               "tto": tto_predictions, "evaluate": evaluation}
     state = tasks[task](ctx)
     torch.save({k: v.detach().cpu() for k, v in state.items()}, f"{out}.rank{ctx.rank}.pt")
+    shutdown_distributed()

@@ -18,6 +18,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from agents.distributed import shutdown_distributed
 from pipeline.config import CONFIG_DIR, ConfigError, config_to_yaml, default_config_path, load_config
 from pipeline.loop import RL4SegRun
 from pipeline.run_dir import DamagedRunError, RunLockedError
@@ -66,6 +67,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     run.run()
+    shutdown_distributed()  # under torchrun: leave the process group cleanly (one process: nothing to do)
     return 0
 
 
