@@ -51,6 +51,8 @@ COMMAND_LINE = "command line"
 RL_INITS = {"source": "source-only", "adabn": "AdaBN", "tent": "TENT"}
 #: label-free model-selection scores (``evaluation.selection``)
 SELECTION_SCORES = ("validity", "agreement", "confidence", "last")
+#: what the learned reward is fused with (``reward_net.fusion``)
+REWARD_FUSIONS = ("none", "shape_ae")
 
 
 class ConfigError(ValueError):
@@ -137,6 +139,26 @@ class RewardDatasetSection(PerturbationConfig):
         if not 0 <= self.valid_dice_threshold <= 1:
             raise ValueError(f"RewardDatasetSection.valid_dice_threshold must be in [0, 1], "
                              f"got {self.valid_dice_threshold}")
+
+
+@dataclass
+class RewardNetSection(RewardTrainConfig):
+    """The reward network's training (inherited from :class:`reward.training.RewardTrainConfig`) and what the loop
+    makes of it (:mod:`reward.fusion`)."""
+
+    #: reward networks trained per iteration (different seeds, same samples); PPO and test-time optimisation use the
+    #: pixelwise mean of their maps. The held-out checks are the first network's
+    ensemble: int = 1
+    #: "none": the learned reward alone (the paper); "shape_ae": the pixelwise minimum of the learned reward and the
+    #: shape auto-encoder's agreement with the action (reward.fusion.ShapeAgreementReward; needs shape_ae.enabled)
+    fusion: str = "none"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.ensemble < 1:
+            raise ValueError(f"RewardNetSection.ensemble must be >= 1, got {self.ensemble}")
+        if self.fusion not in REWARD_FUSIONS:
+            raise ValueError(f"RewardNetSection.fusion must be one of {', '.join(REWARD_FUSIONS)}, got {self.fusion!r}")
 
 
 @dataclass
@@ -290,7 +312,7 @@ class LoopConfig:
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     shape_ae: ShapeAESection = field(default_factory=ShapeAESection)
     reward_dataset: RewardDatasetSection = field(default_factory=RewardDatasetSection)
-    reward_net: RewardTrainConfig = field(default_factory=RewardTrainConfig)
+    reward_net: RewardNetSection = field(default_factory=RewardNetSection)
     ppo: PPOSection = field(default_factory=PPOSection)
     evaluation: EvalSection = field(default_factory=EvalSection)
     test_time: TestTimeSection = field(default_factory=TestTimeSection)
@@ -304,6 +326,9 @@ class LoopConfig:
         if self.num_threads < 0:
             raise ValueError(f"LoopConfig.num_threads must be >= 0, got {self.num_threads}")
         check_speed_settings(self.mixed_precision, self.compile, "LoopConfig.")
+        if self.reward_net.fusion == "shape_ae" and not self.shape_ae.enabled:
+            raise ValueError("LoopConfig: reward_net.fusion 'shape_ae' needs the shape auto-encoder "
+                             "(shape_ae.enabled: true)")
 
 
 #: fields of library dataclasses that the run fills from one top-level key (declared once, set once):
@@ -432,6 +457,9 @@ class _Builder:
             message = str(exc)
             names = re.findall(r"\b[A-Za-z]+\.(\w+)", message) + re.findall(r"\w+", message)
             key = next((n for n in names if n in hints and not dataclasses.is_dataclass(hints[n])), None)
+            # a check across sections names the key it is about as 'section.key'
+            key = key or next((d for d in re.findall(r"\b\w+(?:\.\w+)+\b", message)
+                               if dataclasses.is_dataclass(hints.get(d.split(".")[0]))), None)
             raise self.fail(f"{prefix}.{key}" if prefix and key else (key or prefix or "<root>"), message) from None
 
 

@@ -36,12 +36,14 @@ from reward.anatomy import Criterion, get_criteria, is_valid, validity_batch
 from reward.anatomy_calibration import calibrate_criteria, save_calibrated_criteria
 from reward.builder import RewardDatasetBuilder, RewardSampleDataset, RewardSampleStore
 from reward.correctors import Corrector, ShapeAutoEncoder, train_shape_autoencoder
-from reward.network import LearnedReward, load_reward_net
+from reward.fusion import FusedReward, ShapeAgreementReward
+from reward.network import LearnedReward, RewardNet, load_reward_net
 from reward.training import train_reward_network
 from reward.uncertainty import plot_reliability_diagram
 from rl4seg_env.data import SegDataset, dataset_from_config
 from rl4seg_env.data.base import load_images
 from rl4seg_env.metrics import dice_per_class, keep_largest_foreground
+from rl4seg_env.rewards import RewardModel
 
 
 class RL4SegRun:
@@ -83,6 +85,7 @@ class RL4SegRun:
             torch.set_num_threads(self.config.num_threads)
         self.state = self.dirs.load_state()
         self._t0 = time.time()
+        self._shape_ae: ShapeAutoEncoder | None = None  # set by run_iterations
 
     def _open_run_directory(self, config: LoopConfig | None, run_dir: str | os.PathLike | None, resume: bool,
                             from_iteration: int | None) -> None:
@@ -400,28 +403,46 @@ class RL4SegRun:
     def _train_reward(self, store: RewardSampleStore, iteration: int):
         if self.config.oracle_reward:
             return None, {}  # ablation: the env's ground-truth reward stays in place
-        n = self.config.network
+        n, rn = self.config.network, self.config.reward_net
         main = self.ctx.is_main
-        cfg = dataclasses.replace(self.config.reward_net, channels=n.channels, norm=n.norm, device=str(self.device),
-                                  mixed_precision=self.config.mixed_precision, seed=self.config.seed + iteration,
-                                  channels_last=self.config.channels_last, compile=self.config.compile,
-                                  progress=self.config.progress and main,
-                                  tensorboard_dir=str(self.dirs.tensorboard(f"reward_iter_{iteration:03d}"))
-                                  if main else None)
-        out = self.dirs.reward_net(iteration) if main else None  # every process trains it, rank 0 saves it
-        result = train_reward_network(RewardSampleDataset(store), self.n_classes, cfg, out_path=out,
-                                      iteration=iteration)
-        info = {"ece_before": result.val_ece_before, "ece_after": result.val_ece_after,
-                "temperature": result.temperature, "reward_val_accuracy": result.val_accuracy,
-                "reward_majority_accuracy": result.val_majority_accuracy,
-                "reward_error_reduction": result.val_error_reduction, "reward_val_auc": result.val_auc,
-                "reward_train_samples": result.n_train,
-                "reward_informative": (not cfg.require_informative
-                                       or result.informative(cfg.min_samples, cfg.min_error_reduction, cfg.min_auc))}
-        return LearnedReward(result.net, device=self.device), info
+        nets, info = [], {}
+        for member in range(rn.ensemble):  # member 0 keeps the seed of a single network: ensemble 1 is the paper
+            cfg = dataclasses.replace(rn, channels=n.channels, norm=n.norm, device=str(self.device),
+                                      mixed_precision=self.config.mixed_precision,
+                                      seed=self.config.seed + iteration + 7919 * member,
+                                      channels_last=self.config.channels_last, compile=self.config.compile,
+                                      progress=self.config.progress and main,
+                                      tensorboard_dir=str(self.dirs.tensorboard(f"reward_iter_{iteration:03d}"
+                                                                                + (f"_{member}" if member else "")))
+                                      if main else None)
+            out = self.dirs.reward_net(iteration, member) if main else None  # every process trains, rank 0 saves
+            result = train_reward_network(RewardSampleDataset(store), self.n_classes, cfg, out_path=out,
+                                          iteration=iteration)
+            nets.append(result.net)
+            if member == 0:  # the held-out checks and the report describe the first network
+                info = {"ece_before": result.val_ece_before, "ece_after": result.val_ece_after,
+                        "temperature": result.temperature, "reward_val_accuracy": result.val_accuracy,
+                        "reward_majority_accuracy": result.val_majority_accuracy,
+                        "reward_error_reduction": result.val_error_reduction, "reward_val_auc": result.val_auc,
+                        "reward_train_samples": result.n_train,
+                        "reward_informative": (not cfg.require_informative
+                                               or result.informative(cfg.min_samples, cfg.min_error_reduction,
+                                                                     cfg.min_auc))}
+        return self._reward_model(nets), info
 
-    def _resumed_reward_model(self, start: int) -> LearnedReward | None:
-        """The reward network the uninterrupted run would hold when iteration ``start`` begins: the last one
+    def _reward_model(self, nets: list[RewardNet]) -> RewardModel:
+        """What PPO and test-time optimisation score actions with: the reward network (the mean of an ensemble's
+        maps), fused with the shape auto-encoder's agreement when ``reward_net.fusion`` asks for it."""
+        members = [LearnedReward(net, device=self.device) for net in nets]
+        reward: RewardModel = members[0] if len(members) == 1 else FusedReward(members, how="mean")
+        if self.config.reward_net.fusion == "shape_ae":
+            if self._shape_ae is None:
+                raise RuntimeError("reward_net.fusion 'shape_ae' but no shape auto-encoder was trained")
+            reward = FusedReward([reward, ShapeAgreementReward(self._shape_ae, device=self.device)], how="min")
+        return reward
+
+    def _resumed_reward_model(self, start: int) -> RewardModel | None:
+        """The reward the uninterrupted run would hold when iteration ``start`` begins: the last reward network
         that passed its held-out checks, else the first one trained (``None`` before iteration 2)."""
         rows = {r["iteration"]: r for r in self.state["rows"]
                 if isinstance(r.get("iteration"), int) and not r.get("test_time") and r["iteration"] >= 1}
@@ -429,9 +450,13 @@ class RL4SegRun:
         if not trained:
             return None
         informative = [i for i in trained if rows.get(i, {}).get("reward_informative", True)]
-        net, _ = load_reward_net(self.dirs.reward_net(informative[-1] if informative else trained[0]),
-                                 map_location=self.device)
-        return LearnedReward(net, device=self.device)
+        iteration = informative[-1] if informative else trained[0]
+        members = [self.dirs.reward_net(iteration, k) for k in range(self.config.reward_net.ensemble)]
+        missing = [str(p) for p in members if not p.is_file()]
+        if missing:
+            raise FileNotFoundError(f"reward_net.ensemble is {len(members)} but {', '.join(missing)} is missing "
+                                    "(was the run started with a smaller ensemble?)")
+        return self._reward_model([load_reward_net(p, map_location=self.device)[0] for p in members])
 
     def _make_model(self, env, actor_path: Path) -> PixelPPO:
         done = self.state["completed_iterations"]
@@ -507,6 +532,7 @@ class RL4SegRun:
         start = self.state["completed_iterations"] + 1
         if start > p.iterations:
             return
+        self._shape_ae = ae  # reward_net.fusion "shape_ae" scores actions with it too
         if self.config.oracle_reward:
             # ablation "ground-truth reward instead of the learned one": the only training path that reads
             # target labels, and only when asked for explicitly

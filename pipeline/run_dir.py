@@ -126,8 +126,9 @@ class RunDirectory:
         path = self.iteration_dir(iteration) / "actor.pt"
         return self.source_actor if iteration == 0 and not path.is_file() else path
 
-    def reward_net(self, iteration: int) -> Path:
-        return self.iteration_dir(iteration) / "reward_net.pt"
+    def reward_net(self, iteration: int, member: int = 0) -> Path:
+        """The reward network of ``iteration``; ``member`` k > 0: the k-th extra network of an ensemble."""
+        return self.iteration_dir(iteration) / ("reward_net.pt" if member == 0 else f"reward_net_{member}.pt")
 
     def ppo_model(self, iteration: int) -> Path:
         return self.iteration_dir(iteration) / "ppo.zip"

@@ -7,6 +7,7 @@ Modules (one concept each):
 - :mod:`reward.builder` - the reward-network training set (pseudo-labels, perturbation negatives);
 - :mod:`reward.network` - the reward network, temperature scaling, checkpoints, the env adapter;
 - :mod:`reward.training` - training the reward network from scratch on the reward set;
+- :mod:`reward.fusion` - the shape auto-encoder's agreement reward and the pixelwise fusion of reward maps;
 - :mod:`reward.uncertainty_methods` - the uncertainty baselines (softmax, MC dropout, TTA) and their comparison;
 - :mod:`reward.uncertainty` - ``1 - reward`` uncertainty maps and calibration metrics.
 

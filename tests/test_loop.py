@@ -449,3 +449,34 @@ def test_a_kill_at_a_random_moment_of_iteration_2_resumes_to_the_uninterrupted_r
     assert resumed.wait(timeout=600) == 0, resumed.stderr.read()
     actual, _ = _report_without_timings(tmp_path / "killed")
     assert actual == expected, f"killed {delay:.2f} s into iteration 2 ({t_iteration:.2f} s long)"
+
+
+def test_an_ensemble_of_reward_networks_fused_with_the_shape_prior_scores_ppo_and_resumes(pretrained, tmp_path):
+    """reward_net.ensemble=2 trains two networks per iteration (different seeds, both saved); with
+    reward_net.fusion=shape_ae PPO's reward is min(mean of the two maps, shape auto-encoder agreement), and a resume
+    rebuilds that reward from the files, or names the member that is missing."""
+    import numpy as np
+
+    from reward.correctors import ShapeAutoEncoder
+    from reward.fusion import ShapeAgreementReward
+    from reward.network import LearnedReward, load_reward_net
+
+    run = _new_run(pretrained, tmp_path / "run", "ppo.iterations=1", "reward_net.ensemble=2",
+                   "reward_net.fusion=shape_ae", "shape_ae.enabled=true", "shape_ae.epochs=8",
+                   "reward_dataset.valid_dice_threshold=0")  # an auto-encoder trained for seconds
+    run.run()
+    it = tmp_path / "run" / "checkpoints" / "iter_001"
+    nets = [load_reward_net(it / name)[0] for name in ("reward_net.pt", "reward_net_1.pt")]
+    assert any(not np.array_equal(a.detach(), b.detach())
+               for a, b in zip(nets[0].state_dict().values(), nets[1].state_dict().values()))
+    rng = np.random.default_rng(0)
+    images = rng.random((3, 64, 64), dtype=np.float32)
+    actions = rng.integers(0, 3, (3, 64, 64))
+    ae = ShapeAutoEncoder.load(tmp_path / "run" / "checkpoints" / "shape_ae.pt")
+    expected = np.minimum(np.mean([LearnedReward(n)(images, actions) for n in nets], axis=0),
+                          ShapeAgreementReward(ae)(images, actions))
+    reward = run._resumed_reward_model(2)
+    assert np.allclose(reward(images, actions), expected, atol=1e-6)
+    (it / "reward_net_1.pt").unlink()
+    with pytest.raises(FileNotFoundError, match="reward_net_1.pt is missing"):
+        run._resumed_reward_model(2)
