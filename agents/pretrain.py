@@ -173,13 +173,31 @@ class SegTorchDataset(Dataset):
         return image, label
 
 
+def augment_intensity(images: torch.Tensor, generator: torch.Generator, gamma_range: tuple[float, float],
+                      contrast_range: tuple[float, float]) -> torch.Tensor:
+    """Gamma (log-uniform in ``gamma_range``) then contrast about each image's mean (uniform in
+    ``contrast_range``), one draw per image, clipped to [0, 1]; the gamma draws come first.
+
+    :param images: (B, 1, H, W) float32 in [0, 1].
+    :param generator: CPU random generator (makes the augmentation reproducible).
+    :return: the augmented images, same shape, dtype and device.
+    """
+    b = images.shape[0]
+
+    def uniform(low: float, high: float) -> torch.Tensor:
+        return (low + (high - low) * torch.rand(b, generator=generator)).to(images.device).view(b, 1, 1, 1)
+
+    images = images.clamp(0, 1) ** uniform(math.log(gamma_range[0]), math.log(gamma_range[1])).exp()
+    mean = images.mean(dim=(1, 2, 3), keepdim=True)
+    return (mean + uniform(*contrast_range) * (images - mean)).clamp(0, 1)
+
+
 def augment_batch(images: torch.Tensor, labels: torch.Tensor, generator: torch.Generator,
                   gamma_range: tuple[float, float] = (0.7, 1.4), contrast_range: tuple[float, float] = (0.8, 1.2),
                   max_shift: float = 0.06) -> tuple[torch.Tensor, torch.Tensor]:
     """Light augmentation of a batch, one random draw per image, vectorised over the batch.
 
-    Intensity: gamma (log-uniform in ``gamma_range``) then contrast about the image mean (uniform in
-    ``contrast_range``), clipped to [0, 1]. Geometry: an integer shift of up to ``max_shift`` * size
+    Intensity: :func:`augment_intensity`. Geometry: an integer shift of up to ``max_shift`` * size
     pixels along each axis, the same for image and label; uncovered pixels become 0 (black, background).
 
     :param images: (B, 1, H, W) float32 in [0, 1].
@@ -189,14 +207,7 @@ def augment_batch(images: torch.Tensor, labels: torch.Tensor, generator: torch.G
     """
     b, _, h, w = images.shape
     device = images.device
-
-    def uniform(low: float, high: float) -> torch.Tensor:
-        return (low + (high - low) * torch.rand(b, generator=generator)).to(device)
-
-    log_gamma = uniform(math.log(gamma_range[0]), math.log(gamma_range[1]))
-    images = images.clamp(0, 1) ** log_gamma.exp().view(b, 1, 1, 1)
-    mean = images.mean(dim=(1, 2, 3), keepdim=True)
-    images = (mean + uniform(*contrast_range).view(b, 1, 1, 1) * (images - mean)).clamp(0, 1)
+    images = augment_intensity(images, generator, gamma_range, contrast_range)
 
     sy, sx = int(round(max_shift * h)), int(round(max_shift * w))
     if sy == 0 and sx == 0:

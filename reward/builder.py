@@ -42,6 +42,7 @@ import torch
 from torch import nn
 
 from agents.distributed import broadcast_object, context, gather_objects
+from agents.pretrain import augment_intensity
 from rl4seg_env.io import atomic_save_npz, atomic_write_text
 
 #: sample kinds, in the order they are reported
@@ -120,19 +121,22 @@ class SourceSampleConfig:
                                  f"got {values}")
 
 
-def augment_intensity(images: torch.Tensor, config: SourceSampleConfig, gen: torch.Generator) -> torch.Tensor:
-    """Gamma, contrast about the mean, then Gaussian noise, one draw per image of ``images`` (B, 1, H, W) in
-    [0, 1]; the result is clipped to [0, 1]."""
-    b = images.shape[0]
+def argmax_and_sample(logits: torch.Tensor, gen: torch.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """The actor's argmax prediction and one label map sampled pixel by pixel from its softmax:
+    (B, C, H, W) logits -> two (B, H, W) uint8 arrays."""
+    probs = torch.softmax(logits, 1).permute(0, 2, 3, 1).cpu()
+    sampled = torch.multinomial(probs.reshape(-1, probs.shape[-1]), 1, generator=gen).reshape(probs.shape[:-1])
+    return logits.argmax(1).cpu().numpy().astype(np.uint8), sampled.numpy().astype(np.uint8)
 
-    def uniform(low: float, high: float) -> torch.Tensor:
-        return (low + (high - low) * torch.rand(b, 1, 1, 1, generator=gen)).to(images.device)
 
-    out = images.clamp(0, 1) ** torch.exp(uniform(float(np.log(config.gamma[0])), float(np.log(config.gamma[1]))))
-    mean = out.mean(dim=(1, 2, 3), keepdim=True)
-    out = mean + uniform(*config.contrast) * (out - mean)
-    noise = torch.randn(out.shape, generator=gen).to(images.device) * uniform(*config.noise)
-    return (out + noise).clamp(0, 1)
+def augment_source_images(images: torch.Tensor, config: SourceSampleConfig, gen: torch.Generator) -> torch.Tensor:
+    """:func:`agents.pretrain.augment_intensity` over ``config``'s gamma and contrast ranges, then Gaussian noise
+    (std uniform in ``config.noise``), one draw per image of ``images`` (B, 1, H, W) in [0, 1]; clipped to
+    [0, 1]."""
+    out = augment_intensity(images, gen, config.gamma, config.contrast)
+    noise = torch.randn(out.shape, generator=gen)
+    noise *= config.noise[0] + (config.noise[1] - config.noise[0]) * torch.rand(out.shape[0], 1, 1, 1, generator=gen)
+    return (out + noise.to(images.device)).clamp(0, 1)
 
 
 @dataclasses.dataclass
@@ -435,13 +439,9 @@ class RewardDatasetBuilder:
         for first in range(0, len(indices), self.batch_size):
             samples = [self.source_dataset[i] for i in indices[first:first + self.batch_size]]
             x = torch.from_numpy(np.stack([s.image for s in samples]).astype(np.float32))[:, None]
-            x = augment_intensity(x, self.source, gen).to(self.device)
+            x = augment_source_images(x, self.source, gen).to(self.device)
             if "predictions" in self.source.kinds:  # the actor runs only when its predictions are used
-                logits = actor(x)
-                pred = logits.argmax(1).cpu().numpy().astype(np.uint8)
-                probs = torch.softmax(logits, 1).permute(0, 2, 3, 1).cpu()
-                sampled = torch.multinomial(probs.reshape(-1, probs.shape[-1]), 1, generator=gen).reshape(pred.shape)
-                sampled = sampled.numpy().astype(np.uint8)
+                pred, sampled = argmax_and_sample(actor(x), gen)
             for k, s in enumerate(samples):
                 image, label, sid = x[k, 0].cpu().numpy(), np.asarray(s.label, dtype=np.uint8), f"source:{s.id}"
                 if "predictions" in self.source.kinds:
@@ -469,12 +469,7 @@ class RewardDatasetBuilder:
                      ) -> tuple[list[tuple[np.ndarray, np.ndarray, np.ndarray, str, str]], dict[str, np.ndarray]]:
         """One batch's samples ``(image, pred, reference, kind, id)`` in writing order and its pseudo-labels."""
         x = torch.from_numpy(batch).to(self.device)[:, None]
-        logits = actor(x)
-        pred_t = logits.argmax(1)
-        probs = torch.softmax(logits, 1).permute(0, 2, 3, 1).cpu()
-        sampled = torch.multinomial(probs.reshape(-1, probs.shape[-1]), 1, generator=gen).reshape(pred_t.shape)
-        pred = pred_t.cpu().numpy().astype(np.uint8)
-        sampled = sampled.numpy().astype(np.uint8)
+        pred, sampled = argmax_and_sample(actor(x), gen)
         corrected = np.asarray(self.corrector.correct(pred)).astype(np.uint8)
         pred_valid = np.asarray(self.validity_fn(pred), dtype=bool)
         closeness = np.asarray(self.corrector.comparison_dice(pred, corrected))
