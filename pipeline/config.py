@@ -102,30 +102,12 @@ class RewardDatasetSection(PerturbationConfig):
     valid_dice_threshold: float = 0.95
     #: images per forward pass of the builder
     batch_size: int = 32
-    #: labelled *source* images per iteration whose actor predictions, on intensity-augmented copies, join the
-    #: reward set with their true labels as reference (kind "source"; 0: the paper's target-only set)
-    source_images: int = 0
-    #: what each gives: "predictions" (the actor's argmax and a sampled prediction) and / or "boundaries" (the true
-    #: label with one boundary moved in or out in one patch; reward.builder.SourceSampleConfig)
-    source_kinds: Sequence[str] = ("predictions",)
-    #: the augmentation of those images: gamma (log-uniform), contrast about the mean, Gaussian noise std (uniform)
-    source_gamma: Sequence[float] = (0.5, 2.0)
-    source_contrast: Sequence[float] = (0.6, 1.3)
-    source_noise: Sequence[float] = (0.0, 0.12)
-
-    def source_samples(self) -> SourceSampleConfig:
-        """The builder's :class:`reward.builder.SourceSampleConfig`."""
-        return SourceSampleConfig(images=self.source_images, kinds=tuple(self.source_kinds),
-                                  gamma=tuple(self.source_gamma),
-                                  contrast=tuple(self.source_contrast), noise=tuple(self.source_noise))
+    #: labelled *source* images per iteration whose predictions and / or moved boundaries join the reward set with
+    #: their true labels as reference (kind "source"; ``source.images: 0``, the default: the paper's target-only set)
+    source: SourceSampleConfig = field(default_factory=SourceSampleConfig)
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        try:
-            self.source_samples()
-        except ValueError as e:
-            raise ValueError(str(e).replace("SourceSampleConfig.images", "RewardDatasetSection.source_images")
-                             .replace("SourceSampleConfig.", "RewardDatasetSection.source_")) from None
         if self.images_per_iteration < 1 or self.batch_size < 1:
             raise ValueError("RewardDatasetSection.images_per_iteration and batch_size must be >= 1, got "
                              f"{self.images_per_iteration} and {self.batch_size}")

@@ -220,14 +220,14 @@ def test_selection_study_reports_what_each_score_picks(pretrained, tmp_path, cap
 
 
 def test_source_samples_join_the_reward_set_and_the_reward_probe_compares_them(pretrained, tmp_path, capsys):
-    """reward_dataset.source_images: the run's reward set holds 2 samples per labelled source image (kind source);
+    """reward_dataset.source.images: the run's reward set holds 2 samples per labelled source image (kind source);
     scripts/reward_probe.py retrains on the iteration's target samples alone and with N source images."""
     import json
     import re
 
     from pipeline.commands import reward_probe as module
 
-    run = _new_run(pretrained, tmp_path / "run", "ppo.iterations=1", "reward_dataset.source_images=4")
+    run = _new_run(pretrained, tmp_path / "run", "ppo.iterations=1", "reward_dataset.source.images=4")
     run.run()
     report = json.loads((tmp_path / "run" / "reward_dataset" / "iter_001" / "done.json").read_text())
     assert report["n_source"] == 8

@@ -6,7 +6,7 @@ Takes the target reward samples one iteration of a ``rl4seg-train`` run built (`
 ``source`` samples left out) and the actor that built them (``checkpoints/iter_{XXX-1}/actor.pt``, the source actor for iteration 1 of a run
 started from it; without the re-estimation of ``ppo.adapt_norm_stats`` before iteration 1), trains one reward
 network per ``--source-images`` value (that many labelled source images added the way
-``reward_dataset.source_images`` adds them) with the run's ``reward_net`` settings, and scores each on the first
+``reward_dataset.source.images`` adds them) with the run's ``reward_net`` settings, and scores each on the first
 ``--n-test`` target test images against their labels:
 
 - ``AUC argmax``: wrong pixels of the actor's argmax ranked below right ones by the reward;
@@ -112,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--samples", type=int, default=4, help="sampled predictions per test image (default 4)")
     parser.add_argument("--n-test", type=int, default=200, help="target test images scored (default 200)")
     parser.add_argument("overrides", nargs="*", help="key=value changes to the run's config, e.g. "
-                                                     "reward_dataset.source_noise=[0,0.2] reward_net.epochs=10")
+                                                     "reward_dataset.source.noise=[0,0.2] reward_net.epochs=10")
     args = parser.parse_intermixed_args(argv)
     if args.iteration < 1 or args.samples < 1 or args.n_test < 1 or min(args.source_images) < 0:
         raise ValueError("--iteration, --samples and --n-test must be >= 1, --source-images >= 0")
@@ -138,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
             if n:
                 builder = RewardDatasetBuilder(None, None, batch_size=config.reward_dataset.batch_size,
                                                seed=config.seed, source_dataset=source,
-                                               source=dataclasses.replace(config.reward_dataset.source_samples(),
+                                               source=dataclasses.replace(config.reward_dataset.source,
                                                                           images=n))
                 writer = store.begin(0)
                 made = builder.source_samples(actor, args.iteration)
