@@ -165,6 +165,9 @@ class RewardRetrainingCallback(BaseCallback):
         pseudo-label replaces the image's older one.
     :param reward_model: when resuming, the last informative reward network of the completed iterations
         (kept if the next iteration's network fails its checks, as in the uninterrupted run).
+    :param training_reward: ``reward_model -> reward`` that PPO trains against (e.g. the reward network fused
+        with a shape prior, :mod:`reward.fusion`); default: the reward network itself. ``reward_model`` stays
+        the network, for test-time optimisation and the reports.
     :param random_state: when resuming, :func:`agents.random_state.capture_random_state`'s capture at the end
         of the last completed iteration; restored at the start of training, so that the resumed run draws the
         same episodes and actions as the uninterrupted one.
@@ -179,7 +182,7 @@ class RewardRetrainingCallback(BaseCallback):
                  pseudo_labels: dict[str, np.ndarray] | None = None,
                  on_iteration_end: Callable[[int, "RewardRetrainingCallback"], None] | None = None,
                  adapt_norm_stats: bool = False, readapt_norm_stats: bool = False, reuse_images: bool = True,
-                 reward_model: Any = None,
+                 reward_model: Any = None, training_reward: Callable[[Any], Any] | None = None,
                  random_state: dict[str, Any] | None = None, progress: bool = False, verbose: int = 0) -> None:
         super().__init__(verbose)
         if target_dataset.with_labels:
@@ -205,6 +208,7 @@ class RewardRetrainingCallback(BaseCallback):
         self.updates_done = 0
         self.finished = False
         self.reward_model: Any = reward_model
+        self.training_reward = training_reward
         self.random_state = random_state
         #: whether ``reward_model`` passed its held-out checks (False: only an uninformative one exists yet)
         self.reward_informative = True
@@ -312,7 +316,8 @@ class RewardRetrainingCallback(BaseCallback):
         # 3. push reward, anchors and the grown training set into the envs
         env = self.training_env
         if self.reward_model is not None:  # None: the env keeps its own (ground-truth) reward - an ablation
-            env.env_method("set_reward_model", self.reward_model)
+            env.env_method("set_reward_model", self.reward_model if self.training_reward is None
+                           else self.training_reward(self.reward_model))
         env.env_method("set_pseudo_labels", self.pseudo_labels if self.use_anchors else {})
         env.env_method("set_active_indices", list(range(self.images_seen(i))))
 

@@ -51,7 +51,7 @@ COMMAND_LINE = "command line"
 RL_INITS = {"source": "source-only", "adabn": "AdaBN", "tent": "TENT"}
 #: label-free model-selection scores (``evaluation.selection``)
 SELECTION_SCORES = ("validity", "agreement", "confidence", "last")
-#: what the learned reward is fused with (``reward_net.fusion``)
+#: what the reward network is fused with (``reward_net.fusion`` for PPO, ``test_time.fusion`` for test-time optimisation)
 REWARD_FUSIONS = ("none", "shape_ae")
 
 
@@ -247,6 +247,14 @@ class TestTimeSection(TTOConfig):
     #: also rank the morphologically corrected version of each candidate (reward.correctors.morphological_correction:
     #: largest component per structure, holes and gaps filled), label-free; ranked by reward like the others
     repair: bool = True
+    #: the reward optimised: "none" (the reward network) or "shape_ae" (its pixelwise minimum with the shape
+    #: auto-encoder's agreement with the action, reward.fusion; needs shape_ae.enabled)
+    fusion: str = "none"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.fusion not in REWARD_FUSIONS:
+            raise ValueError(f"TestTimeSection.fusion must be one of {', '.join(REWARD_FUSIONS)}, got {self.fusion!r}")
 
 
 @dataclass
@@ -308,9 +316,9 @@ class LoopConfig:
         if self.num_threads < 0:
             raise ValueError(f"LoopConfig.num_threads must be >= 0, got {self.num_threads}")
         check_speed_settings(self.mixed_precision, self.compile, "LoopConfig.")
-        if self.reward_net.fusion == "shape_ae" and not self.shape_ae.enabled:
-            raise ValueError("LoopConfig: reward_net.fusion 'shape_ae' needs the shape auto-encoder "
-                             "(shape_ae.enabled: true)")
+        for key, fusion in (("reward_net.fusion", self.reward_net.fusion), ("test_time.fusion", self.test_time.fusion)):
+            if fusion == "shape_ae" and not self.shape_ae.enabled:
+                raise ValueError(f"LoopConfig: {key} 'shape_ae' needs the shape auto-encoder (shape_ae.enabled: true)")
 
 
 #: fields of library dataclasses that the run fills from one top-level key (declared once, set once):

@@ -20,7 +20,8 @@ from agents.ppo import PixelPPO
 from agents.test_time import Repair, TTOConfig, tto_predict
 from pipeline.report import plot_predictions
 from reward.anatomy import Criterion, get_criteria, is_valid
-from reward.correctors import morphological_correction
+from reward.correctors import ShapeAutoEncoder, morphological_correction
+from reward.fusion import FusedReward, ShapeAgreementReward
 from reward.network import LearnedReward, load_reward_net
 from rl4seg_env.data.base import SegDataset, resize_image, resize_label
 from rl4seg_env.data.nifti import write_manifest, write_nifti_2d
@@ -65,12 +66,16 @@ class Segmenter:
     :ivar image_size: the actor's training image size when its checkpoint records it, else None.
     :param criteria: the anatomical criteria set (:mod:`reward.anatomy`) test-time optimisation checks.
     :param repair: with ``test_time``, also rank the morphologically corrected candidates (:func:`tto_repair`).
+    :param shape_ae_path: with ``test_time``, optionally the run's ``shape_ae.pt``: the optimisation then uses the
+        pixelwise minimum of the reward and the shape auto-encoder's agreement (``test_time.fusion: shape_ae``,
+        :mod:`reward.fusion`); uncertainty maps stay the reward network's.
     """
 
     def __init__(self, actor_path: str | Path, reward_path: str | Path | None = None,
                  device: str | torch.device = "cpu", batch_size: int = 32,
                  test_time: TTOConfig | None = None,
-                 criteria: str | Sequence[Criterion] = "echo", repair: bool = True) -> None:
+                 criteria: str | Sequence[Criterion] = "echo", repair: bool = True,
+                 shape_ae_path: str | Path | None = None) -> None:
         actor_path = Path(actor_path)
         if not actor_path.is_file():
             raise FileNotFoundError(f"actor checkpoint not found: {actor_path}")
@@ -85,6 +90,12 @@ class Segmenter:
         if test_time is not None and self.reward_model is None:
             raise ValueError("test-time optimisation needs a reward network (reward_path)")
         self.test_time = test_time
+        self.tto_reward = self.reward_model
+        if shape_ae_path is not None:
+            if test_time is None:
+                raise ValueError("shape_ae_path fuses the reward of test-time optimisation; pass test_time too")
+            ae = ShapeAutoEncoder.load(shape_ae_path, map_location=self.device)
+            self.tto_reward = FusedReward([self.reward_model, ShapeAgreementReward(ae, device=self.device)])
         self.is_valid = functools.partial(is_valid, criteria=get_criteria(criteria))
         self.repair = tto_repair(repair, int(self.actor.out_channels))
 
@@ -98,7 +109,7 @@ class Segmenter:
         ``spacings`` (per-image pixel sizes in mm) are used by the anatomical criteria of test-time optimisation.
         """
         if self.test_time is not None:
-            preds = tto_predict(self.actor, images, self.reward_model, self.is_valid, self.test_time, spacings=spacings,
+            preds = tto_predict(self.actor, images, self.tto_reward, self.is_valid, self.test_time, spacings=spacings,
                                 device=self.device, batch_size=self.batch_size, repair=self.repair).preds
         else:
             preds = predict(self.actor, images, self.batch_size, self.device)

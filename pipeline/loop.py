@@ -318,18 +318,21 @@ class RL4SegRun:
         """Scores on the target test split after test-time optimisation (:mod:`agents.test_time`) of the
         images whose prediction is anatomically invalid, plus the optimisation's own counts and wall time.
 
+        :param reward_model: the reward network; the optimisation uses it fused as ``settings.fusion`` says, the
+            reported reward metrics (test ECE, reward-Dice r) the network alone.
         :param settings: test-time settings (default: this run's ``test_time`` section).
         :param distributed: under ``torchrun`` every process calls it, optimises and scores its share of the
             images; rank 0 gathers the scores (the others get ``{}``).
         """
         ds, images = self.test_set
         criteria = self.criteria
-        result = tto_predict(actor, images, reward_model, functools.partial(is_valid, criteria=criteria),
-                             self.config.test_time if settings is None else settings,
+        settings = self.config.test_time if settings is None else settings
+        result = tto_predict(actor, images, self._fused(reward_model, settings.fusion),
+                             functools.partial(is_valid, criteria=criteria), settings,
                              spacings=[ds[i].spacing for i in range(len(ds))], device=self.device,
                              batch_size=self.config.evaluation.batch_size, seed=self.config.seed,
                              progress=self.config.progress and self.ctx.is_main, distributed=distributed,
-                             repair=tto_repair((settings or self.config.test_time).repair, self.n_classes))
+                             repair=tto_repair(settings.repair, self.n_classes))
         share = self._share(len(images), distributed)  # every process holds every result; each scores its share
         scored = evaluate_predictions(np.asarray(result.preds)[share], ds, images=images, criteria=criteria,
                                       reward_model=reward_model, also_criteria=self.reference_criteria, indices=share,
@@ -428,18 +431,24 @@ class RL4SegRun:
                         "reward_informative": (not cfg.require_informative
                                                or result.informative(cfg.min_samples, cfg.min_error_reduction,
                                                                      cfg.min_auc))}
-        return self._reward_model(nets), info
+        return self._learned_reward(nets), info
 
-    def _reward_model(self, nets: list[RewardNet]) -> RewardModel:
-        """What PPO and test-time optimisation score actions with: the reward network (the mean of an ensemble's
-        maps), fused with the shape auto-encoder's agreement when ``reward_net.fusion`` asks for it."""
+    def _learned_reward(self, nets: list[RewardNet]) -> RewardModel:
+        """The reward network as a reward model; an ensemble's: the pixelwise mean of its members' maps."""
         members = [LearnedReward(net, device=self.device) for net in nets]
-        reward: RewardModel = members[0] if len(members) == 1 else FusedReward(members, how="mean")
-        if self.config.reward_net.fusion == "shape_ae":
-            if self._shape_ae is None:
-                raise RuntimeError("reward_net.fusion 'shape_ae' but no shape auto-encoder was trained")
-            reward = FusedReward([reward, ShapeAgreementReward(self._shape_ae, device=self.device)], how="min")
-        return reward
+        return members[0] if len(members) == 1 else FusedReward(members, how="mean")
+
+    def _fused(self, reward: RewardModel, fusion: str) -> RewardModel:
+        """``reward`` alone (``fusion`` "none") or its pixelwise minimum with the shape auto-encoder's agreement
+        ("shape_ae"; ``reward_net.fusion`` for PPO, ``test_time.fusion`` for test-time optimisation)."""
+        if fusion == "none":
+            return reward
+        if self._shape_ae is None and self.dirs.shape_ae.is_file():  # e.g. test-time optimisation after the run
+            self._shape_ae = ShapeAutoEncoder.load(self.dirs.shape_ae, map_location=self.device)
+        if self._shape_ae is None:
+            raise RuntimeError(f"reward fusion {fusion!r} needs the shape auto-encoder, and {self.dirs.shape_ae} "
+                               "does not exist (shape_ae.enabled: false?)")
+        return FusedReward([reward, ShapeAgreementReward(self._shape_ae, device=self.device)], how="min")
 
     def _resumed_reward_model(self, start: int) -> RewardModel | None:
         """The reward the uninterrupted run would hold when iteration ``start`` begins: the last reward network
@@ -456,7 +465,7 @@ class RL4SegRun:
         if missing:
             raise FileNotFoundError(f"reward_net.ensemble is {len(members)} but {', '.join(missing)} is missing "
                                     "(was the run started with a smaller ensemble?)")
-        return self._reward_model([load_reward_net(p, map_location=self.device)[0] for p in members])
+        return self._learned_reward([load_reward_net(p, map_location=self.device)[0] for p in members])
 
     def _make_model(self, env, actor_path: Path) -> PixelPPO:
         done = self.state["completed_iterations"]
@@ -532,7 +541,7 @@ class RL4SegRun:
         start = self.state["completed_iterations"] + 1
         if start > p.iterations:
             return
-        self._shape_ae = ae  # reward_net.fusion "shape_ae" scores actions with it too
+        self._shape_ae = ae  # reward fusion "shape_ae" scores actions with it too
         if self.config.oracle_reward:
             # ablation "ground-truth reward instead of the learned one": the only training path that reads
             # target labels, and only when asked for explicitly
@@ -562,7 +571,8 @@ class RL4SegRun:
             pseudo_labels=self.dirs.load_pseudo_labels(start - 1), on_iteration_end=self._on_iteration_end,
             adapt_norm_stats=p.adapt_norm_stats, readapt_norm_stats=p.readapt_norm_stats,
             reuse_images=rd.reuse_images,
-            reward_model=self._resumed_reward_model(start), random_state=self.dirs.load_random_state(start - 1)
+            reward_model=self._resumed_reward_model(start),
+            training_reward=functools.partial(self._fused, fusion=self.config.reward_net.fusion), random_state=self.dirs.load_random_state(start - 1)
             if start > 1 and self.ctx.is_main else None, progress=self.config.progress and self.ctx.is_main,
             verbose=int(self.ctx.is_main))
         steps = total_timesteps(range(start, p.iterations + 1), p.updates_per_iteration, env.num_envs, p)

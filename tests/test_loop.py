@@ -451,16 +451,23 @@ def test_a_kill_at_a_random_moment_of_iteration_2_resumes_to_the_uninterrupted_r
     assert actual == expected, f"killed {delay:.2f} s into iteration 2 ({t_iteration:.2f} s long)"
 
 
-def test_an_ensemble_of_reward_networks_fused_with_the_shape_prior_scores_ppo_and_resumes(pretrained, tmp_path):
-    """reward_net.ensemble=2 trains two networks per iteration (different seeds, both saved); with
-    reward_net.fusion=shape_ae PPO's reward is min(mean of the two maps, shape auto-encoder agreement), and a resume
-    rebuilds that reward from the files, or names the member that is missing."""
+def test_an_ensemble_of_reward_networks_fused_with_the_shape_prior_scores_ppo_and_resumes(pretrained, tmp_path,
+                                                                                          monkeypatch):
+    """reward_net.ensemble=2 trains two networks per iteration (different seeds, both saved) and rewards with the
+    mean of their maps; reward_net.fusion=shape_ae makes PPO's reward min(that mean, shape auto-encoder agreement)
+    while the reports and test-time optimisation keep the network; a resume rebuilds the reward from the files, or
+    names the member that is missing."""
     import numpy as np
 
     from reward.correctors import ShapeAutoEncoder
-    from reward.fusion import ShapeAgreementReward
+    from reward.fusion import FusedReward, ShapeAgreementReward
     from reward.network import LearnedReward, load_reward_net
+    from rl4seg_env.vector import SegVectorEnv
 
+    ppo_rewards = []
+    original = SegVectorEnv.set_reward_model
+    monkeypatch.setattr(SegVectorEnv, "set_reward_model",
+                        lambda self, model: (ppo_rewards.append(model), original(self, model)))
     run = _new_run(pretrained, tmp_path / "run", "ppo.iterations=1", "reward_net.ensemble=2",
                    "reward_net.fusion=shape_ae", "shape_ae.enabled=true", "shape_ae.epochs=8",
                    "reward_dataset.valid_dice_threshold=0")  # an auto-encoder trained for seconds
@@ -473,10 +480,13 @@ def test_an_ensemble_of_reward_networks_fused_with_the_shape_prior_scores_ppo_an
     images = rng.random((3, 64, 64), dtype=np.float32)
     actions = rng.integers(0, 3, (3, 64, 64))
     ae = ShapeAutoEncoder.load(tmp_path / "run" / "checkpoints" / "shape_ae.pt")
-    expected = np.minimum(np.mean([LearnedReward(n)(images, actions) for n in nets], axis=0),
-                          ShapeAgreementReward(ae)(images, actions))
+    mean = np.mean([LearnedReward(n)(images, actions) for n in nets], axis=0)
+    fused = np.minimum(mean, ShapeAgreementReward(ae)(images, actions))
+    assert ppo_rewards and all(isinstance(r, FusedReward) and r.how == "min" for r in ppo_rewards)
+    assert np.allclose(ppo_rewards[-1](images, actions), fused, atol=1e-6)
     reward = run._resumed_reward_model(2)
-    assert np.allclose(reward(images, actions), expected, atol=1e-6)
+    assert np.allclose(reward(images, actions), mean, atol=1e-6)
+    assert np.allclose(run._fused(reward, "shape_ae")(images, actions), fused, atol=1e-6)
     (it / "reward_net_1.pt").unlink()
     with pytest.raises(FileNotFoundError, match="reward_net_1.pt is missing"):
         run._resumed_reward_model(2)

@@ -56,6 +56,34 @@ def test_predict_with_test_time_optimisation(tmp_path, actor, capsys):
     segs = sorted((tmp_path / "b").glob("*_seg.nii.gz"))
     assert len(segs) == 2 and len(list((tmp_path / "b").glob("*_uncertainty.nii.gz"))) == 2
     assert all(set(np.unique(read_nifti_2d(p)[0])) <= {0, 1, 2} for p in segs)
+    # test_time.fusion shape_ae: the optimisation's reward is fused with a run's shape auto-encoder
+    from reward.correctors import ShapeAutoEncoder
+
+    ShapeAutoEncoder(3).save(tmp_path / "shape_ae.pt")
+    fused = [*args, "--reward", str(tmp_path / "reward_net.pt"), "--tto-shape-ae", str(tmp_path / "shape_ae.pt")]
+    assert predict.main([*fused, "--out", str(tmp_path / "c")]) == 0
+    assert len(list((tmp_path / "c").glob("*_seg.nii.gz"))) == 2
+    assert predict.main([a for a in fused if a != "--tto"] + ["--out", str(tmp_path / "d")]) == 2
+    assert "pass test_time too" in capsys.readouterr().err
+    assert predict.main([*fused[:-1], str(tmp_path / "missing.pt"), "--out", str(tmp_path / "e")]) == 2
+    assert "missing.pt" in capsys.readouterr().err
+
+
+def test_segmenter_optimises_the_fused_reward_and_reports_the_network_uncertainty(tmp_path, actor):
+    from agents.test_time import TTOConfig
+    from pipeline.inference import Segmenter
+    from reward.correctors import ShapeAutoEncoder
+    from reward.fusion import FusedReward
+    from reward.network import LearnedReward, RewardNet, save_reward_net
+
+    save_reward_net(RewardNet(3, channels=(4, 8)), tmp_path / "reward_net.pt")
+    ShapeAutoEncoder(3).save(tmp_path / "shape_ae.pt")
+    seg = Segmenter(actor, tmp_path / "reward_net.pt", test_time=TTOConfig(steps=1),
+                    shape_ae_path=tmp_path / "shape_ae.pt")
+    assert isinstance(seg.reward_model, LearnedReward) and isinstance(seg.tto_reward, FusedReward)
+    images = np.random.default_rng(0).random((2, 32, 32), dtype=np.float32)
+    preds, uncertainty = seg(images)
+    assert np.allclose(uncertainty, 1.0 - seg.reward_model(images, preds))
 
 
 def _disk_actor(path, size=32, steps=120):

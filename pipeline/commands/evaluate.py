@@ -65,6 +65,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tto-steps", type=int, default=10, help="PPO steps per invalid image at most (default 10)")
     p.add_argument("--no-tto-repair", action="store_true",
                    help="--tto without the morphologically repaired candidates (test_time.repair: false)")
+    p.add_argument("--tto-shape-ae", default=None, metavar="SHAPE_AE_PT",
+                   help="--tto against the pixelwise minimum of the reward and this shape auto-encoder's agreement "
+                        "(a run's checkpoints/shape_ae.pt; test_time.fusion: shape_ae)")
     args = p.parse_args(argv)
     if args.tto and not (args.actor and args.reward):
         p.error("--tto needs --actor and --reward (it optimises the actor's predictions against the reward network)")
@@ -79,7 +82,8 @@ def main(argv: list[str] | None = None) -> int:
             if args.tto:
                 test_time = TTOConfig(steps=args.tto_steps)
             seg = Segmenter(args.actor, args.reward, device=args.device, batch_size=args.batch_size,
-                            test_time=test_time, criteria=criteria, repair=not args.no_tto_repair)
+                            test_time=test_time, criteria=criteria, repair=not args.no_tto_repair,
+                            shape_ae_path=args.tto_shape_ae)
             if seg.n_classes != ds.n_classes:
                 raise ValueError(f"{args.actor} predicts {seg.n_classes} classes but the dataset has {ds.n_classes} "
                                  f"({', '.join(ds.class_names)}); --keep-atrium switches 3 <-> 4 classes")

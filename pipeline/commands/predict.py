@@ -42,6 +42,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tto-steps", type=int, default=10, help="PPO steps per invalid image at most (default 10)")
     p.add_argument("--no-tto-repair", action="store_true",
                    help="--tto without the morphologically repaired candidates (test_time.repair: false)")
+    p.add_argument("--tto-shape-ae", default=None, metavar="SHAPE_AE_PT",
+                   help="--tto against the pixelwise minimum of the reward and this shape auto-encoder's agreement "
+                        "(a run's checkpoints/shape_ae.pt; test_time.fusion: shape_ae)")
     p.add_argument("--criteria", default="echo", help="anatomical criteria set for --tto: echo or generic")
     args = p.parse_args(argv)
 
@@ -50,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.tto:
             test_time = TTOConfig(steps=args.tto_steps)
         seg = Segmenter(args.actor, args.reward, device=args.device, test_time=test_time, criteria=args.criteria,
-                        repair=not args.no_tto_repair)
+                        repair=not args.no_tto_repair, shape_ae_path=args.tto_shape_ae)
     except (FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
