@@ -37,12 +37,11 @@ from pipeline.aggregate import iqm, plot_performance_profiles, stratified_bootst
 from pipeline.baselines import (AdaBNConfig, SelfTrainingConfig, SelfTrainingResult, TentConfig, adabn,
                                 self_training, tent)
 from pipeline.config import LoopConfig, apply_overrides, config_to_dict, config_to_yaml
-from pipeline.loop import RL4SegRun
+from pipeline.loop import RL4SegRun, load_reward_model
 from pipeline.run_dir import RunDirectory
 from pipeline.tables import markdown_table, rows_to_csv
 from reward.anatomy import validity_batch
 from reward.correctors import Corrector
-from reward.network import LearnedReward, load_reward_net
 from rl4seg_env.data.base import load_images
 from rl4seg_env.io import atomic_write_bytes, atomic_write_text
 
@@ -313,8 +312,7 @@ class DABenchmark:
         selected = [r for r in dirs.load_state()["rows"] if r.get("iteration") == "selected"]
         chosen = int(selected[-1]["selected_iteration"]) if selected else done
         actor, _ = load_unet(str(dirs.actor(chosen)), map_location=base.device)
-        net, _ = load_reward_net(dirs.reward_net(done), map_location=base.device)
-        scores = base.evaluate_tto(actor, LearnedReward(net, device=base.device), self.config.test_time)
+        scores = base.evaluate_tto(actor, load_reward_model(dirs, done, self.config.reward_net.ensemble, base.device), self.config.test_time)
         return {**scores, "test_time_settings": config_to_dict(self.config)["test_time"]}
 
     def _save(self, method: str, seed: int, scores: dict[str, Any], minutes: float) -> None:

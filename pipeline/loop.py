@@ -431,12 +431,7 @@ class RL4SegRun:
                         "reward_informative": (not cfg.require_informative
                                                or result.informative(cfg.min_samples, cfg.min_error_reduction,
                                                                      cfg.min_auc))}
-        return self._learned_reward(nets), info
-
-    def _learned_reward(self, nets: list[RewardNet]) -> RewardModel:
-        """The reward network as a reward model; an ensemble's: the pixelwise mean of its members' maps."""
-        members = [LearnedReward(net, device=self.device) for net in nets]
-        return members[0] if len(members) == 1 else FusedReward(members, how="mean")
+        return learned_reward(nets, self.device), info
 
     def _fused(self, reward: RewardModel, fusion: str) -> RewardModel:
         """``reward`` alone (``fusion`` "none") or its pixelwise minimum with the shape auto-encoder's agreement
@@ -459,13 +454,8 @@ class RL4SegRun:
         if not trained:
             return None
         informative = [i for i in trained if rows.get(i, {}).get("reward_informative", True)]
-        iteration = informative[-1] if informative else trained[0]
-        members = [self.dirs.reward_net(iteration, k) for k in range(self.config.reward_net.ensemble)]
-        missing = [str(p) for p in members if not p.is_file()]
-        if missing:
-            raise FileNotFoundError(f"reward_net.ensemble is {len(members)} but {', '.join(missing)} is missing "
-                                    "(was the run started with a smaller ensemble?)")
-        return self._learned_reward([load_reward_net(p, map_location=self.device)[0] for p in members])
+        return load_reward_model(self.dirs, informative[-1] if informative else trained[0],
+                                 self.config.reward_net.ensemble, self.device)
 
     def _make_model(self, env, actor_path: Path) -> PixelPPO:
         done = self.state["completed_iterations"]
@@ -638,6 +628,24 @@ class RL4SegRun:
             plot_metrics(rows, self.dirs.figure("metrics"))
         config_text = self.dirs.config_path.read_text() if self.dirs.config_path.is_file() else ""
         write_html_report(self.run_dir, rows, config_text)
+
+
+def learned_reward(nets: list[RewardNet], device: str | torch.device = "cpu") -> RewardModel:
+    """Reward networks as one reward model: the network's map, or an ensemble's pixelwise mean of its members'."""
+    members = [LearnedReward(net, device=device) for net in nets]
+    return members[0] if len(members) == 1 else FusedReward(members, how="mean")
+
+
+def load_reward_model(dirs: RunDirectory, iteration: int, ensemble: int = 1,
+                      device: str | torch.device = "cpu") -> RewardModel:
+    """The reward network(s) iteration ``iteration`` of a run trained (``reward_net.ensemble`` members), as one
+    reward model (:func:`learned_reward`); a missing member is named."""
+    members = [dirs.reward_net(iteration, k) for k in range(ensemble)]
+    missing = [str(p) for p in members if not p.is_file()]
+    if missing:
+        raise FileNotFoundError(f"reward_net.ensemble is {ensemble} but {', '.join(missing)} is missing "
+                                "(was the run started with a smaller ensemble?)")
+    return learned_reward([load_reward_net(p, map_location=device)[0] for p in members], device)
 
 
 def make_pixel_ppo(config: LoopConfig, env, actor_path: str | os.PathLike, device: str | torch.device,
