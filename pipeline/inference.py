@@ -21,7 +21,7 @@ from agents.test_time import Repair, TTOConfig, tto_predict
 from pipeline.report import plot_predictions
 from reward.anatomy import Criterion, get_criteria, is_valid
 from reward.correctors import ShapeAutoEncoder, morphological_correction
-from reward.fusion import FusedReward, ShapeAgreementReward
+from reward.fusion import fuse_with_shape_prior
 from reward.network import LearnedReward, load_reward_net
 from rl4seg_env.data.base import SegDataset, resize_image, resize_label
 from rl4seg_env.data.nifti import write_manifest, write_nifti_2d
@@ -95,7 +95,7 @@ class Segmenter:
             if test_time is None:
                 raise ValueError("shape_ae_path fuses the reward of test-time optimisation; pass test_time too")
             ae = ShapeAutoEncoder.load(shape_ae_path, map_location=self.device)
-            self.tto_reward = FusedReward([self.reward_model, ShapeAgreementReward(ae, device=self.device)])
+            self.tto_reward = fuse_with_shape_prior(self.reward_model, ae, self.device)
         self.is_valid = functools.partial(is_valid, criteria=get_criteria(criteria))
         self.repair = tto_repair(repair, int(self.actor.out_channels))
 

@@ -36,7 +36,7 @@ from reward.anatomy import Criterion, get_criteria, is_valid, validity_batch
 from reward.anatomy_calibration import calibrate_criteria, save_calibrated_criteria
 from reward.builder import RewardDatasetBuilder, RewardSampleDataset, RewardSampleStore
 from reward.correctors import Corrector, ShapeAutoEncoder, train_shape_autoencoder
-from reward.fusion import FusedReward, ShapeAgreementReward
+from reward.fusion import FusedReward, fuse_with_shape_prior
 from reward.network import LearnedReward, RewardNet, load_reward_net
 from reward.training import train_reward_network
 from reward.uncertainty import plot_reliability_diagram
@@ -443,7 +443,7 @@ class RL4SegRun:
         if self._shape_ae is None:
             raise RuntimeError(f"reward fusion {fusion!r} needs the shape auto-encoder, and {self.dirs.shape_ae} "
                                "does not exist (shape_ae.enabled: false?)")
-        return FusedReward([reward, ShapeAgreementReward(self._shape_ae, device=self.device)], how="min")
+        return fuse_with_shape_prior(reward, self._shape_ae, self.device)
 
     def _resumed_reward_model(self, start: int) -> RewardModel | None:
         """The reward the uninterrupted run would hold when iteration ``start`` begins: the last reward network
@@ -562,8 +562,9 @@ class RL4SegRun:
             adapt_norm_stats=p.adapt_norm_stats, readapt_norm_stats=p.readapt_norm_stats,
             reuse_images=rd.reuse_images,
             reward_model=self._resumed_reward_model(start),
-            training_reward=functools.partial(self._fused, fusion=self.config.reward_net.fusion), random_state=self.dirs.load_random_state(start - 1)
-            if start > 1 and self.ctx.is_main else None, progress=self.config.progress and self.ctx.is_main,
+            training_reward=functools.partial(self._fused, fusion=self.config.reward_net.fusion),
+            random_state=self.dirs.load_random_state(start - 1) if start > 1 and self.ctx.is_main else None,
+            progress=self.config.progress and self.ctx.is_main,
             verbose=int(self.ctx.is_main))
         steps = total_timesteps(range(start, p.iterations + 1), p.updates_per_iteration, env.num_envs, p)
         # one TensorBoard run per run directory (tb/ppo_1), continued by every resume

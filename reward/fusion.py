@@ -89,3 +89,9 @@ class FusedReward:
 
     def __repr__(self) -> str:
         return f"FusedReward(how={self.how!r}, models={self.models!r})"
+
+
+def fuse_with_shape_prior(reward: RewardModel, ae: ShapeAutoEncoder, device: str | torch.device | None = None
+                          ) -> FusedReward:
+    """``reward``'s pixelwise minimum with ``ae``'s :class:`ShapeAgreementReward` (``fusion: shape_ae``)."""
+    return FusedReward([reward, ShapeAgreementReward(ae, device=device)], how="min")
