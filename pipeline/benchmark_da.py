@@ -312,7 +312,8 @@ class DABenchmark:
         selected = [r for r in dirs.load_state()["rows"] if r.get("iteration") == "selected"]
         chosen = int(selected[-1]["selected_iteration"]) if selected else done
         actor, _ = load_unet(str(dirs.actor(chosen)), map_location=base.device)
-        scores = base.evaluate_tto(actor, load_reward_model(dirs, done, self.config.reward_net.ensemble, base.device), self.config.test_time)
+        reward = load_reward_model(dirs, done, self.config.reward_net.ensemble, base.device)
+        scores = base.evaluate_tto(actor, reward, self.config.test_time)
         return {**scores, "test_time_settings": config_to_dict(self.config)["test_time"]}
 
     def _save(self, method: str, seed: int, scores: dict[str, Any], minutes: float) -> None:

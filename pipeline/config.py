@@ -55,6 +55,12 @@ SELECTION_SCORES = ("validity", "agreement", "confidence", "last")
 REWARD_FUSIONS = ("none", "shape_ae")
 
 
+def check_fusion(fusion: str, owner: str) -> None:
+    """``owner.fusion`` must be one of :data:`REWARD_FUSIONS`."""
+    if fusion not in REWARD_FUSIONS:
+        raise ValueError(f"{owner}.fusion must be one of {', '.join(REWARD_FUSIONS)}, got {fusion!r}")
+
+
 class ConfigError(ValueError):
     """A configuration key or value is invalid; the message names the key and where its value came from."""
 
@@ -139,8 +145,7 @@ class RewardNetSection(RewardTrainConfig):
         super().__post_init__()
         if self.ensemble < 1:
             raise ValueError(f"RewardNetSection.ensemble must be >= 1, got {self.ensemble}")
-        if self.fusion not in REWARD_FUSIONS:
-            raise ValueError(f"RewardNetSection.fusion must be one of {', '.join(REWARD_FUSIONS)}, got {self.fusion!r}")
+        check_fusion(self.fusion, "RewardNetSection")
 
 
 @dataclass
@@ -253,8 +258,7 @@ class TestTimeSection(TTOConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.fusion not in REWARD_FUSIONS:
-            raise ValueError(f"TestTimeSection.fusion must be one of {', '.join(REWARD_FUSIONS)}, got {self.fusion!r}")
+        check_fusion(self.fusion, "TestTimeSection")
 
 
 @dataclass

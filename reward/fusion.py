@@ -1,7 +1,7 @@
 """Reward fusion: several per-pixel reward maps combined into one (RL4Seg3D).
 
-- :class:`ShapeAgreementReward` - a label-free reward from the shape auto-encoder alone: the probability its
-  reconstruction gives each pixel's chosen class (high where the segmentation already looks like anatomy);
+- :class:`ShapeAgreementReward` - a label-free reward from the shape auto-encoder alone: 1 where its
+  reconstruction keeps a pixel's chosen class, lower where it would redraw the pixel;
 - :class:`FusedReward` - the pixelwise minimum (or mean) of any reward models' maps: with the minimum a pixel is
   rewarded only where every model agrees it is right, so the policy cannot exploit one model's blind spot
   (e.g. the learned reward's shared errors with its pseudo-labels, which the shape prior may still see).
