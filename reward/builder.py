@@ -54,6 +54,8 @@ ANATOMICAL_DAMAGES = ("break", "thin", "lv_grow", "lv_shrink")
 BOUNDARY_MOVES = ("thin", "thicken", "lv_grow", "lv_shrink")
 #: what ``source`` samples are made of (:class:`SourceSampleConfig`)
 SOURCE_KINDS = ("predictions", "boundaries")
+#: how the source images of ``source`` samples are made to look different (:class:`SourceSampleConfig`)
+SOURCE_STYLES = ("intensity", "fourier")
 _LV, _MYO = 1, 2
 
 
@@ -97,13 +99,21 @@ class SourceSampleConfig:
         e.g. a myocardium too thick) and/or ``"boundaries"`` (two copies of the true label with one boundary moved
         by ``H / 32`` px in one patch, :data:`BOUNDARY_MOVES`: in and out equally often, so no direction is
         taught).
-    :param gamma: range of the gamma applied to each image (log-uniform).
-    :param contrast: range of the contrast factor about the image mean (uniform).
+    :param style: how each source image is changed before the actor sees it: ``"intensity"`` (gamma and contrast
+        drawn from the ranges below) or ``"fourier"`` (:func:`fourier_style`: the low-frequency amplitude spectrum
+        of a random target image of the iteration, so the source image takes the target's overall brightness,
+        gain and attenuation while keeping its anatomy; no target label is read). Gaussian noise follows either.
+    :param fourier_band: half-width of the swapped low-frequency square, as a fraction of the image side
+        (``"fourier"`` only; FDA's beta).
+    :param gamma: range of the gamma applied to each image (log-uniform; ``"intensity"`` only).
+    :param contrast: range of the contrast factor about the image mean (uniform; ``"intensity"`` only).
     :param noise: range of the std of additive Gaussian noise (uniform; intensities in [0, 1]).
     """
 
     images: int = 0
     kinds: Sequence[str] = ("predictions",)
+    style: str = "intensity"
+    fourier_band: float = 0.05
     gamma: Sequence[float] = (0.5, 2.0)
     contrast: Sequence[float] = (0.6, 1.3)
     noise: Sequence[float] = (0.0, 0.12)
@@ -114,6 +124,10 @@ class SourceSampleConfig:
         if not self.kinds or any(k not in SOURCE_KINDS for k in self.kinds):
             raise ValueError(f"SourceSampleConfig.kinds must be a non-empty list of {', '.join(SOURCE_KINDS)}, "
                              f"got {list(self.kinds)}")
+        if self.style not in SOURCE_STYLES:
+            raise ValueError(f"SourceSampleConfig.style must be one of {', '.join(SOURCE_STYLES)}, got {self.style!r}")
+        if not 0 < self.fourier_band <= 0.5:
+            raise ValueError(f"SourceSampleConfig.fourier_band must be in (0, 0.5], got {self.fourier_band}")
         for name, low in (("gamma", 1e-6), ("contrast", 0.0), ("noise", 0.0)):
             values = list(getattr(self, name))
             if len(values) != 2 or values[0] > values[1] or values[0] < low:
@@ -129,11 +143,42 @@ def argmax_and_sample(logits: torch.Tensor, gen: torch.Generator) -> tuple[np.nd
     return logits.argmax(1).cpu().numpy().astype(np.uint8), sampled.numpy().astype(np.uint8)
 
 
-def augment_source_images(images: torch.Tensor, config: SourceSampleConfig, gen: torch.Generator) -> torch.Tensor:
-    """:func:`agents.pretrain.augment_intensity` over ``config``'s gamma and contrast ranges, then Gaussian noise
-    (std uniform in ``config.noise``), one draw per image of ``images`` (B, 1, H, W) in [0, 1]; clipped to
-    [0, 1]."""
-    out = augment_intensity(images, gen, config.gamma, config.contrast)
+def fourier_style(images: torch.Tensor, styles: torch.Tensor, band: float, gen: torch.Generator) -> torch.Tensor:
+    """Fourier domain adaptation (FDA; Yang and Soatto, CVPR 2020): each image of ``images`` (B, 1, H, W) keeps
+    its phase spectrum and takes, inside the square of frequencies ``|k| <= band * min(H, W)`` (at least 1), the
+    amplitude spectrum of one image of ``styles`` (M, 1, H, W) drawn at random; clipped to [0, 1].
+
+    The low frequencies carry the mean intensity, gain, attenuation and haze, the phase the edges: the result
+    looks like the style image's acquisition and has the source image's anatomy (and label).
+    """
+    if images.ndim != 4 or styles.ndim != 4 or images.shape[1:] != styles.shape[1:]:
+        raise ValueError(f"fourier_style: images and styles must be (B, C, H, W) of one size, got "
+                         f"{tuple(images.shape)} and {tuple(styles.shape)}")
+    if len(styles) == 0:
+        raise ValueError("fourier_style: no style images")
+    h, w = images.shape[-2:]
+    pick = torch.randint(len(styles), (len(images),), generator=gen)
+    spectrum = torch.fft.fft2(images.float())
+    style_amplitude = torch.fft.fft2(styles[pick].to(images.device).float()).abs()
+    radius = max(1, int(band * min(h, w)))
+    fy, fx = (torch.fft.fftfreq(n, 1.0 / n).abs().to(images.device) for n in (h, w))  # integer frequencies
+    low = (fy[:, None] <= radius) & (fx[None, :] <= radius)
+    amplitude = torch.where(low, style_amplitude, spectrum.abs())
+    return torch.fft.ifft2(torch.polar(amplitude, spectrum.angle())).real.clamp(0, 1).to(images.dtype)
+
+
+def augment_source_images(images: torch.Tensor, config: SourceSampleConfig, gen: torch.Generator,
+                          styles: torch.Tensor | None = None) -> torch.Tensor:
+    """``config.style`` applied to ``images`` (B, 1, H, W) in [0, 1] (``"intensity"``:
+    :func:`agents.pretrain.augment_intensity` over ``config``'s gamma and contrast ranges; ``"fourier"``:
+    :func:`fourier_style` with ``styles``, the target images), then Gaussian noise (std uniform in
+    ``config.noise``), one draw per image; clipped to [0, 1]."""
+    if config.style == "fourier":
+        if styles is None:
+            raise ValueError("augment_source_images: style 'fourier' needs the target images (styles)")
+        out = fourier_style(images, styles, config.fourier_band, gen)
+    else:
+        out = augment_intensity(images, gen, config.gamma, config.contrast)
     noise = torch.randn(out.shape, generator=gen)
     noise *= config.noise[0] + (config.noise[1] - config.noise[0]) * torch.rand(out.shape[0], 1, 1, 1, generator=gen)
     return (out + noise.to(images.device)).clamp(0, 1)
@@ -404,7 +449,7 @@ class RewardDatasetBuilder:
                     pseudo_labels.update(accepted)
             report.images_seen = len(images)
             if self.source.images and ctx.is_main:
-                for sample in self.source_samples(actor, iteration):
+                for sample in self.source_samples(actor, iteration, images):
                     writer.add(*sample)
                     counts["source"] += 1
         finally:
@@ -428,18 +473,20 @@ class RewardDatasetBuilder:
         return [((iteration - 1) * n + k) % size for k in range(min(n, size))]
 
     @torch.no_grad()
-    def source_samples(self, actor: nn.Module, iteration: int) -> list[tuple[np.ndarray, np.ndarray, np.ndarray,
-                                                                              str, str]]:
+    def source_samples(self, actor: nn.Module, iteration: int, target_images: np.ndarray | None = None
+                       ) -> list[tuple[np.ndarray, np.ndarray, np.ndarray, str, str]]:
         """``(augmented source image, prediction or moved-boundary label, true label, "source", id)`` for this
         iteration's source images (``source.kinds``); rank 0 alone makes them (a few hundred forward passes), with
-        its own random stream."""
+        its own random stream. ``target_images`` (N, H, W), the iteration's target images, are the styles of
+        ``source.style: fourier`` (required then)."""
         gen = self._generator(iteration, source=True)
+        styles = None if target_images is None else torch.from_numpy(np.asarray(target_images, np.float32))[:, None]
         out = []
         indices = self.source_indices(iteration)
         for first in range(0, len(indices), self.batch_size):
             samples = [self.source_dataset[i] for i in indices[first:first + self.batch_size]]
             x = torch.from_numpy(np.stack([s.image for s in samples]).astype(np.float32))[:, None]
-            x = augment_source_images(x, self.source, gen).to(self.device)
+            x = augment_source_images(x, self.source, gen, styles).to(self.device)
             if "predictions" in self.source.kinds:  # the actor runs only when its predictions are used
                 pred, sampled = argmax_and_sample(actor(x), gen)
             for k, s in enumerate(samples):

@@ -4,7 +4,7 @@ import torch
 from torch import nn
 
 from reward.builder import (SAMPLE_KINDS, PerturbationConfig, RewardDatasetBuilder, RewardSampleDataset,
-                            RewardSampleStore, SourceSampleConfig)
+                            RewardSampleStore, SourceSampleConfig, fourier_style)
 
 H = W = 16
 
@@ -285,6 +285,51 @@ def test_boundary_source_samples_move_one_boundary_of_the_true_label(tmp_path):
     assert sum(c.any() for c in changed) >= 10 and all(c.sum() < 0.2 * H * W for c in changed)
     with pytest.raises(ValueError, match="kinds"):
         SourceSampleConfig(images=2, kinds=("banana",))
+
+
+def _edges(image):
+    return np.abs(np.diff(image, axis=0))[:, :-1] + np.abs(np.diff(image, axis=1))[:-1]
+
+
+def test_fourier_style_takes_the_styles_acquisition_and_keeps_the_anatomy():
+    """FDA: a bright source image with a dark style image comes out with the style's mean intensity and the
+    source's edges; with itself as style an image is unchanged."""
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:32, :32]
+    disc = ((yy - 16) ** 2 + (xx - 14) ** 2 < 64).astype(np.float32)
+    source = torch.from_numpy(0.5 + 0.3 * disc + 0.02 * rng.standard_normal((32, 32), dtype=np.float32))[None, None]
+    dark = torch.from_numpy(0.15 + 0.05 * rng.random((3, 32, 32), dtype=np.float32))[:, None]
+    gen = torch.Generator().manual_seed(0)
+    out = fourier_style(source, dark, 0.05, gen)
+    assert out.shape == source.shape and out.dtype == source.dtype and 0 <= out.min() and out.max() <= 1
+    assert abs(out.mean().item() - dark.mean().item()) < 0.05 < abs(source.mean().item() - dark.mean().item())
+    corr = np.corrcoef(_edges(out[0, 0].numpy()).ravel(), _edges(source[0, 0].numpy()).ravel())[0, 1]
+    assert corr > 0.9  # the disc's boundary is where it was
+    assert torch.allclose(fourier_style(source, source, 0.2, gen), source.clamp(0, 1), atol=1e-5)
+    with pytest.raises(ValueError, match="one size"):
+        fourier_style(source, dark[:, :, :16], 0.05, gen)
+
+
+def test_fourier_source_samples_look_like_the_target_images(tmp_path):
+    """source style 'fourier': the source images of the reward set take the iteration's target images'
+    brightness (bright source images, dark targets), keep their true labels, and need the target images."""
+    targets = np.full((3, H, W), 0.1, np.float32)
+    source = SourceSampleConfig(images=4, style="fourier", noise=(0.0, 0.0))
+    builder = RewardDatasetBuilder(_Corrector(), _validity, PerturbationConfig(), batch_size=4, seed=0,
+                                   source_dataset=_LabelledSource(4), source=source)
+    store = RewardSampleStore(tmp_path / "rs")
+    report, _ = builder.build(_FixedActor(), targets, list("abc"), store, iteration=1)
+    assert report.samples_by_kind["source"] == 2 * 4
+    data = store.load()
+    rows = np.flatnonzero(data["kinds"] == "source")
+    assert np.allclose(data["images"][rows].astype(np.float32), 0.1, atol=1e-2)  # 0.9 before
+    assert all(np.array_equal(data["references"][i][5:11, 5:11], np.full((6, 6), 2)) for i in rows)
+    with pytest.raises(ValueError, match="target images"):
+        builder.source_samples(_FixedActor(), 1)
+    with pytest.raises(ValueError, match="style"):
+        SourceSampleConfig(images=2, style="cyclegan")
+    with pytest.raises(ValueError, match="fourier_band"):
+        SourceSampleConfig(images=2, style="fourier", fourier_band=0.0)
 
 
 def test_source_samples_need_a_labelled_source(tmp_path):

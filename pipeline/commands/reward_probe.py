@@ -47,22 +47,25 @@ COLUMNS = ("source images", "reward samples", "val AUC", "AUC argmax", "AUC expl
            "MYO drift (reward / right)")
 
 
-def probe_store(dirs: RunDirectory, iteration: int, out: Path) -> RewardSampleStore:
-    """A store in ``out`` holding the target samples (every kind but ``source``) of the run's ``iteration``."""
+def probe_store(dirs: RunDirectory, iteration: int, out: Path) -> tuple[RewardSampleStore, np.ndarray]:
+    """A store in ``out`` holding the target samples (every kind but ``source``) of the run's ``iteration``, and
+    the target images they were made from (one per id; the styles of ``reward_dataset.source.style: fourier``)."""
     run_store = RewardSampleStore(dirs.reward_dataset)
     if not run_store.is_complete(iteration):
         raise FileNotFoundError(f"{dirs.reward_dataset}: iteration {iteration}'s reward set is not complete")
     store = RewardSampleStore(out)
     writer = store.begin(iteration)
     counts: dict[str, int] = {}
+    images: dict[str, np.ndarray] = {}
     for shard in sorted((dirs.reward_dataset / f"iter_{iteration:03d}").glob("shard_*.npz")):
         with np.load(shard) as data:
             for i in np.flatnonzero(data["kinds"] != "source"):
                 writer.add(data["images"][i], data["preds"][i], data["references"][i], str(data["kinds"][i]),
                            str(data["ids"][i]))
                 counts[str(data["kinds"][i])] = counts.get(str(data["kinds"][i]), 0) + 1
+                images.setdefault(str(data["ids"][i]), data["images"][i].astype(np.float32))
     writer.commit(BuildReport(iteration, samples_by_kind=counts))
-    return store
+    return store, np.stack(list(images.values()))
 
 
 def score_reward(reward: LearnedReward, actor: torch.nn.Module, images: np.ndarray, labels: np.ndarray,
@@ -134,14 +137,14 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for n in args.source_images:
-            store = probe_store(dirs, args.iteration, Path(tmp) / f"source_{n}")
+            store, target_images = probe_store(dirs, args.iteration, Path(tmp) / f"source_{n}")
             if n:
                 builder = RewardDatasetBuilder(None, None, batch_size=config.reward_dataset.batch_size,
                                                seed=config.seed, source_dataset=source,
                                                source=dataclasses.replace(config.reward_dataset.source,
                                                                           images=n))
                 writer = store.begin(0)
-                made = builder.source_samples(actor, args.iteration)
+                made = builder.source_samples(actor, args.iteration, target_images)
                 for sample in made:
                     writer.add(*sample)
                 writer.commit(BuildReport(0, samples_by_kind={"source": len(made)}))
