@@ -17,7 +17,8 @@ target is ``pred == reference``:
 - otherwise the image gives no sample.
 
 With ``source`` (:class:`SourceSampleConfig`, ``images`` > 0) and a labelled source dataset, each iteration also
-predicts on that many *labelled source* images, intensity-augmented (gamma, contrast, noise), and adds the actor's
+predicts on that many *labelled source* images, intensity-augmented (gamma, contrast, noise) or restyled after the
+iteration's target images (``style: fourier``, :func:`fourier_style`), and adds the actor's
 argmax and one sampled prediction with the true label as reference (kind ``source``): real errors of the current
 actor, which the target samples (references made from the actor's own predictions) cannot show. No target label is
 read.
