@@ -126,6 +126,24 @@ def skip_reason(base: LoopConfig, method: Method) -> str | None:
     return None
 
 
+def config_differences(stored: dict, current: dict, defaults: Any = None, prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two config trees (``config_to_dict``), ``stored`` being the one
+    results were made with. A key absent from ``stored`` whose current value is its library default (``defaults``,
+    the tree of ``LoopConfig()``) was added to the library since, with a default that keeps the old behaviour, and
+    does not count."""
+    out = []
+    for k in sorted(set(stored) | set(current)):
+        s, c = stored.get(k), current.get(k)
+        default = defaults.get(k) if isinstance(defaults, dict) else None
+        if k not in stored and k in current and isinstance(defaults, dict) and k in defaults and c == default:
+            continue
+        if isinstance(s, dict) and isinstance(c, dict):
+            out += config_differences(s, c, default, f"{prefix}{k}.")
+        elif s != c:
+            out.append(f"{prefix}{k}")
+    return out
+
+
 class DABenchmark:
     """Run and tabulate the domain-adaptation benchmark (module docstring).
 
@@ -175,10 +193,9 @@ class DABenchmark:
         path = self.results_dir / "config.yaml"
         shared = self._shared_config()
         if path.is_file():
-            stored = yaml.safe_load(path.read_text())
-            if stored != shared:
-                diff = sorted(k for k in set(stored) | set(shared) if stored.get(k) != shared.get(k))
-                raise ValueError(f"{self.results_dir} holds results of another configuration (sections differing: "
+            diff = config_differences(yaml.safe_load(path.read_text()), shared, config_to_dict(LoopConfig()))
+            if diff:
+                raise ValueError(f"{self.results_dir} holds results of another configuration (keys differing: "
                                  f"{', '.join(diff)}); choose another results folder or restore that config")
         else:
             atomic_write_text(path, yaml.safe_dump(shared, sort_keys=False))

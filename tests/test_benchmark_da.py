@@ -5,6 +5,7 @@ import math
 from pathlib import Path
 
 import pytest
+import yaml
 
 from pipeline.commands import benchmark_da as benchmark_da_command
 import torch
@@ -100,8 +101,27 @@ def test_benchmark_resumes_skipping_finished_results(quick_results, capsys):
 
 def test_results_folder_of_another_config_is_refused(quick_results):
     other = load_config(ROOT / "configs" / "quick.yaml", [*TINY, "network.channels=[4, 8, 16]"])
-    with pytest.raises(ValueError, match="another configuration.*network"):
+    with pytest.raises(ValueError, match="another configuration.*network.channels"):
         DABenchmark(other, quick_results, seeds=[0], methods=["source_only"])
+
+
+def test_results_made_before_a_key_existed_still_count(quick_results):
+    """A key added to the library since the results were made, at its default (the old behaviour), does not make
+    them another configuration; the same key set to something else does, and is named."""
+    config = load_config(ROOT / "configs" / "quick.yaml", ["ppo.iterations=1", *TINY])  # what --quick ran
+    path = quick_results / "config.yaml"
+    text = path.read_text()
+    stored = yaml.safe_load(text)
+    del stored["reward_dataset"]["source"]["style"]
+    path.write_text(yaml.safe_dump(stored, sort_keys=False))
+    try:
+        DABenchmark(config, quick_results, seeds=[0], methods=["source_only"])
+        other = load_config(ROOT / "configs" / "quick.yaml", ["ppo.iterations=1", *TINY,
+                                                                "reward_dataset.source.style=fourier"])
+        with pytest.raises(ValueError, match="keys differing: reward_dataset.source.style"):
+            DABenchmark(other, quick_results, seeds=[0], methods=["source_only"])
+    finally:
+        path.write_text(text)
 
 
 def test_unknown_method_is_refused(tmp_path):
