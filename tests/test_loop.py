@@ -235,6 +235,12 @@ def test_source_samples_join_the_reward_set_and_the_reward_probe_compares_them(p
     table = capsys.readouterr().out.split("| source images |")[1]
     counts = {int(m[0]): int(m[1]) for m in re.findall(r"^\| (\d+) \| (\d+) \|", table, re.M)}
     assert counts == {0: report["n_samples"] - 8, 3: report["n_samples"] - 8 + 6}
+    # --source-only: the source samples alone (here in the target's style), the run's target samples left out
+    assert module.main([str(tmp_path / "run"), "--source-images", "3", "--source-only", "--n-test", "4",
+                        "--samples", "1", "reward_dataset.source.style=fourier"]) == 0
+    table = capsys.readouterr().out.split("| source images |")[1]
+    assert re.findall(r"^\| (\d+) \| (\d+) \|", table, re.M) == [("3", "6")]
+    assert module.main([str(tmp_path / "run"), "--source-images", "0,3", "--source-only"]) == 2
     assert module.main([str(tmp_path / "run"), "--iteration", "2"]) == 2  # no such reward set: named, exit 2
 
 

@@ -47,9 +47,11 @@ COLUMNS = ("source images", "reward samples", "val AUC", "AUC argmax", "AUC expl
            "MYO drift (reward / right)")
 
 
-def probe_store(dirs: RunDirectory, iteration: int, out: Path) -> tuple[RewardSampleStore, np.ndarray]:
-    """A store in ``out`` holding the target samples (every kind but ``source``) of the run's ``iteration``, and
-    the target images they were made from (one per id; the styles of ``reward_dataset.source.style: fourier``)."""
+def probe_store(dirs: RunDirectory, iteration: int, out: Path, with_target: bool = True
+                ) -> tuple[RewardSampleStore, np.ndarray]:
+    """A store in ``out`` holding the target samples (every kind but ``source``) of the run's ``iteration`` (none
+    when not ``with_target``), and the target images they were made from (one per id; the styles of
+    ``reward_dataset.source.style: fourier``)."""
     run_store = RewardSampleStore(dirs.reward_dataset)
     if not run_store.is_complete(iteration):
         raise FileNotFoundError(f"{dirs.reward_dataset}: iteration {iteration}'s reward set is not complete")
@@ -60,9 +62,10 @@ def probe_store(dirs: RunDirectory, iteration: int, out: Path) -> tuple[RewardSa
     for shard in sorted((dirs.reward_dataset / f"iter_{iteration:03d}").glob("shard_*.npz")):
         with np.load(shard) as data:
             for i in np.flatnonzero(data["kinds"] != "source"):
-                writer.add(data["images"][i], data["preds"][i], data["references"][i], str(data["kinds"][i]),
-                           str(data["ids"][i]))
-                counts[str(data["kinds"][i])] = counts.get(str(data["kinds"][i]), 0) + 1
+                if with_target:
+                    writer.add(data["images"][i], data["preds"][i], data["references"][i], str(data["kinds"][i]),
+                               str(data["ids"][i]))
+                    counts[str(data["kinds"][i])] = counts.get(str(data["kinds"][i]), 0) + 1
                 images.setdefault(str(data["ids"][i]), data["images"][i].astype(np.float32))
     writer.commit(BuildReport(iteration, samples_by_kind=counts))
     return store, np.stack(list(images.values()))
@@ -112,6 +115,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--iteration", type=int, default=1, help="whose reward set and starting actor (default 1)")
     parser.add_argument("--source-images", type=image_counts, default=[0, 250],
                         help="comma-separated labelled source images added per variant (default: 0,250)")
+    parser.add_argument("--source-only", action="store_true",
+                        help="train each reward network on the source samples alone (the run's target samples "
+                             "left out; every --source-images value must then be > 0)")
     parser.add_argument("--samples", type=int, default=4, help="sampled predictions per test image (default 4)")
     parser.add_argument("--n-test", type=int, default=200, help="target test images scored (default 200)")
     parser.add_argument("overrides", nargs="*", help="key=value changes to the run's config, e.g. "
@@ -119,6 +125,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_intermixed_args(argv)
     if args.iteration < 1 or args.samples < 1 or args.n_test < 1 or min(args.source_images) < 0:
         raise ValueError("--iteration, --samples and --n-test must be >= 1, --source-images >= 0")
+    if args.source_only and min(args.source_images) == 0:
+        raise ValueError("--source-only trains on source samples alone: every --source-images value must be > 0")
     dirs = RunDirectory(args.run)
     config = load_config(dirs.config_path, args.overrides)
     if config.num_threads:
@@ -137,7 +145,8 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for n in args.source_images:
-            store, target_images = probe_store(dirs, args.iteration, Path(tmp) / f"source_{n}")
+            store, target_images = probe_store(dirs, args.iteration, Path(tmp) / f"source_{n}",
+                                               with_target=not args.source_only)
             if n:
                 builder = RewardDatasetBuilder(None, None, batch_size=config.reward_dataset.batch_size,
                                                seed=config.seed, source_dataset=source,
