@@ -134,8 +134,8 @@ def config_differences(stored: dict, current: dict, defaults: Any = None, prefix
     out = []
     for k in sorted(set(stored) | set(current)):
         s, c = stored.get(k), current.get(k)
-        default = defaults.get(k) if isinstance(defaults, dict) else None
-        if k not in stored and k in current and isinstance(defaults, dict) and k in defaults and c == default:
+        default = defaults.get(k, ...) if isinstance(defaults, dict) else ...
+        if k not in stored and c == default:  # added to the library since, at its default
             continue
         if isinstance(s, dict) and isinstance(c, dict):
             out += config_differences(s, c, default, f"{prefix}{k}.")
