@@ -95,6 +95,10 @@ METRICS: dict[str, str] = {
     "hd95_myo": "HD95 MYO (mm)", "hd95_epi": "HD95 epi (mm)", "masd_lv": "MASD LV (mm)", "masd_myo": "MASD MYO (mm)",
     "masd_epi": "MASD epi (mm)", "validity_pct": "valid %",
 }
+#: top-level config keys that say how a run is carried out (threads, progress bars), not what it computes: a results
+#: folder made with other values of these holds results of the same configuration
+RUN_ONLY_KEYS = ("num_threads", "progress")
+
 LOWER_IS_BETTER = ("hd_lv", "hd_myo", "hd_epi", "hd95_lv", "hd95_myo", "hd95_epi", "masd_lv", "masd_myo", "masd_epi")
 
 
@@ -186,6 +190,8 @@ class DABenchmark:
         tree = config_to_dict(self.config)
         # test_time changes only the rl4seg_tto rows, and each of those records the settings it used
         tree.pop("seed"), tree.pop("run_dir"), tree.pop("test_time")
+        for key in RUN_ONLY_KEYS:
+            tree.pop(key)
         return tree
 
     def _check_results_dir(self) -> None:
@@ -193,7 +199,9 @@ class DABenchmark:
         path = self.results_dir / "config.yaml"
         shared = self._shared_config()
         if path.is_file():
-            diff = config_differences(yaml.safe_load(path.read_text()), shared, config_to_dict(LoopConfig()))
+            # folders written before RUN_ONLY_KEYS was left out still store them
+            stored = {k: v for k, v in yaml.safe_load(path.read_text()).items() if k not in RUN_ONLY_KEYS}
+            diff = config_differences(stored, shared, config_to_dict(LoopConfig()))
             if diff:
                 raise ValueError(f"{self.results_dir} holds results of another configuration (keys differing: "
                                  f"{', '.join(diff)}); choose another results folder or restore that config")

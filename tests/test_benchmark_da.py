@@ -124,6 +124,22 @@ def test_results_made_before_a_key_existed_still_count(quick_results):
         path.write_text(text)
 
 
+def test_run_only_keys_do_not_make_another_configuration(quick_results):
+    """Threads and progress bars change how a run is carried out, not its results: a folder made with other values
+    of them (written before they were left out, too) is reused, so that --table-only needs no run-only overrides."""
+    path = quick_results / "config.yaml"
+    text = path.read_text()
+    stored = yaml.safe_load(text)
+    assert "num_threads" not in stored and "progress" not in stored
+    path.write_text(yaml.safe_dump({"num_threads": 1, "progress": False, **stored}, sort_keys=False))  # older layout
+    try:
+        for overrides in (["num_threads=2", "progress=true"], ["num_threads=0"]):
+            config = load_config(ROOT / "configs" / "quick.yaml", ["ppo.iterations=1", *TINY, *overrides])
+            DABenchmark(config, quick_results, seeds=[0], methods=["source_only"])
+    finally:
+        path.write_text(text)
+
+
 def test_unknown_method_is_refused(tmp_path):
     with pytest.raises(ValueError, match="unknown method.*tnet"):
         DABenchmark(load_config(None), tmp_path, methods=["tnet"])
