@@ -102,7 +102,7 @@ class PixelPPO(OnPolicyAlgorithm):
     :param image_log_count: images (rows) in the panel (default 4).
     :param mixed_precision: precision of the update's forward passes: ``"off"`` (default), ``"auto"``, ``"bf16"``,
         ``"fp16"`` (:func:`agents.networks.autocast_dtype`; rollouts stay float32).
-    :param channels_last: the networks in the channels_last memory format (``None``, the default: on CUDA only).
+    :param channels_last: the networks in the channels_last memory format (``None``, the default: on CUDA and CPUs).
     :param compile: ``torch.compile`` the actor's and critic's forward passes of the update: ``False`` (default),
         ``True`` or a backend name (:func:`agents.networks.compiled`; rollouts and the weights are unchanged).
     :param stats_window_size: episodes averaged in ``rollout/ep_rew_mean`` (default 100).
@@ -191,7 +191,7 @@ class PixelPPO(OnPolicyAlgorithm):
         check_speed_settings(mixed_precision, compile, "PixelPPO.")  # clear errors now, not at the first update
         #: "off", "auto", "bf16" or "fp16": the precision of the update's forward passes (rollouts stay float32)
         self.mixed_precision = mixed_precision
-        #: channels_last memory format for the actor, critic and reference (None: on CUDA only)
+        #: channels_last memory format for the actor, critic and reference (None: on CUDA and CPUs)
         self.channels_last = channels_last
         #: torch.compile the update's forward passes (False, True or a backend name)
         self.compile = compile

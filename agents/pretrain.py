@@ -83,7 +83,7 @@ class PretrainConfig:
     #: "off", "auto" (bfloat16 on CUDA when supported, else float16 with loss scaling; off elsewhere), "bf16",
     #: "fp16" (:func:`agents.networks.autocast_dtype`)
     mixed_precision: str = "off"
-    #: channels_last memory format for the network (None: on CUDA only; :func:`agents.networks.use_channels_last`)
+    #: channels_last memory format for the network (None: on CUDA and CPUs; :func:`agents.networks.use_channels_last`)
     channels_last: bool | None = None
     #: torch.compile the training steps' forward pass: false, true or a backend name (:func:`agents.networks.compiled`)
     compile: bool | str = False

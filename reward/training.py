@@ -91,7 +91,7 @@ class RewardTrainConfig:
     num_workers: int = 0
     #: "off", "auto", "bf16" or "fp16", as :attr:`agents.pretrain.PretrainConfig.mixed_precision`
     mixed_precision: str = "off"
-    #: channels_last memory format for the network (None: on CUDA only; :func:`agents.networks.use_channels_last`)
+    #: channels_last memory format for the network (None: on CUDA and CPUs; :func:`agents.networks.use_channels_last`)
     channels_last: bool | None = None
     #: torch.compile the training steps' forward pass: false, true or a backend name (:func:`agents.networks.compiled`)
     compile: bool | str = False

@@ -81,8 +81,8 @@ def _channels_last(module: torch.nn.Module) -> bool:
     return bool(weights) and all(p.is_contiguous(memory_format=torch.channels_last) for p in weights)
 
 
-def test_channels_last_is_auto_on_cuda_only_and_changes_strides_not_results(tmp_path):
-    """The channels_last switch (GPU speed, docs/scaling.md): auto means CUDA only; forced on a CPU, pretraining,
+def test_channels_last_is_auto_on_cuda_and_cpu_and_changes_strides_not_results(tmp_path):
+    """The channels_last switch (GPU speed, docs/scaling.md): auto means CUDA and CPUs; on a CPU, pretraining,
     the reward network and PPO train in that layout with the same numbers as the default layout, and their
     checkpoints load into ordinary networks."""
     from agents.networks import load_unet, use_channels_last
@@ -92,7 +92,7 @@ def test_channels_last_is_auto_on_cuda_only_and_changes_strides_not_results(tmp_
     from reward.training import RewardTrainConfig, train_reward_network
     from test_reward_network import disc_toy
 
-    assert use_channels_last(None, "cuda") and not use_channels_last(None, "cpu")
+    assert use_channels_last(None, "cuda") and use_channels_last(None, "cpu") and not use_channels_last(None, "mps")
     assert use_channels_last(True, "cpu") and not use_channels_last(False, "cuda")
 
     runs = {}
