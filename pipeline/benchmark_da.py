@@ -52,8 +52,9 @@ class Method:
 
     :param name: key used on the command line and in file names.
     :param label: row label in the tables and the chart.
-    :param kind: ``"source_only"``, ``"oracle"``, ``"adabn"``, ``"tent"``, ``"self_training"``, ``"rl4seg"`` or
-        ``"rl4seg_tto"`` (the ``rl4seg`` run of the same seed, then :mod:`agents.test_time`).
+    :param kind: ``"source_only"``, ``"oracle"``, ``"adabn"``, ``"tent"``, ``"self_training"``, ``"rl4seg"``, or one
+        of :data:`TTO_KINDS`: ``"rl4seg_tto"``, ``"adabn_tto"``, ``"tent_tto"`` (that model, then
+        :mod:`agents.test_time` against the reward network of the ``rl4seg`` run of the same seed).
     :param overrides: ``key=value`` loop-config overrides of an RL4Seg ablation.
     :param description: one line for the docs and the Markdown notes.
     :param reads_target_labels: trains with target labels (a reference, not an unsupervised method).
@@ -78,6 +79,10 @@ METHODS: dict[str, Method] = {m.name: m for m in (
     Method("rl4seg", "RL4Seg", "rl4seg", description="this package (the loop config as given)"),
     Method("rl4seg_tto", "RL4Seg + TTO", "rl4seg_tto",
            description="RL4Seg's final actor, with test-time optimisation of its invalid predictions (RL4Seg3D)"),
+    Method("adabn_tto", "AdaBN + TTO", "adabn_tto",
+           description="AdaBN's model with the same test-time optimisation (the RL4Seg run's reward network)"),
+    Method("tent_tto", "TENT + TTO", "tent_tto",
+           description="TENT's model with the same test-time optimisation (the RL4Seg run's reward network)"),
     Method("rl4seg_no_kl", "RL4Seg w/o KL", "rl4seg", ("ppo.kl_coef_base=0",),
            "no KL term to the source policy"),
     Method("rl4seg_no_anchors", "RL4Seg w/o anchors", "rl4seg", ("ppo.anchors=false",),
@@ -87,6 +92,10 @@ METHODS: dict[str, Method] = {m.name: m for m in (
     Method("rl4seg_gt_reward", "RL4Seg GT reward (target labels)", "rl4seg", ("oracle_reward=true",),
            "ground-truth reward instead of the learned one", reads_target_labels=True),
 )}
+
+#: kinds whose model is optimised at test time against the reward network of the seed's ``rl4seg`` run: their
+#: results record the test-time settings and are recomputed when those change
+TTO_KINDS = ("rl4seg_tto", "adabn_tto", "tent_tto")
 
 #: metrics of the tables, in display order, with their headers; higher is better except Hausdorff
 METRICS: dict[str, str] = {
@@ -188,7 +197,7 @@ class DABenchmark:
     # --- bookkeeping ----------------------------------------------------------------------------------
     def _shared_config(self) -> dict[str, Any]:
         tree = config_to_dict(self.config)
-        # test_time changes only the rl4seg_tto rows, and each of those records the settings it used
+        # test_time changes only the rows of TTO_KINDS, and each of those records the settings it used
         tree.pop("seed"), tree.pop("run_dir"), tree.pop("test_time")
         for key in RUN_ONLY_KEYS:
             tree.pop(key)
@@ -212,11 +221,11 @@ class DABenchmark:
         return self.results_dir / f"seed_{seed}" / f"{method}.json"
 
     def finished(self, method: str, seed: int) -> bool:
-        """The (method, seed) result exists (for ``rl4seg_tto``: made with the current test_time settings)."""
+        """The (method, seed) result exists (for :data:`TTO_KINDS`: made with the current test_time settings)."""
         path = self.result_path(method, seed)
         if not path.is_file():
             return False
-        if METHODS[method].kind == "rl4seg_tto":
+        if METHODS[method].kind in TTO_KINDS:
             stored = json.loads(path.read_text()).get("test_time_settings")
             return stored == config_to_dict(self.config)["test_time"]
         return True
@@ -255,7 +264,7 @@ class DABenchmark:
             atomic_write_text(pretrain_path, json.dumps({"minutes": (time.time() - t0) / 60}))
         source, _ = load_unet(str(source_path), map_location=base.device)
         target_images = None
-        if {"adabn", "tent", "self_training"} & {METHODS[m].kind for m in todo}:
+        if {"adabn", "tent", "self_training", "adabn_tto", "tent_tto"} & {METHODS[m].kind for m in todo}:
             # unlabelled: RL4SegRun builds target_train with with_labels=False
             target_images, _ = load_images(base.datasets["target_train"], progress=self.config.progress,
                                            desc="target train images")
@@ -266,20 +275,20 @@ class DABenchmark:
             torch.manual_seed(seed)
             t0 = time.time()
             extra: dict[str, Any] = {}
-            if method.kind in ("rl4seg", "rl4seg_tto"):
+            if method.kind == "rl4seg" or method.kind in TTO_KINDS:
                 if source_scores is None:
                     # the selection scores make the source model a candidate of the label-free selection
                     source_scores = {**base.evaluate(source), **base.selection_scores(source)}
-                rl4seg = METHODS["rl4seg" if method.kind == "rl4seg_tto" else name]
-                scores = self._run_rl4seg(rl4seg, seed, base, source_scores)
-                minutes = (time.time() - t0) / 60
-                if method.kind == "rl4seg_tto":
-                    if not self.result_path("rl4seg", seed).is_file():  # trained just now: keep its row too
-                        self._save("rl4seg", seed, scores, minutes)
-                    # the cost of RL4Seg + TTO is RL4Seg's training plus the test-time optimisation
-                    minutes = json.loads(self.result_path("rl4seg", seed).read_text())["minutes"]
+                if method.kind == "rl4seg":
+                    scores = self._run_rl4seg(method, seed, base, source_scores)
+                    minutes = (time.time() - t0) / 60
+                else:
+                    # the cost of a test-time-optimised row includes the RL4Seg run its reward network comes from
+                    minutes = self._rl4seg_minutes(seed, base, source_scores)
                     t0 = time.time()
-                    scores = self._test_time(seed, base)
+                    actor = None if method.kind == "rl4seg_tto" else \
+                        self._baseline(method.kind.removesuffix("_tto"), source, target_images, seed, base)
+                    scores = self._test_time(seed, base, actor)
                     minutes += (time.time() - t0) / 60
                 self._save(name, seed, scores, minutes)
                 continue
@@ -287,11 +296,8 @@ class DABenchmark:
                 model = source
             elif method.kind == "oracle":
                 model, _ = load_unet(str(base.train_oracle()), map_location=base.device)
-            elif method.kind == "adabn":
-                model = adabn(source, target_images, self.adabn_config, base.device)
-            elif method.kind == "tent":
-                cfg = dataclasses.replace(self.tent_config, seed=seed, progress=self.config.progress)
-                model = tent(source, target_images, cfg, base.device)
+            elif method.kind in ("adabn", "tent"):
+                model = self._baseline(method.kind, source, target_images, seed, base)
             elif method.kind == "self_training":
                 cfg = dataclasses.replace(self.self_training_config, seed=seed, progress=self.config.progress)
                 # RL4Seg's pseudo-label filter: validity + Dice with the corrected map (shape AE when enabled)
@@ -307,6 +313,23 @@ class DABenchmark:
             if method.kind == "source_only":
                 source_scores = {**scores, **base.selection_scores(source)}
             self._save(name, seed, {**scores, **extra}, minutes)
+
+    def _baseline(self, kind: str, source: torch.nn.Module, target_images, seed: int, base) -> torch.nn.Module:
+        """The ``"adabn"`` or ``"tent"`` adaptation of the source actor to the unlabelled target images."""
+        if kind == "adabn":
+            return adabn(source, target_images, self.adabn_config, base.device)
+        cfg = dataclasses.replace(self.tent_config, seed=seed, progress=self.config.progress)
+        return tent(source, target_images, cfg, base.device)
+
+    def _rl4seg_minutes(self, seed: int, base, source_scores: dict[str, float]) -> float:
+        """The training minutes of the seed's ``rl4seg`` run, which is run (and its result saved) first when it has
+        not finished: the test-time-optimised rows use its reward network."""
+        path = self.result_path("rl4seg", seed)
+        if not path.is_file():
+            t0 = time.time()
+            scores = self._run_rl4seg(METHODS["rl4seg"], seed, base, source_scores)
+            self._save("rl4seg", seed, scores, (time.time() - t0) / 60)
+        return json.loads(path.read_text())["minutes"]
 
     def _run_rl4seg(self, method: Method, seed: int, base, source_scores: dict[str, float]) -> dict[str, float]:
         """One RL4Seg run seeded with the shared source pretraining (and shape auto-encoder)."""
@@ -330,13 +353,15 @@ class DABenchmark:
             raise RuntimeError(f"{run_dir}: the RL4Seg run finished without a selected model")
         return {k: v for k, v in selected[-1].items() if k not in ("iteration", "model", "minutes")}
 
-    def _test_time(self, seed: int, base) -> dict[str, Any]:
-        """Test-time optimisation of the finished ``rl4seg`` run's selected actor, with its last reward network."""
+    def _test_time(self, seed: int, base, actor: torch.nn.Module | None = None) -> dict[str, Any]:
+        """Test-time optimisation of ``actor`` (default: the finished ``rl4seg`` run's selected actor) against that
+        run's last reward network."""
         dirs = RunDirectory(self.results_dir / f"seed_{seed}" / "rl4seg")
         done = dirs.last_completed_iteration()
-        selected = [r for r in dirs.load_state()["rows"] if r.get("iteration") == "selected"]
-        chosen = int(selected[-1]["selected_iteration"]) if selected else done
-        actor, _ = load_unet(str(dirs.actor(chosen)), map_location=base.device)
+        if actor is None:
+            selected = [r for r in dirs.load_state()["rows"] if r.get("iteration") == "selected"]
+            chosen = int(selected[-1]["selected_iteration"]) if selected else done
+            actor, _ = load_unet(str(dirs.actor(chosen)), map_location=base.device)
         reward = load_reward_model(dirs, done, self.config.reward_net.ensemble, base.device)
         scores = base.evaluate_tto(actor, reward, self.config.test_time)
         return {**scores, "test_time_settings": config_to_dict(self.config)["test_time"]}

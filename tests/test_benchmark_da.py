@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # configs/quick.yaml made smaller still: the test checks the plumbing, not the numbers
 TINY = ["num_threads=1", "pretrain.epochs=10", "data.source.n_train=128", "data.target.n_train=16",
         "reward_dataset.images_per_iteration=16"]
-METHODS_RUN = ["source_only", "oracle", "adabn", "tent", "self_training", "rl4seg", "rl4seg_tto",
+METHODS_RUN = ["source_only", "oracle", "adabn", "tent", "self_training", "rl4seg", "rl4seg_tto", "tent_tto",
                "rl4seg_no_shape_ae"]
 
 
@@ -72,6 +72,14 @@ def test_quick_benchmark_writes_table_csv_and_chart(quick_results):
     tto = json.loads((d / "seed_0" / "rl4seg_tto.json").read_text())
     assert tto["tto_optimised"] == pytest.approx(8 * (1 - rl4seg["validity_pct"] / 100))
     assert tto["validity_pct"] >= rl4seg["validity_pct"] and tto["test_time_settings"]["steps"] == 2
+    # TENT + TTO: TENT's model (the one the tent row scored: the same invalid predictions) optimised against the
+    # same reward network, and its cost includes the RL4Seg run that reward network comes from
+    tent_row = json.loads((d / "seed_0" / "tent.json").read_text())
+    tent_tto = json.loads((d / "seed_0" / "tent_tto.json").read_text())
+    assert tent_tto["tto_optimised"] == pytest.approx(8 * (1 - tent_row["validity_pct"] / 100))
+    assert tent_tto["test_time_settings"] == tto["test_time_settings"]
+    assert tent_tto["minutes"] > rl4seg["minutes"]
+    assert "TENT + TTO" in md
 
 
 def test_benchmark_resumes_skipping_finished_results(quick_results, capsys):
@@ -81,12 +89,12 @@ def test_benchmark_resumes_skipping_finished_results(quick_results, capsys):
     assert rc == 0
     assert {p: p.stat().st_mtime_ns for p in (d / "seed_0").glob("*.json")} == mtimes  # nothing recomputed
     assert "every result already in" in capsys.readouterr().out
-    # other test-time settings: only the RL4Seg + TTO result is recomputed (from the same RL4Seg run)
+    # other test-time settings: only the test-time-optimised results are recomputed (from the same RL4Seg run)
     rc = _script().main([*TINY, "test_time.steps=1", "--quick", "--results", str(d), "--st-epochs", "1",
                          "--methods", *METHODS_RUN])
     assert rc == 0
     changed = {p.name for p in (d / "seed_0").glob("*.json") if p.stat().st_mtime_ns != mtimes[p]}
-    assert changed == {"rl4seg_tto.json"}
+    assert changed == {"rl4seg_tto.json", "tent_tto.json"}
     assert json.loads((d / "seed_0" / "rl4seg_tto.json").read_text())["test_time_settings"]["steps"] == 1
     # --table-only runs nothing, lists what is missing and rewrites the tables from what has finished
     mtimes = {p: p.stat().st_mtime_ns for p in (d / "seed_0").glob("*.json")}
