@@ -53,7 +53,7 @@ class Method:
     :param name: key used on the command line and in file names.
     :param label: row label in the tables and the chart.
     :param kind: ``"source_only"``, ``"oracle"``, ``"adabn"``, ``"tent"``, ``"self_training"``, ``"rl4seg"``, or one
-        of :data:`TTO_KINDS`: ``"rl4seg_tto"``, ``"adabn_tto"``, ``"tent_tto"`` (that model, then
+        of :data:`TTO_KINDS`: ``"rl4seg_tto"``, ``"adabn_tto"``, ``"tent_tto"``, ``"self_training_tto"`` (that model, then
         :mod:`agents.test_time` against the reward network of the ``rl4seg`` run of the same seed).
     :param overrides: ``key=value`` loop-config overrides of an RL4Seg ablation.
     :param description: one line for the docs and the Markdown notes.
@@ -83,6 +83,8 @@ METHODS: dict[str, Method] = {m.name: m for m in (
            description="AdaBN's model with the same test-time optimisation (the RL4Seg run's reward network)"),
     Method("tent_tto", "TENT + TTO", "tent_tto",
            description="TENT's model with the same test-time optimisation (the RL4Seg run's reward network)"),
+    Method("self_training_tto", "self-training + TTO", "self_training_tto",
+           description="self-training's model with the same test-time optimisation (the RL4Seg run's reward network)"),
     Method("rl4seg_no_kl", "RL4Seg w/o KL", "rl4seg", ("ppo.kl_coef_base=0",),
            "no KL term to the source policy"),
     Method("rl4seg_no_anchors", "RL4Seg w/o anchors", "rl4seg", ("ppo.anchors=false",),
@@ -95,7 +97,7 @@ METHODS: dict[str, Method] = {m.name: m for m in (
 
 #: kinds whose model is optimised at test time against the reward network of the seed's ``rl4seg`` run: their
 #: results record the test-time settings and are recomputed when those change
-TTO_KINDS = ("rl4seg_tto", "adabn_tto", "tent_tto")
+TTO_KINDS = ("rl4seg_tto", "adabn_tto", "tent_tto", "self_training_tto")
 
 #: metrics of the tables, in display order, with their headers; higher is better except Hausdorff
 METRICS: dict[str, str] = {
@@ -264,7 +266,8 @@ class DABenchmark:
             atomic_write_text(pretrain_path, json.dumps({"minutes": (time.time() - t0) / 60}))
         source, _ = load_unet(str(source_path), map_location=base.device)
         target_images = None
-        if {"adabn", "tent", "self_training", "adabn_tto", "tent_tto"} & {METHODS[m].kind for m in todo}:
+        if {"adabn", "tent", "self_training", "adabn_tto", "tent_tto", "self_training_tto"} & \
+                {METHODS[m].kind for m in todo}:
             # unlabelled: RL4SegRun builds target_train with with_labels=False
             target_images, _ = load_images(base.datasets["target_train"], progress=self.config.progress,
                                            desc="target train images")
@@ -286,9 +289,9 @@ class DABenchmark:
                     # the cost of a test-time-optimised row includes the RL4Seg run its reward network comes from
                     minutes = self._rl4seg_minutes(seed, base, source_scores)
                     t0 = time.time()
-                    actor = None if method.kind == "rl4seg_tto" else \
+                    actor, extra = (None, {}) if method.kind == "rl4seg_tto" else \
                         self._baseline(method.kind.removesuffix("_tto"), source, target_images, seed, base)
-                    scores = self._test_time(seed, base, actor)
+                    scores = {**self._test_time(seed, base, actor), **extra}
                     minutes += (time.time() - t0) / 60
                 self._save(name, seed, scores, minutes)
                 continue
@@ -296,16 +299,8 @@ class DABenchmark:
                 model = source
             elif method.kind == "oracle":
                 model, _ = load_unet(str(base.train_oracle()), map_location=base.device)
-            elif method.kind in ("adabn", "tent"):
-                model = self._baseline(method.kind, source, target_images, seed, base)
-            elif method.kind == "self_training":
-                cfg = dataclasses.replace(self.self_training_config, seed=seed, progress=self.config.progress)
-                # RL4Seg's pseudo-label filter: validity + Dice with the corrected map (shape AE when enabled)
-                record = SelfTrainingResult()
-                corrector = Corrector(base.train_shape_ae(), n_classes=base.n_classes)
-                model = self_training(source, target_images, cfg, base.device, result=record, corrector=corrector,
-                                      validity_fn=partial(validity_batch, criteria=base.criteria))
-                extra = {"pseudo_labels_per_round": record.accepted}
+            elif method.kind in ("adabn", "tent", "self_training"):
+                model, extra = self._baseline(method.kind, source, target_images, seed, base)
             else:
                 raise ValueError(f"method {name}: unknown kind {method.kind!r}")
             minutes = (time.time() - t0) / 60
@@ -314,12 +309,22 @@ class DABenchmark:
                 source_scores = {**scores, **base.selection_scores(source)}
             self._save(name, seed, {**scores, **extra}, minutes)
 
-    def _baseline(self, kind: str, source: torch.nn.Module, target_images, seed: int, base) -> torch.nn.Module:
-        """The ``"adabn"`` or ``"tent"`` adaptation of the source actor to the unlabelled target images."""
+    def _baseline(self, kind: str, source: torch.nn.Module, target_images, seed: int,
+                  base) -> tuple[torch.nn.Module, dict[str, Any]]:
+        """The ``"adabn"``, ``"tent"`` or ``"self_training"`` adaptation of the source actor to the unlabelled target
+        images, and what the method records beside its scores."""
         if kind == "adabn":
-            return adabn(source, target_images, self.adabn_config, base.device)
-        cfg = dataclasses.replace(self.tent_config, seed=seed, progress=self.config.progress)
-        return tent(source, target_images, cfg, base.device)
+            return adabn(source, target_images, self.adabn_config, base.device), {}
+        if kind == "tent":
+            cfg = dataclasses.replace(self.tent_config, seed=seed, progress=self.config.progress)
+            return tent(source, target_images, cfg, base.device), {}
+        cfg = dataclasses.replace(self.self_training_config, seed=seed, progress=self.config.progress)
+        # RL4Seg's pseudo-label filter: validity + Dice with the corrected map (shape AE when enabled)
+        record = SelfTrainingResult()
+        corrector = Corrector(base.train_shape_ae(), n_classes=base.n_classes)
+        model = self_training(source, target_images, cfg, base.device, result=record, corrector=corrector,
+                              validity_fn=partial(validity_batch, criteria=base.criteria))
+        return model, {"pseudo_labels_per_round": record.accepted}
 
     def _rl4seg_minutes(self, seed: int, base, source_scores: dict[str, float]) -> float:
         """The training minutes of the seed's ``rl4seg`` run, which is run (and its result saved) first when it has

@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 TINY = ["num_threads=1", "pretrain.epochs=10", "data.source.n_train=128", "data.target.n_train=16",
         "reward_dataset.images_per_iteration=16"]
 METHODS_RUN = ["source_only", "oracle", "adabn", "tent", "self_training", "rl4seg", "rl4seg_tto", "tent_tto",
-               "rl4seg_no_shape_ae"]
+               "self_training_tto", "rl4seg_no_shape_ae"]
 
 
 def _script():
@@ -79,6 +79,11 @@ def test_quick_benchmark_writes_table_csv_and_chart(quick_results):
     assert tent_tto["tto_optimised"] == pytest.approx(8 * (1 - tent_row["validity_pct"] / 100))
     assert tent_tto["test_time_settings"] == tto["test_time_settings"]
     assert tent_tto["minutes"] > rl4seg["minutes"]
+    # self-training + TTO: the same self-training (seeded: the same pseudo-labels) and its invalid predictions
+    st_row = json.loads((d / "seed_0" / "self_training.json").read_text())
+    st_tto = json.loads((d / "seed_0" / "self_training_tto.json").read_text())
+    assert st_tto["pseudo_labels_per_round"] == st_row["pseudo_labels_per_round"]
+    assert st_tto["tto_optimised"] == pytest.approx(8 * (1 - st_row["validity_pct"] / 100))
     assert "TENT + TTO" in md
 
 
@@ -94,7 +99,7 @@ def test_benchmark_resumes_skipping_finished_results(quick_results, capsys):
                          "--methods", *METHODS_RUN])
     assert rc == 0
     changed = {p.name for p in (d / "seed_0").glob("*.json") if p.stat().st_mtime_ns != mtimes[p]}
-    assert changed == {"rl4seg_tto.json", "tent_tto.json"}
+    assert changed == {"rl4seg_tto.json", "tent_tto.json", "self_training_tto.json"}
     assert json.loads((d / "seed_0" / "rl4seg_tto.json").read_text())["test_time_settings"]["steps"] == 1
     # --table-only runs nothing, lists what is missing and rewrites the tables from what has finished
     mtimes = {p: p.stat().st_mtime_ns for p in (d / "seed_0").glob("*.json")}
