@@ -426,6 +426,9 @@ def pretrain_segmentation(train: SegDataset, val: SegDataset, out_path: str | Pa
         raise RuntimeError(f"no epoch was run and {out_path} does not exist (epochs={config.epochs}, "
                            f"{len(history)} epoch(s) already in {last_path})")
     best = read_checkpoint(out_path, "U-Net", ("state_dict",), map_location=device)
+    # trained in channels_last or not, the model returned is laid out as a loaded checkpoint is: the same outputs,
+    # bit for bit, as load_unet(out_path) (the memory format changes the kernels' float rounding)
+    model.to(memory_format=torch.contiguous_format)
     model.load_state_dict(best["state_dict"])
     model.eval()
     return PretrainResult(best_val_dice=float(best_val_dice), best_epoch=best_epoch, history=history,

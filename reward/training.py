@@ -414,6 +414,9 @@ def _train(samples: Any, n_classes: int, config: RewardTrainConfig, device: torc
         for name in ("temperature", "val_ece_before", "val_ece_after", "val_accuracy"):
             writer.add_scalar(f"{tag}/{name}", float(getattr(result, name)), result.best_epoch)
         writer.close()
+    # trained in channels_last or not, the network returned is laid out as a loaded checkpoint is: the same reward
+    # maps, bit for bit, as load_reward_net(out_path) (the memory format changes the kernels' float rounding)
+    net.to(memory_format=torch.contiguous_format)
     if out_path is not None:
         save_reward_net(net, out_path, **{**result.summary(), **metadata})
         result.out_path = str(out_path)
