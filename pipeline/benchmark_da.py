@@ -98,6 +98,9 @@ METHODS: dict[str, Method] = {m.name: m for m in (
 #: kinds whose model is optimised at test time against the reward network of the seed's ``rl4seg`` run: their
 #: results record the test-time settings and are recomputed when those change
 TTO_KINDS = ("rl4seg_tto", "adabn_tto", "tent_tto", "self_training_tto")
+#: kinds that adapt the source actor on the unlabelled target images (:meth:`DABenchmark._baseline`); ``<kind>_tto``
+#: optimises that model at test time
+BASELINE_KINDS = ("adabn", "tent", "self_training")
 
 #: metrics of the tables, in display order, with their headers; higher is better except Hausdorff
 METRICS: dict[str, str] = {
@@ -266,8 +269,7 @@ class DABenchmark:
             atomic_write_text(pretrain_path, json.dumps({"minutes": (time.time() - t0) / 60}))
         source, _ = load_unet(str(source_path), map_location=base.device)
         target_images = None
-        if {"adabn", "tent", "self_training", "adabn_tto", "tent_tto", "self_training_tto"} & \
-                {METHODS[m].kind for m in todo}:
+        if any(METHODS[m].kind.removesuffix("_tto") in BASELINE_KINDS for m in todo):
             # unlabelled: RL4SegRun builds target_train with with_labels=False
             target_images, _ = load_images(base.datasets["target_train"], progress=self.config.progress,
                                            desc="target train images")
@@ -299,7 +301,7 @@ class DABenchmark:
                 model = source
             elif method.kind == "oracle":
                 model, _ = load_unet(str(base.train_oracle()), map_location=base.device)
-            elif method.kind in ("adabn", "tent", "self_training"):
+            elif method.kind in BASELINE_KINDS:
                 model, extra = self._baseline(method.kind, source, target_images, seed, base)
             else:
                 raise ValueError(f"method {name}: unknown kind {method.kind!r}")
