@@ -9,6 +9,8 @@ Results folder layout::
     config.yaml                   the loop configuration every method shares (checked on resume)
     seed_S/base/                  RL4Seg run dir holding the shared phases: actor_source.pt, oracle, shape AE
     seed_S/<method>.json          one finished (method, seed) result; present = skipped on the next call
+    seed_S/baselines/<kind>.pt    the adapted model of AdaBN / TENT / self-training (with its settings and minutes),
+                                  made once per seed and reused by that baseline's + TTO row
     seed_S/<rl4seg method>/       RL4Seg run dir of that method (resumable by RL4SegRun itself)
     results.csv, results.md       mean +- std over seeds per method; per_seed.csv: one row per (method, seed)
     results.png                   bar chart (Dice LV / MYO / epi and validity %, mean +- std)
@@ -32,7 +34,7 @@ import numpy as np
 import torch
 import yaml
 
-from agents.networks import load_unet
+from agents.networks import load_unet, save_unet
 from pipeline.aggregate import iqm, plot_performance_profiles, stratified_bootstrap_ci
 from pipeline.baselines import (AdaBNConfig, SelfTrainingConfig, SelfTrainingResult, TentConfig, adabn,
                                 self_training, tent)
@@ -268,11 +270,14 @@ class DABenchmark:
         if not pretrain_path.is_file():  # first time only: a resumed base run did not pretrain now
             atomic_write_text(pretrain_path, json.dumps({"minutes": (time.time() - t0) / 60}))
         source, _ = load_unet(str(source_path), map_location=base.device)
-        target_images = None
-        if any(METHODS[m].kind.removesuffix("_tto") in BASELINE_KINDS for m in todo):
-            # unlabelled: RL4SegRun builds target_train with with_labels=False
-            target_images, _ = load_images(base.datasets["target_train"], progress=self.config.progress,
-                                           desc="target train images")
+        target: list[np.ndarray] = []  # loaded on first need: a baseline whose model is kept needs no images
+
+        def target_images() -> np.ndarray:
+            if not target:  # unlabelled: RL4SegRun builds target_train with with_labels=False
+                target.append(load_images(base.datasets["target_train"], progress=self.config.progress,
+                                          desc="target train images")[0])
+            return target[0]
+
         source_scores: dict[str, float] | None = None
         for name in todo:
             method = METHODS[name]
@@ -289,32 +294,67 @@ class DABenchmark:
                     minutes = (time.time() - t0) / 60
                 else:
                     # the cost of a test-time-optimised row includes the RL4Seg run its reward network comes from
+                    # (and the baseline's adaptation, for the baselines' rows)
                     minutes = self._rl4seg_minutes(seed, base, source_scores)
+                    actor = None
+                    if method.kind != "rl4seg_tto":
+                        actor, extra, adapt_minutes = self._baseline(method.kind.removesuffix("_tto"), source,
+                                                                     target_images, seed, base)
+                        minutes += adapt_minutes
                     t0 = time.time()
-                    actor, extra = (None, {}) if method.kind == "rl4seg_tto" else \
-                        self._baseline(method.kind.removesuffix("_tto"), source, target_images, seed, base)
                     scores = {**self._test_time(seed, base, actor), **extra}
                     minutes += (time.time() - t0) / 60
                 self._save(name, seed, scores, minutes)
                 continue
+            minutes = 0.0  # a baseline's row counts its adaptation's minutes, also when its model was kept
             if method.kind == "source_only":
                 model = source
             elif method.kind == "oracle":
                 model, _ = load_unet(str(base.train_oracle()), map_location=base.device)
             elif method.kind in BASELINE_KINDS:
-                model, extra = self._baseline(method.kind, source, target_images, seed, base)
+                model, extra, minutes = self._baseline(method.kind, source, target_images, seed, base)
+                t0 = time.time()
             else:
                 raise ValueError(f"method {name}: unknown kind {method.kind!r}")
-            minutes = (time.time() - t0) / 60
             scores = base.evaluate(model)
+            minutes += (time.time() - t0) / 60
             if method.kind == "source_only":
                 source_scores = {**scores, **base.selection_scores(source)}
             self._save(name, seed, {**scores, **extra}, minutes)
 
+    def baseline_path(self, kind: str, seed: int) -> Path:
+        """Where the adapted model of baseline ``kind`` for ``seed`` is kept."""
+        return self.results_dir / f"seed_{seed}" / "baselines" / f"{kind}.pt"
+
+    def _baseline_settings(self, kind: str, seed: int) -> dict[str, Any]:
+        config = {"adabn": self.adabn_config, "tent": self.tent_config,
+                  "self_training": self.self_training_config}[kind]
+        fields = {k: v for k, v in dataclasses.asdict(config).items() if k != "progress"}  # progress bars: not a setting
+        # JSON round trip: plain values (tuples as lists) that load with weights_only=True and compare equal
+        return json.loads(json.dumps({"kind": kind, "seed": seed, "config": fields}, default=str))
+
     def _baseline(self, kind: str, source: torch.nn.Module, target_images, seed: int,
-                  base) -> tuple[torch.nn.Module, dict[str, Any]]:
+                  base) -> tuple[torch.nn.Module, dict[str, Any], float]:
         """The ``"adabn"``, ``"tent"`` or ``"self_training"`` adaptation of the source actor to the unlabelled target
-        images, and what the method records beside its scores."""
+        images (``target_images()`` returns them), what the method records beside its scores, and the minutes the
+        adaptation took. The model is kept in :meth:`baseline_path` and reused, by the baseline's row and its
+        + TTO row, as long as it was made with the same settings (the baseline's config and the seed)."""
+        path, settings = self.baseline_path(kind, seed), self._baseline_settings(kind, seed)
+        if path.is_file():
+            model, meta = load_unet(str(path), map_location=base.device)
+            if meta.get("settings") == settings:
+                return model, meta["extra"], float(meta["minutes"])
+            print(f"[benchmark] {path}: made with other settings; adapting again", flush=True)
+        t0 = time.time()
+        model, extra = self._adapt(kind, source, target_images(), seed, base)
+        minutes = (time.time() - t0) / 60
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_unet(model, str(path), settings=settings, extra=json.loads(json.dumps(extra, default=float)),
+                  minutes=minutes)
+        return model, extra, minutes
+
+    def _adapt(self, kind: str, source: torch.nn.Module, target_images: np.ndarray, seed: int,
+               base) -> tuple[torch.nn.Module, dict[str, Any]]:
         if kind == "adabn":
             return adabn(source, target_images, self.adabn_config, base.device), {}
         if kind == "tent":

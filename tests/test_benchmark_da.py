@@ -84,12 +84,17 @@ def test_quick_benchmark_writes_table_csv_and_chart(quick_results):
     st_tto = json.loads((d / "seed_0" / "self_training_tto.json").read_text())
     assert st_tto["pseudo_labels_per_round"] == st_row["pseudo_labels_per_round"]
     assert st_tto["tto_optimised"] == pytest.approx(8 * (1 - st_row["validity_pct"] / 100))
+    # each baseline adapted once and kept; its + TTO row counts that adaptation's minutes too
+    assert sorted(p.name for p in (d / "seed_0" / "baselines").glob("*.pt")) == ["adabn.pt", "self_training.pt",
+                                                                               "tent.pt"]
+    assert st_tto["minutes"] > rl4seg["minutes"] + st_row["minutes"] * 0.5
     assert "TENT + TTO" in md
 
 
 def test_benchmark_resumes_skipping_finished_results(quick_results, capsys):
     d = quick_results
     mtimes = {p: p.stat().st_mtime_ns for p in (d / "seed_0").glob("*.json")}
+    kept = {p: p.stat().st_mtime_ns for p in (d / "seed_0" / "baselines").glob("*.pt")}
     rc = _script().main([*TINY, "--quick", "--results", str(d), "--st-epochs", "1", "--methods", *METHODS_RUN])
     assert rc == 0
     assert {p: p.stat().st_mtime_ns for p in (d / "seed_0").glob("*.json")} == mtimes  # nothing recomputed
@@ -100,6 +105,7 @@ def test_benchmark_resumes_skipping_finished_results(quick_results, capsys):
     assert rc == 0
     changed = {p.name for p in (d / "seed_0").glob("*.json") if p.stat().st_mtime_ns != mtimes[p]}
     assert changed == {"rl4seg_tto.json", "tent_tto.json", "self_training_tto.json"}
+    assert {p: p.stat().st_mtime_ns for p in (d / "seed_0" / "baselines").glob("*.pt")} == kept  # not re-adapted
     assert json.loads((d / "seed_0" / "rl4seg_tto.json").read_text())["test_time_settings"]["steps"] == 1
     # --table-only runs nothing, lists what is missing and rewrites the tables from what has finished
     mtimes = {p: p.stat().st_mtime_ns for p in (d / "seed_0").glob("*.json")}
@@ -110,6 +116,38 @@ def test_benchmark_resumes_skipping_finished_results(quick_results, capsys):
     assert not (d / "seed_1").exists() and "source_only (seed 1), adabn (seed 1)" in capsys.readouterr().out
     with open(d / "results.csv") as f:
         assert [r["method"] for r in csv.DictReader(f)] == ["source_only", "adabn"]
+
+
+def test_baseline_model_is_kept_and_made_again_for_other_settings(tmp_path):
+    """A baseline's adapted model is made once per seed and reused (no target images needed); a kept model made
+    with other settings of that baseline is not reused."""
+    import dataclasses
+    from types import SimpleNamespace
+
+    from agents.networks import UNet
+    from pipeline.baselines import AdaBNConfig
+
+    config = load_config(ROOT / "configs" / "quick.yaml", TINY)
+    bench = DABenchmark(config, tmp_path, seeds=[0], methods=["adabn"], adabn_config=AdaBNConfig(batch_size=4))
+    torch.manual_seed(0)
+    source, base = UNet(channels=(4, 8)).eval(), SimpleNamespace(device=torch.device("cpu"))
+    calls = []
+
+    def images():
+        calls.append(1)
+        return torch.rand(8, 32, 32).numpy()
+
+    first, extra, minutes = bench._baseline("adabn", source, images, 0, base)
+    assert bench.baseline_path("adabn", 0).is_file() and len(calls) == 1 and extra == {} and minutes >= 0
+    again, _, kept_minutes = bench._baseline("adabn", source, images, 0, base)
+    assert len(calls) == 1 and kept_minutes == minutes  # loaded, not adapted again
+    for a, b in zip(first.state_dict().values(), again.state_dict().values()):
+        assert torch.equal(a, b)
+    bench.adabn_config = dataclasses.replace(bench.adabn_config, batch_size=2)
+    bench._baseline("adabn", source, images, 0, base)
+    assert len(calls) == 2  # other settings: adapted again (and kept in place of the old model)
+    bench._baseline("adabn", source, images, 1, base)
+    assert len(calls) == 3 and bench.baseline_path("adabn", 1).is_file()  # another seed, its own model
 
 
 def test_results_folder_of_another_config_is_refused(quick_results):
