@@ -140,6 +140,10 @@ class RewardNetSection(RewardTrainConfig):
     #: "none": the learned reward alone (the paper); "shape_ae": the pixelwise minimum of the learned reward and the
     #: shape auto-encoder's agreement with the action (reward.fusion.ShapeAgreementReward; needs shape_ae.enabled)
     fusion: str = "none"
+    #: iterations after the first start their network from the previous iteration's (the same ensemble member)
+    #: instead of fresh weights; with ``max_steps`` each iteration then trains a bounded number of steps on the
+    #: growing set. False: from scratch every iteration (the paper)
+    warm_start: bool = False
 
     def __post_init__(self) -> None:
         super().__post_init__()

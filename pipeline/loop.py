@@ -419,8 +419,11 @@ class RL4SegRun:
                                                                                 + (f"_{member}" if member else "")))
                                       if main else None)
             out = self.dirs.reward_net(iteration, member) if main else None  # every process trains, rank 0 saves
-            result = train_reward_network(RewardSampleDataset(store), self.n_classes, cfg, out_path=out,
-                                          iteration=iteration)
+            previous = self.dirs.reward_net(iteration - 1, member)
+            init = (load_reward_net(previous, map_location=self.device)[0]
+                    if rn.warm_start and iteration > 1 and previous.is_file() else None)
+            result = train_reward_network(RewardSampleDataset(store), self.n_classes, cfg, out_path=out, init=init,
+                                          iteration=iteration, warm_start=init is not None)
             nets.append(result.net)
             if member == 0:  # the held-out checks and the report describe the first network
                 info = {"ece_before": result.val_ece_before, "ece_after": result.val_ece_after,

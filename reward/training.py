@@ -259,8 +259,10 @@ class ShardBlockSampler(torch.utils.data.Sampler[int]):
 
 
 def train_reward_network(samples: Any, n_classes: int, config: RewardTrainConfig | None = None,
-                         out_path: str | os.PathLike | None = None, **metadata: Any) -> RewardTrainResult:
-    """Train a reward network from scratch, keep the best-on-validation weights, then temperature-scale it.
+                         out_path: str | os.PathLike | None = None, init: RewardNet | None = None,
+                         **metadata: Any) -> RewardTrainResult:
+    """Train a reward network (from scratch, or from ``init``'s weights), keep the best-on-validation weights, then
+    temperature-scale it.
 
     :param samples: indexable with ``len`` (list, ``torch.utils.data.Dataset`` such as
         :class:`reward.builder.RewardSampleDataset`) of ``(image, pred, target)``: image float32 (H, W) or
@@ -269,6 +271,9 @@ def train_reward_network(samples: Any, n_classes: int, config: RewardTrainConfig
     :param n_classes: classes of the label maps, background included.
     :param config: :class:`RewardTrainConfig` (default settings if None).
     :param out_path: if given, the final network is saved there with :func:`save_reward_net` (atomic).
+    :param init: a trained :class:`RewardNet` of the same architecture (``n_classes``, ``config.channels``,
+        ``config.norm``, ``config.seg_encoding``) whose weights training starts from (a warm start, e.g. the previous
+        RL iteration's network); it is not modified. None: fresh weights (seeded by ``config.seed``).
     :param metadata: extra plain values stored in the checkpoint (e.g. ``iteration=2``).
     :return: :class:`RewardTrainResult`.
 
@@ -285,7 +290,7 @@ def train_reward_network(samples: Any, n_classes: int, config: RewardTrainConfig
     # seeded run that leaves the caller's global RNG streams as they were
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(config.seed)
-        return _train(samples, n_classes, config, device, out_path, metadata)
+        return _train(samples, n_classes, config, device, out_path, metadata, init)
 
 
 def split_indices(n: int, val_fraction: float, seed: int, groups: Sequence[Any] | None = None
@@ -318,7 +323,8 @@ def split_indices(n: int, val_fraction: float, seed: int, groups: Sequence[Any] 
 
 
 def _train(samples: Any, n_classes: int, config: RewardTrainConfig, device: torch.device,
-           out_path: str | os.PathLike | None, metadata: dict[str, Any]) -> RewardTrainResult:
+           out_path: str | os.PathLike | None, metadata: dict[str, Any], init: RewardNet | None = None
+           ) -> RewardTrainResult:
     val_idx, train_idx = split_indices(len(samples), config.val_fraction, config.seed,
                                        getattr(samples, "ids", None) if config.split_by == "image" else None)
 
@@ -341,6 +347,13 @@ def _train(samples: Any, n_classes: int, config: RewardTrainConfig, device: torc
 
     net = RewardNet(n_classes, seg_encoding=config.seg_encoding, channels=config.channels,
                     norm=config.norm).to(device)
+    if init is not None:
+        built, wanted = ({k: v for k, v in m.constructor_kwargs().items() if k != "temperature"} for m in (init, net))
+        if built != wanted:
+            raise ValueError(f"train_reward_network: the network to start from was built with {built}, the one to "
+                             f"train with {wanted}; a warm start needs the same architecture")
+        net.load_state_dict(init.state_dict())
+        net.set_temperature(1.0)  # refitted below; training reads the raw logits
     to_memory_format(net, config.channels_last, device)
     optimizer = torch.optim.Adam(net.parameters(), lr=config.lr)
     writer = None

@@ -4,6 +4,7 @@ import json
 import shutil
 
 import pytest
+import torch
 
 from pipeline.config import load_config
 from pipeline.loop import RL4SegRun
@@ -455,6 +456,25 @@ def test_a_kill_at_a_random_moment_of_iteration_2_resumes_to_the_uninterrupted_r
     assert resumed.wait(timeout=600) == 0, resumed.stderr.read()
     actual, _ = _report_without_timings(tmp_path / "killed")
     assert actual == expected, f"killed {delay:.2f} s into iteration 2 ({t_iteration:.2f} s long)"
+
+
+def test_a_warm_started_reward_network_begins_from_the_previous_iteration(pretrained, tmp_path, monkeypatch):
+    """reward_net.warm_start: iteration 2's network starts from iteration 1's weights (as saved), iteration 1's
+    from fresh ones; the checkpoint says which."""
+    import reward.training
+    from reward.network import load_reward_net
+
+    starts = []
+    original = reward.training.train_reward_network
+    monkeypatch.setattr("pipeline.loop.train_reward_network", lambda *a, init=None, **k: (
+        starts.append(None if init is None else {n: v.clone() for n, v in init.state_dict().items()}),
+        original(*a, init=init, **k))[1])
+    run = _new_run(pretrained, tmp_path / "run", "ppo.iterations=2", "reward_net.warm_start=true")
+    run.run()
+    first, meta1 = load_reward_net(tmp_path / "run" / "checkpoints" / "iter_001" / "reward_net.pt")
+    _, meta2 = load_reward_net(tmp_path / "run" / "checkpoints" / "iter_002" / "reward_net.pt")
+    assert starts[0] is None and not meta1["warm_start"] and meta2["warm_start"]
+    assert all(torch.equal(v, starts[1][n]) for n, v in first.state_dict().items())
 
 
 def test_an_ensemble_of_reward_networks_fused_with_the_shape_prior_scores_ppo_and_resumes(pretrained, tmp_path,

@@ -354,3 +354,21 @@ def test_a_step_budget_bounds_training_whatever_the_set_size(monkeypatch) -> Non
     assert len(steps) == 3 * 7  # no budget: full passes
     with pytest.raises(ValueError, match="max_steps must be >= 1"):
         RewardTrainConfig(max_steps=0)
+
+
+def test_a_warm_start_begins_from_the_given_network_and_leaves_it_unchanged() -> None:
+    samples = disc_toy(20, size=16, seed=4)
+    config = RewardTrainConfig(epochs=1, batch_size=8, channels=SMALL, progress=False, seed=5, calibrate=False)
+    start = train_reward_network(samples, N_CLASSES, config).net
+    before = {k: v.clone() for k, v in start.state_dict().items()}
+    # a learning rate too small to move a weight: the result is the starting network
+    still = train_reward_network(samples, N_CLASSES, RewardTrainConfig(**{**config.__dict__, "lr": 1e-30}),
+                                 init=start).net
+    fresh = train_reward_network(samples, N_CLASSES, RewardTrainConfig(**{**config.__dict__, "lr": 1e-30})).net
+    weights = [k for k in before if "weight" in k]
+    assert all(torch.allclose(still.state_dict()[k], before[k]) for k in weights)
+    assert not all(torch.allclose(fresh.state_dict()[k], before[k]) for k in weights)
+    assert all(torch.equal(start.state_dict()[k], before[k]) for k in before)  # the start is not modified
+    with pytest.raises(ValueError, match="same architecture"):
+        train_reward_network(samples, N_CLASSES, RewardTrainConfig(**{**config.__dict__, "channels": (4, 8)}),
+                             init=start)
