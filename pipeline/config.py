@@ -111,9 +111,15 @@ class RewardDatasetSection(PerturbationConfig):
     #: labelled *source* images per iteration whose predictions and / or moved boundaries join the reward set with
     #: their true labels as reference (kind "source"; ``source.images: 0``, the default: the paper's target-only set)
     source: SourceSampleConfig = field(default_factory=SourceSampleConfig)
+    #: the reward network of iteration i trains on the samples of iterations i - window + 1 .. i only (1: the
+    #: current actor's samples alone); None: every iteration's samples so far (the paper's growing set). Samples are
+    #: kept on disk either way
+    window: int | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.window is not None and self.window < 1:
+            raise ValueError(f"RewardDatasetSection.window must be >= 1 or null, got {self.window}")
         if self.images_per_iteration < 1 or self.batch_size < 1:
             raise ValueError("RewardDatasetSection.images_per_iteration and batch_size must be >= 1, got "
                              f"{self.images_per_iteration} and {self.batch_size}")

@@ -406,9 +406,10 @@ class RL4SegRun:
     def _train_reward(self, store: RewardSampleStore, iteration: int):
         if self.config.oracle_reward:
             return None, {}  # ablation: the env's ground-truth reward stays in place
-        n, rn = self.config.network, self.config.reward_net
+        n, rn, window = self.config.network, self.config.reward_net, self.config.reward_dataset.window
         main = self.ctx.is_main
         nets, info = [], {}
+        iterations = None if window is None else range(iteration - window + 1, iteration + 1)
         for member in range(rn.ensemble):  # member 0 keeps the seed of a single network: ensemble 1 is the paper
             cfg = dataclasses.replace(rn, channels=n.channels, norm=n.norm, device=str(self.device),
                                       mixed_precision=self.config.mixed_precision,
@@ -422,7 +423,8 @@ class RL4SegRun:
             previous = self.dirs.reward_net(iteration - 1, member)
             init = (load_reward_net(previous, map_location=self.device)[0]
                     if rn.warm_start and iteration > 1 and previous.is_file() else None)
-            result = train_reward_network(RewardSampleDataset(store), self.n_classes, cfg, out_path=out, init=init,
+            result = train_reward_network(RewardSampleDataset(store, iterations=iterations), self.n_classes, cfg,
+                                          out_path=out, init=init,
                                           iteration=iteration, warm_start=init is not None)
             nets.append(result.net)
             if member == 0:  # the held-out checks and the report describe the first network

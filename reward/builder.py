@@ -252,9 +252,12 @@ class RewardSampleStore:
         d.mkdir(parents=True)
         return _IterationWriter(d, self.shard_size)
 
-    def shards(self) -> list[Path]:
+    def shards(self, iterations: Sequence[int] | None = None) -> list[Path]:
+        """The shard files of the completed iterations (of those among ``iterations`` when given), in order."""
         files: list[Path] = []
         for it in self.completed_iterations():
+            if iterations is not None and it not in iterations:
+                continue
             files.extend(sorted(self._iter_dir(it).glob("shard_*.npz")))
         return files
 
@@ -570,13 +573,16 @@ class RewardSampleDataset(torch.utils.data.Dataset):
     :param store: the sample store (its completed iterations, read when the dataset is made).
     :param cache_mb: bound of the decoded-shard cache (default 32 MB: 4 shards of 512 samples at 64 px,
         one shard at 256 px).
+    :param iterations: read only these completed iterations (None: all of them).
     :raises ValueError: the store is empty or a shard is unreadable (the message names the file).
     """
 
-    def __init__(self, store: RewardSampleStore, cache_mb: float = 32.0) -> None:
-        self.files = store.shards()
+    def __init__(self, store: RewardSampleStore, cache_mb: float = 32.0, iterations: Sequence[int] | None = None
+                 ) -> None:
+        self.files = store.shards(iterations)
         if not self.files:
-            raise ValueError(f"{store.root}: the reward dataset is empty (no completed iteration with samples)")
+            which = "" if iterations is None else f" among iterations {sorted(iterations)}"
+            raise ValueError(f"{store.root}: the reward dataset is empty (no completed iteration with samples{which})")
         ids, kinds, shard_of, row_of = [], [], [], []
         for s, f in enumerate(self.files):
             with self._open(f) as z:

@@ -3,7 +3,7 @@ import pytest
 import torch
 from torch import nn
 
-from reward.builder import (SAMPLE_KINDS, PerturbationConfig, RewardDatasetBuilder, RewardSampleDataset,
+from reward.builder import (SAMPLE_KINDS, BuildReport, PerturbationConfig, RewardDatasetBuilder, RewardSampleDataset,
                             RewardSampleStore, SourceSampleConfig, fourier_style)
 
 H = W = 16
@@ -341,3 +341,19 @@ def test_source_samples_need_a_labelled_source(tmp_path):
     report, _ = _builder().build(_FixedActor(), np.full((2, H, W), 0.9, np.float32), ["a", "b"],
                                  RewardSampleStore(tmp_path), 1)
     assert report.samples_by_kind["source"] == 0
+
+
+def test_the_dataset_reads_only_the_iterations_asked_for(tmp_path):
+    store = RewardSampleStore(tmp_path / "store", shard_size=4)
+    for iteration, n in ((1, 3), (2, 5), (3, 2)):
+        writer = store.begin(iteration)
+        for k in range(n):
+            label = np.full((8, 8), iteration % 3, np.uint8)
+            writer.add(np.zeros((8, 8), np.float32), label, label, "pseudo_label", f"{iteration}:{k}")
+        writer.commit(BuildReport(iteration=iteration, samples_by_kind={"pseudo_label": n}))
+    assert len(RewardSampleDataset(store)) == 10
+    last = RewardSampleDataset(store, iterations=range(3, 4))
+    assert len(last) == 2 and set(last.ids) == {"3:0", "3:1"}
+    assert len(RewardSampleDataset(store, iterations=[2, 3])) == 7
+    with pytest.raises(ValueError, match=r"empty .*iterations \[4\]"):
+        RewardSampleDataset(store, iterations=[4])

@@ -460,7 +460,7 @@ def test_a_kill_at_a_random_moment_of_iteration_2_resumes_to_the_uninterrupted_r
 
 def test_a_warm_started_reward_network_begins_from_the_previous_iteration(pretrained, tmp_path, monkeypatch):
     """reward_net.warm_start: iteration 2's network starts from iteration 1's weights (as saved), iteration 1's
-    from fresh ones; the checkpoint says which."""
+    from fresh ones; the checkpoint says which. reward_dataset.window=1: it trains on iteration 2's samples alone."""
     import reward.training
     from reward.network import load_reward_net
 
@@ -469,8 +469,11 @@ def test_a_warm_started_reward_network_begins_from_the_previous_iteration(pretra
     monkeypatch.setattr("pipeline.loop.train_reward_network", lambda *a, init=None, **k: (
         starts.append(None if init is None else {n: v.clone() for n, v in init.state_dict().items()}),
         original(*a, init=init, **k))[1])
-    run = _new_run(pretrained, tmp_path / "run", "ppo.iterations=2", "reward_net.warm_start=true")
-    run.run()
+    run = _new_run(pretrained, tmp_path / "run", "ppo.iterations=2", "reward_net.warm_start=true",
+                   "reward_dataset.window=1")
+    rows = [r for r in run.run() if r.get("model") == "RL4Seg"]
+    new = [r["n_samples"] for r in rows]  # each iteration's new samples; whole images held out for validation
+    assert all(n / 2 <= r["reward_train_samples"] < n for r, n in zip(rows, new))  # the growing set: > new[1]
     first, meta1 = load_reward_net(tmp_path / "run" / "checkpoints" / "iter_001" / "reward_net.pt")
     _, meta2 = load_reward_net(tmp_path / "run" / "checkpoints" / "iter_002" / "reward_net.pt")
     assert starts[0] is None and not meta1["warm_start"] and meta2["warm_start"]
