@@ -148,7 +148,8 @@ class RewardNetSection(RewardTrainConfig):
     fusion: str = "none"
     #: iterations after the first start their network from the previous iteration's (the same ensemble member)
     #: instead of fresh weights; with ``max_steps`` each iteration then trains a bounded number of steps on the
-    #: growing set. False: from scratch every iteration (the paper)
+    #: growing set. ``split_by: image`` becomes ``image_id`` (seeded by ``seed``): an image stays on its side of
+    #: the validation split in every iteration. False: from scratch every iteration (the paper)
     warm_start: bool = False
 
     def __post_init__(self) -> None:

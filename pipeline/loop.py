@@ -419,6 +419,10 @@ class RL4SegRun:
                                       tensorboard_dir=str(self.dirs.tensorboard(f"reward_iter_{iteration:03d}"
                                                                                 + (f"_{member}" if member else "")))
                                       if main else None)
+            if rn.warm_start and cfg.split_by == "image":
+                # an image keeps its side from one iteration to the next: the network started from never trained on
+                # a validation image
+                cfg = dataclasses.replace(cfg, split_by="image_id", split_seed=self.config.seed)
             out = self.dirs.reward_net(iteration, member) if main else None  # every process trains, rank 0 saves
             previous = self.dirs.reward_net(iteration - 1, member)
             init = (load_reward_net(previous, map_location=self.device)[0]

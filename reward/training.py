@@ -6,6 +6,7 @@ on the validation logits (calibration pixels: foreground by default) with ECE be
 """
 from __future__ import annotations
 
+import hashlib
 import itertools
 import math
 import os
@@ -47,8 +48,12 @@ class RewardTrainConfig:
     #: fraction of the samples held out for validation, early stopping and temperature scaling (authors: 0.1)
     val_fraction: float = 0.1
     #: "image": all samples of one image (same ``ids`` entry of the sample set) on the same side of the split,
-    #: so validation (early stopping, temperature, ECE) never sees an image it trained on; "sample": per sample
+    #: so validation (early stopping, temperature, ECE) never sees an image it trained on; "image_id": the same, each
+    #: image's side drawn from its id and ``split_seed`` alone (a hash), so an image keeps its side as the sample set
+    #: grows: what a network started from an earlier one (``init``) needs; "sample": per sample
     split_by: str = "image"
+    #: seed of the "image_id" split's hash (``seed`` seeds the other splits)
+    split_seed: int = 0
     #: use the network (for PPO and test-time optimisation) only when :meth:`RewardTrainResult.informative`;
     #: false uses it whatever its checks say
     require_informative: bool = True
@@ -120,8 +125,9 @@ class RewardTrainConfig:
             raise ValueError(f"RewardTrainConfig.max_steps must be >= 1 or null, got {self.max_steps}")
         if self.patience is not None and self.patience < 1:
             raise ValueError(f"RewardTrainConfig.patience must be >= 1 or null, got {self.patience}")
-        if self.split_by not in ("image", "sample"):
-            raise ValueError(f"RewardTrainConfig.split_by must be 'image' or 'sample', got {self.split_by!r}")
+        if self.split_by not in ("image", "image_id", "sample"):
+            raise ValueError("RewardTrainConfig.split_by must be 'image', 'image_id' or 'sample', "
+                             f"got {self.split_by!r}")
         if self.seg_encoding not in ("onehot", "label"):
             raise ValueError(f"RewardTrainConfig.seg_encoding must be 'onehot' or 'label', got {self.seg_encoding!r}")
         if self.calibration_pixels not in ("foreground", "all"):
@@ -322,11 +328,39 @@ def split_indices(n: int, val_fraction: float, seed: int, groups: Sequence[Any] 
     return np.sort(order[:n_val]), order[n_val:]
 
 
+def stable_split_indices(groups: Sequence[Any], val_fraction: float, split_seed: int, seed: int = 0
+                         ) -> tuple[np.ndarray, np.ndarray]:
+    """(validation, training) indices, whole groups (e.g. image ids) on one side, each group's side drawn from the
+    group key and ``split_seed`` alone: the group goes to validation when a hash of both, read as a number in [0, 1),
+    is below ``val_fraction``. A group keeps its side whatever other groups the set holds, so a set that grows keeps
+    its earlier validation groups out of training. At least one group is on each side when there are two or more
+    (the lowest hash is moved to validation, or the highest to training); the training indices are shuffled with
+    ``seed``."""
+    keys = np.asarray([str(g) for g in groups])
+    unique = np.unique(keys)
+    draws = {k: int.from_bytes(hashlib.sha256(f"{split_seed}:{k}".encode()).digest()[:8], "big") / 2**64
+             for k in unique}
+    chosen = {k for k in unique if draws[k] < val_fraction}
+    if len(unique) > 1:
+        ordered = sorted(unique, key=draws.get)
+        if not chosen:
+            chosen = {ordered[0]}
+        elif len(chosen) == len(unique):
+            chosen.discard(ordered[-1])
+    val = np.isin(keys, sorted(chosen)) if len(unique) > 1 else np.zeros(len(keys), bool)
+    if not val.any():  # a single group: fall back to samples, as split_indices does
+        return split_indices(len(keys), val_fraction, seed)
+    return np.flatnonzero(val), np.random.default_rng(seed).permutation(np.flatnonzero(~val))
+
+
 def _train(samples: Any, n_classes: int, config: RewardTrainConfig, device: torch.device,
            out_path: str | os.PathLike | None, metadata: dict[str, Any], init: RewardNet | None = None
            ) -> RewardTrainResult:
-    val_idx, train_idx = split_indices(len(samples), config.val_fraction, config.seed,
-                                       getattr(samples, "ids", None) if config.split_by == "image" else None)
+    groups = getattr(samples, "ids", None) if config.split_by != "sample" else None
+    if config.split_by == "image_id" and groups is not None:
+        val_idx, train_idx = stable_split_indices(groups, config.val_fraction, config.split_seed, config.seed)
+    else:
+        val_idx, train_idx = split_indices(len(samples), config.val_fraction, config.seed, groups)
 
     gen = torch.Generator().manual_seed(config.seed)
     ctx = distributed_context()

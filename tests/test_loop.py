@@ -466,9 +466,10 @@ def test_a_warm_started_reward_network_begins_from_the_previous_iteration(pretra
 
     starts = []
     original = reward.training.train_reward_network
+    splits = []
     monkeypatch.setattr("pipeline.loop.train_reward_network", lambda *a, init=None, **k: (
         starts.append(None if init is None else {n: v.clone() for n, v in init.state_dict().items()}),
-        original(*a, init=init, **k))[1])
+        splits.append((a[2].split_by, a[2].split_seed)), original(*a, init=init, **k))[2])
     run = _new_run(pretrained, tmp_path / "run", "ppo.iterations=2", "reward_net.warm_start=true",
                    "reward_dataset.window=1")
     rows = [r for r in run.run() if r.get("model") == "RL4Seg"]
@@ -477,6 +478,7 @@ def test_a_warm_started_reward_network_begins_from_the_previous_iteration(pretra
     first, meta1 = load_reward_net(tmp_path / "run" / "checkpoints" / "iter_001" / "reward_net.pt")
     _, meta2 = load_reward_net(tmp_path / "run" / "checkpoints" / "iter_002" / "reward_net.pt")
     assert starts[0] is None and not meta1["warm_start"] and meta2["warm_start"]
+    assert splits == [("image_id", 0)] * 2  # the validation images of iteration 1 stay out of later training
     assert all(torch.equal(v, starts[1][n]) for n, v in first.state_dict().items())
 
 

@@ -372,3 +372,22 @@ def test_a_warm_start_begins_from_the_given_network_and_leaves_it_unchanged() ->
     with pytest.raises(ValueError, match="same architecture"):
         train_reward_network(samples, N_CLASSES, RewardTrainConfig(**{**config.__dict__, "channels": (4, 8)}),
                              init=start)
+
+
+def test_the_stable_split_keeps_each_image_on_its_side_as_the_set_grows() -> None:
+    from reward.training import stable_split_indices
+
+    first = [f"img{k // 4}" for k in range(400)]  # 100 images, 4 samples each
+    grown = first + [f"img{k // 4}" for k in range(400, 1200)]  # 200 more images
+    val_a, train_a = stable_split_indices(first, 0.1, split_seed=3)
+    val_b, train_b = stable_split_indices(grown, 0.1, split_seed=3, seed=9)
+    held_a = {first[i] for i in val_a}
+    held_b = {grown[i] for i in val_b}
+    assert held_a == {g for g in held_b if int(g[3:]) < 100}  # the first images kept their side
+    assert not held_b & {grown[i] for i in train_b} and len(val_b) + len(train_b) == len(grown)
+    assert 0.05 < len(held_b) / 300 < 0.15  # about val_fraction of the images
+    assert held_a != {first[i] for i in stable_split_indices(first, 0.1, split_seed=4)[0]}  # the seed matters
+    val_1, _ = stable_split_indices(["a", "a", "b"], 0.0, split_seed=0)  # at least one group held out
+    assert len(val_1) in (1, 2)
+    val_2, train_2 = stable_split_indices(["a"] * 5, 0.2, split_seed=0)  # one group: split by sample
+    assert len(val_2) == 1 and len(train_2) == 4
