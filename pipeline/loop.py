@@ -424,9 +424,8 @@ class RL4SegRun:
                 # a validation image
                 cfg = dataclasses.replace(cfg, split_by="image_id", split_seed=self.config.seed)
             out = self.dirs.reward_net(iteration, member) if main else None  # every process trains, rank 0 saves
-            previous = self.dirs.reward_net(iteration - 1, member)
-            init = (load_reward_net(previous, map_location=self.device)[0]
-                    if rn.warm_start and iteration > 1 and previous.is_file() else None)
+            previous = self.dirs.reward_net(iteration - 1, member) if rn.warm_start and iteration > 1 else None
+            init = load_reward_net(previous, map_location=self.device)[0] if previous and previous.is_file() else None
             result = train_reward_network(RewardSampleDataset(store, iterations=iterations), self.n_classes, cfg,
                                           out_path=out, init=init,
                                           iteration=iteration, warm_start=init is not None)

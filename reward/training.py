@@ -338,18 +338,15 @@ def stable_split_indices(groups: Sequence[Any], val_fraction: float, split_seed:
     ``seed``."""
     keys = np.asarray([str(g) for g in groups])
     unique = np.unique(keys)
+    if len(unique) < 2:  # a single group: split by sample, as split_indices does
+        return split_indices(len(keys), val_fraction, seed)
     draws = {k: int.from_bytes(hashlib.sha256(f"{split_seed}:{k}".encode()).digest()[:8], "big") / 2**64
              for k in unique}
-    chosen = {k for k in unique if draws[k] < val_fraction}
-    if len(unique) > 1:
-        ordered = sorted(unique, key=draws.get)
-        if not chosen:
-            chosen = {ordered[0]}
-        elif len(chosen) == len(unique):
-            chosen.discard(ordered[-1])
-    val = np.isin(keys, sorted(chosen)) if len(unique) > 1 else np.zeros(len(keys), bool)
-    if not val.any():  # a single group: fall back to samples, as split_indices does
-        return split_indices(len(keys), val_fraction, seed)
+    ordered = sorted(unique, key=draws.get)
+    chosen = {k for k in unique if draws[k] < val_fraction} or {ordered[0]}
+    if len(chosen) == len(unique):
+        chosen.discard(ordered[-1])
+    val = np.isin(keys, sorted(chosen))
     return np.flatnonzero(val), np.random.default_rng(seed).permutation(np.flatnonzero(~val))
 
 
