@@ -91,8 +91,10 @@ METHODS: dict[str, Method] = {m.name: m for m in (
            "no KL term to the source policy"),
     Method("rl4seg_no_anchors", "RL4Seg w/o anchors", "rl4seg", ("ppo.anchors=false",),
            "no pseudo-label anchors in the RL batch"),
-    Method("rl4seg_no_shape_ae", "RL4Seg w/o shape AE", "rl4seg", ("shape_ae.enabled=false",),
-           "morphological correction only"),
+    # the reward fusions read the shape auto-encoder, so the ablation turns them off with it
+    Method("rl4seg_no_shape_ae", "RL4Seg w/o shape AE", "rl4seg",
+           ("shape_ae.enabled=false", "reward_net.fusion=none", "test_time.fusion=none"),
+           "morphological correction only; no shape-prior fusion of the reward"),
     Method("rl4seg_gt_reward", "RL4Seg GT reward (target labels)", "rl4seg", ("oracle_reward=true",),
            "ground-truth reward instead of the learned one", reads_target_labels=True),
 )}

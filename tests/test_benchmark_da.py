@@ -10,7 +10,7 @@ import yaml
 from pipeline.commands import benchmark_da as benchmark_da_command
 import torch
 
-from pipeline.benchmark_da import METHODS, DABenchmark, skip_reason, summarize, write_tables
+from pipeline.benchmark_da import METHODS, DABenchmark, method_config, skip_reason, summarize, write_tables
 from pipeline.config import load_config
 
 torch.set_num_threads(1)
@@ -201,6 +201,18 @@ def test_ablation_already_in_the_config_is_skipped():
     assert "identical to rl4seg" in skip_reason(cfg, METHODS["rl4seg_no_anchors"])
     assert skip_reason(cfg, METHODS["rl4seg_no_kl"]) is None
     assert skip_reason(cfg, METHODS["tent"]) is None
+
+
+@pytest.mark.parametrize("config", ["default.yaml", "paper.yaml", "quick.yaml"])
+def test_every_rl4seg_variant_is_a_valid_config_of_the_shipped_configs(config, tmp_path):
+    # the shape-AE ablation once failed on configs/default.yaml (test_time.fusion still read the auto-encoder)
+    base = load_config(ROOT / "configs" / config)
+    for method in METHODS.values():
+        if method.kind == "rl4seg" and skip_reason(base, method) is None:
+            cfg = method_config(base, method, 1, tmp_path / method.name)
+            assert cfg.seed == 1 and cfg.run_dir == str(tmp_path / method.name)
+    no_ae = method_config(base, METHODS["rl4seg_no_shape_ae"], 0, tmp_path)
+    assert not no_ae.shape_ae.enabled and no_ae.test_time.fusion == "none" and no_ae.reward_net.fusion == "none"
 
 
 def test_summary_mean_std_gap_and_bold_best(tmp_path):
