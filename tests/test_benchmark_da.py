@@ -203,7 +203,7 @@ def test_ablation_already_in_the_config_is_skipped():
     assert skip_reason(cfg, METHODS["tent"]) is None
 
 
-@pytest.mark.parametrize("config", ["default.yaml", "paper.yaml", "quick.yaml"])
+@pytest.mark.parametrize("config", ["default.yaml", "paper.yaml", "quick.yaml", "camus.yaml"])
 def test_every_rl4seg_variant_is_a_valid_config_of_the_shipped_configs(config, tmp_path):
     # the shape-AE ablation once failed on configs/default.yaml (test_time.fusion still read the auto-encoder)
     base = load_config(ROOT / "configs" / config)
