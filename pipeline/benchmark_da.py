@@ -88,7 +88,7 @@ METHODS: dict[str, Method] = {m.name: m for m in (
     Method("self_training_tto", "self-training + TTO", "self_training_tto",
            description="self-training's model with the same test-time optimisation (the RL4Seg run's reward network)"),
     Method("rl4seg_no_kl", "RL4Seg w/o KL", "rl4seg", ("ppo.kl_coef_base=0",),
-           "no KL term to the source policy"),
+           "no KL term to the reference policy (the actor RL starts from, ppo.init)"),
     Method("rl4seg_no_anchors", "RL4Seg w/o anchors", "rl4seg", ("ppo.anchors=false",),
            "no pseudo-label anchors in the RL batch"),
     # the reward fusions read the shape auto-encoder, so the ablation turns them off with it
