@@ -157,7 +157,7 @@ class RewardRetrainingCallback(BaseCallback):
         before the first iteration (actor and reference policy).
     :param readapt_norm_stats: with ``adapt_norm_stats``, re-estimate them again after every iteration's
         updates (default ``False``: PPO optimised the actor with its statistics frozen, and new statistics
-        change that function; measured to grow the myocardium and lower Dice, docs/benchmarks.md).
+        change that function; measured to grow the myocardium and lower Dice, docs/experiments.md).
     :param reuse_images: when the target set is smaller than ``iterations x images_per_iteration``, predict
         again on images of earlier iterations (:meth:`iteration_indices`) instead of failing. Their new reward
         samples are added next to the older ones (different predictions of the same image; the reward

@@ -175,7 +175,7 @@ class PPOSection(IterationSchedule):
     #: "off", "mean" or "mean_std": per-minibatch advantage normalisation (PixelPPO's normalize_advantage)
     normalize_advantage: str = "off"
     #: dual-clip PPO bound c > 1 for negative advantages (null: plain clipping). Per-pixel ratios of actions sampled
-    #: at tiny probabilities blew PPO up without it (approx. KL 1.6-81 in single updates, docs/benchmarks.md)
+    #: at tiny probabilities blew PPO up without it (approx. KL 1.6-81 in single updates, docs/experiments.md)
     dual_clip: float | None = 3.0
     #: stop an update's epochs once a minibatch's approximate KL to the rollout policy exceeds 1.5 x this
     #: (PixelPPO's target_kl, SB3's rule; null: every epoch runs)
@@ -193,7 +193,7 @@ class PPOSection(IterationSchedule):
     adapt_norm_stats: bool = False
     #: also re-estimate them after each iteration's updates. PPO optimises the actor with its statistics frozen;
     #: re-estimating afterwards changes the function it optimised (development suite, ground-truth reward: the
-    #: myocardium grew 20-50 px per image and Dice fell by up to 2.4 points; docs/benchmarks.md, "Levers")
+    #: myocardium grew 20-50 px per image and Dice fell by up to 2.4 points; docs/experiments.md, "Levers")
     readapt_norm_stats: bool = False
     #: let batch-norm statistics drift with each PPO minibatch (train mode, SB3's behaviour)
     update_norm_stats_in_ppo: bool = True
