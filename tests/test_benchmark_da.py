@@ -213,8 +213,9 @@ def test_every_rl4seg_variant_is_a_valid_config_of_the_shipped_configs(config, t
             assert cfg.seed == 1 and cfg.run_dir == str(tmp_path / method.name)
     no_ae = method_config(base, METHODS["rl4seg_no_shape_ae"], 0, tmp_path)
     assert not no_ae.shape_ae.enabled and no_ae.test_time.fusion == "none" and no_ae.reward_net.fusion == "none"
-    ceiling = method_config(base, METHODS["rl4seg_gt_reward_no_anchors"], 0, tmp_path)
-    assert ceiling.oracle_reward and not ceiling.ppo.anchors and METHODS["rl4seg_gt_reward_no_anchors"].reads_target_labels
+    ceiling = METHODS["rl4seg_gt_reward_no_anchors"]
+    cfg = method_config(base, ceiling, 0, tmp_path)
+    assert cfg.oracle_reward and not cfg.ppo.anchors and ceiling.reads_target_labels
 
 
 def test_summary_mean_std_gap_and_bold_best(tmp_path):
