@@ -111,6 +111,10 @@ class RewardDatasetSection(PerturbationConfig):
     #: labelled *source* images per iteration whose predictions and / or moved boundaries join the reward set with
     #: their true labels as reference (kind "source"; ``source.images: 0``, the default: the paper's target-only set)
     source: SourceSampleConfig = field(default_factory=SourceSampleConfig)
+    #: write the target samples (pseudo-labels, their negatives, corrected predictions) to the reward set; false
+    #: trains the reward network on the ``source`` samples alone (needs ``source.images`` > 0), so it cannot learn
+    #: the actor's own boundaries as right; pseudo-labels are still made (PPO's anchors)
+    target_samples: bool = True
     #: the reward network of iteration i trains on the samples of iterations i - window + 1 .. i only (1: the
     #: current actor's samples alone); None: every iteration's samples so far (the paper's growing set). Samples are
     #: kept on disk either way
@@ -118,6 +122,9 @@ class RewardDatasetSection(PerturbationConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if not self.target_samples and not self.source.images:
+            raise ValueError("reward_dataset.target_samples: false needs reward_dataset.source.images > 0 "
+                             "(the reward set would be empty)")
         if self.window is not None and self.window < 1:
             raise ValueError(f"RewardDatasetSection.window must be >= 1 or null, got {self.window}")
         if self.images_per_iteration < 1 or self.batch_size < 1:

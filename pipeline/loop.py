@@ -561,7 +561,7 @@ class RL4SegRun:
             Corrector(ae, n_classes=self.n_classes), functools.partial(validity_batch, criteria=self.criteria),
             rd, valid_dice_threshold=rd.valid_dice_threshold, batch_size=rd.batch_size, device=self.device,
             seed=self.config.seed, source_dataset=self.datasets["source_train"] if rd.source.images else None,
-            source=rd.source)
+            source=rd.source, target_samples=rd.target_samples)
         callback = RewardRetrainingCallback(
             self.datasets["target_train"], builder, store, self._train_reward, iterations=p.iterations,
             updates_per_iteration=p.updates_per_iteration, images_per_iteration=rd.images_per_iteration,

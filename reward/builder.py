@@ -381,13 +381,20 @@ class RewardDatasetBuilder:
     :param source_dataset: labelled source dataset (a :class:`rl4seg_env.data.SegDataset`) for the ``source``
         samples; needed when ``source.images`` > 0.
     :param source: :class:`SourceSampleConfig` (default: no source samples).
+    :param target_samples: write the target samples (pseudo-labels, their negatives, corrected predictions); false
+        leaves the reward set to the ``source`` samples alone (the target predictions still give the pseudo-labels
+        returned by :meth:`build`), so the reward does not learn the actor's own boundaries as right.
     """
 
     def __init__(self, corrector, validity_fn: Callable[[np.ndarray], np.ndarray],
                  perturbations: PerturbationConfig | None = None, valid_dice_threshold: float = 0.95,
                  batch_size: int = 32, device: str | torch.device = "cpu", seed: int = 0,
-                 source_dataset=None, source: SourceSampleConfig | None = None) -> None:
+                 source_dataset=None, source: SourceSampleConfig | None = None, target_samples: bool = True) -> None:
         self.source = source or SourceSampleConfig()
+        self.target_samples = bool(target_samples)
+        if not self.target_samples and not self.source.images:
+            raise ValueError("RewardDatasetBuilder: without target samples (target_samples=False) the reward set "
+                             "needs source samples (source.images > 0); it would be empty")
         if self.source.images and source_dataset is None:
             raise ValueError("RewardDatasetBuilder: source samples (source.images > 0) need a labelled source dataset")
         if source_dataset is not None and self.source.images and not getattr(source_dataset, "with_labels", True):
@@ -531,7 +538,7 @@ class RewardDatasetBuilder:
             corrected_valid[~accepted] = np.asarray(self.validity_fn(corrected[~accepted]), dtype=bool)
 
         negatives: list[tuple[str, np.ndarray]] = []
-        if accepted.any():
+        if accepted.any() and self.target_samples:
             for sigma, noisy in noisy_actors:
                 negatives.append(("weight_noise", _predict(noisy, x).cpu().numpy()))
             for f in self.perturbations.contrast:
@@ -551,11 +558,13 @@ class RewardDatasetBuilder:
         for i, sid in enumerate(batch_ids):
             if accepted[i]:
                 pseudo_labels[sid] = pred[i]
+                if not self.target_samples:
+                    continue
                 samples.append((batch[i], pred[i], pred[i], "pseudo_label", sid))
                 samples.extend((batch[i], maps[i], pred[i], kind, sid)  # empty predictions are skipped, and
                                for kind, maps in negatives  # damages that changed nothing
                                if maps[i].any() and (kind != "anatomical" or (maps[i] != pred[i]).any()))
-            elif corrected_valid[i] and sampled[i].any():
+            elif corrected_valid[i] and sampled[i].any() and self.target_samples:
                 samples.append((batch[i], sampled[i], corrected[i], "corrected", sid))
         return samples, pseudo_labels
 

@@ -357,3 +357,20 @@ def test_the_dataset_reads_only_the_iterations_asked_for(tmp_path):
     assert len(RewardSampleDataset(store, iterations=[2, 3])) == 7
     with pytest.raises(ValueError, match=r"empty .*iterations \[4\]"):
         RewardSampleDataset(store, iterations=[4])
+
+
+def test_without_target_samples_the_reward_set_holds_source_samples_only(tmp_path):
+    """target_samples=False: no pseudo-label, negative or corrected sample of the target is written, the source
+    samples still are, and the accepted predictions still come back as pseudo-labels (PPO's anchors)."""
+    images = np.full((3, H, W), 0.9, np.float32)
+    source = SourceSampleConfig(images=4)
+    builder = RewardDatasetBuilder(_Corrector(), _validity, PerturbationConfig(), batch_size=4, seed=0,
+                                   source_dataset=_LabelledSource(4), source=source, target_samples=False)
+    store = RewardSampleStore(tmp_path / "rs")
+    report, pseudo = builder.build(_FixedActor(), images, list("abc"), store, iteration=1)
+    assert report.samples_by_kind["source"] == 2 * 4
+    assert sum(report.samples_by_kind.values()) == 2 * 4
+    assert len(pseudo) == 3 and report.accepted == 3
+    assert set(store.load()["kinds"]) == {"source"}
+    with pytest.raises(ValueError, match="source samples"):
+        RewardDatasetBuilder(_Corrector(), _validity, target_samples=False)

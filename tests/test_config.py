@@ -48,7 +48,7 @@ BAD_VALUES = ["network.norm=banana", "network.channels=[a,b]", "ppo.clip_range=-
               "reward_dataset.criteria=nope", "data.target.preset=nope", "ppo.iterations=0", "ppo.iteratons=2",
               "device=gpu", "evaluation.n_test=null", "data.source=3",
               "reward_dataset.source.images=-1", "reward_dataset.source.noise=[0.2,0.1]",
-              "reward_net.fusion=shape", "reward_net.ensemble=0"]
+              "reward_net.fusion=shape", "reward_net.ensemble=0", "reward_dataset.target_samples=false"]
 
 
 def test_a_fusion_with_the_shape_prior_needs_the_shape_autoencoder(capsys):
