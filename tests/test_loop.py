@@ -466,15 +466,17 @@ def test_a_warm_started_reward_network_begins_from_the_previous_iteration(pretra
 
     starts = []
     original = reward.training.train_reward_network
-    splits = []
+    splits, set_sizes = [], []
     monkeypatch.setattr("pipeline.loop.train_reward_network", lambda *a, init=None, **k: (
         starts.append(None if init is None else {n: v.clone() for n, v in init.state_dict().items()}),
-        splits.append((a[2].split_by, a[2].split_seed)), original(*a, init=init, **k))[2])
+        splits.append((a[2].split_by, a[2].split_seed)), set_sizes.append(len(a[0])),
+        original(*a, init=init, **k))[3])
     run = _new_run(pretrained, tmp_path / "run", "ppo.iterations=2", "reward_net.warm_start=true",
                    "reward_dataset.window=1")
     rows = [r for r in run.run() if r.get("model") == "RL4Seg"]
     new = [r["n_samples"] for r in rows]  # each iteration's new samples; whole images held out for validation
-    assert all(n / 2 <= r["reward_train_samples"] < n for r, n in zip(rows, new))  # the growing set: > new[1]
+    assert set_sizes == new  # window 1: each network sees its iteration's samples alone (growing: new[0] + new[1])
+    assert all(0 < r["reward_train_samples"] < n for r, n in zip(rows, new))  # whole images held out for validation
     first, meta1 = load_reward_net(tmp_path / "run" / "checkpoints" / "iter_001" / "reward_net.pt")
     _, meta2 = load_reward_net(tmp_path / "run" / "checkpoints" / "iter_002" / "reward_net.pt")
     assert starts[0] is None and not meta1["warm_start"] and meta2["warm_start"]
