@@ -533,12 +533,15 @@ class RewardDatasetBuilder:
         closeness = np.asarray(self.corrector.comparison_dice(pred, corrected))
         nonempty = pred.reshape(len(pred), -1).any(1)
         accepted = pred_valid & (closeness > self.valid_dice_threshold) & nonempty
+        pseudo_labels = {sid: pred[i] for i, sid in enumerate(batch_ids) if accepted[i]}
+        if not self.target_samples:  # the reward set takes the source samples alone
+            return [], pseudo_labels
         corrected_valid = np.zeros(len(pred), bool)
         if (~accepted).any():
             corrected_valid[~accepted] = np.asarray(self.validity_fn(corrected[~accepted]), dtype=bool)
 
         negatives: list[tuple[str, np.ndarray]] = []
-        if accepted.any() and self.target_samples:
+        if accepted.any():
             for sigma, noisy in noisy_actors:
                 negatives.append(("weight_noise", _predict(noisy, x).cpu().numpy()))
             for f in self.perturbations.contrast:
@@ -554,17 +557,14 @@ class RewardDatasetBuilder:
                     anatomical_negative(pred[i], ANATOMICAL_DAMAGES[d], gen) if accepted[i] else pred[i]
                     for i, d in enumerate(damages)])))
 
-        samples, pseudo_labels = [], {}
+        samples = []
         for i, sid in enumerate(batch_ids):
             if accepted[i]:
-                pseudo_labels[sid] = pred[i]
-                if not self.target_samples:
-                    continue
                 samples.append((batch[i], pred[i], pred[i], "pseudo_label", sid))
                 samples.extend((batch[i], maps[i], pred[i], kind, sid)  # empty predictions are skipped, and
                                for kind, maps in negatives  # damages that changed nothing
                                if maps[i].any() and (kind != "anatomical" or (maps[i] != pred[i]).any()))
-            elif corrected_valid[i] and sampled[i].any() and self.target_samples:
+            elif corrected_valid[i] and sampled[i].any():
                 samples.append((batch[i], sampled[i], corrected[i], "corrected", sid))
         return samples, pseudo_labels
 
