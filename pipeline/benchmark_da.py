@@ -484,7 +484,7 @@ def summarize(rows: list[dict]) -> list[dict]:
 #: the shift suites of docs/protocol.md: settings may be tuned on the development shifts only; the held-out
 #: shifts (one new shift family, one mild shift where adapting can only harm) are for reporting
 SUITES: dict[str, tuple[str, ...]] = {
-    "development": ("target_contrast", "target_speckle", "target_shape"),
+    "development": ("target_contrast", "target_speckle", "target_shape", "target_clutter"),
     "held-out": ("default_target", "target_artifact", "target_hypertrophy_artifact", "target_mild"),
 }
 

@@ -246,6 +246,7 @@ def test_suites_are_valid_disjoint_presets_and_the_held_out_one_has_a_new_family
     dev, held = set(SUITES["development"]), set(SUITES["held-out"])
     assert dev | held <= set(available_presets()) and not dev & held
     assert {"default_target", "target_artifact", "target_hypertrophy_artifact", "target_mild"} <= held
+    assert "target_clutter" in dev  # the artefact family has a development shift of its own
 
 
 def test_suite_table_has_every_shift_and_the_mean_over_shifts(tmp_path):

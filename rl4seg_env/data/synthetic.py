@@ -25,7 +25,7 @@ does between two scanners.
 
 Domain presets (:data:`PRESETS`, :func:`available_presets`): ``source`` and shifted targets that
 change one family of parameters each (``target_contrast``, ``target_speckle``, ``target_shape``,
-``target_artifact``), plus :data:`DEFAULT_TARGET` (``"default_target"``), which combines several shifts
+``target_artifact``, ``target_clutter``), plus :data:`DEFAULT_TARGET` (``"default_target"``), which combines several shifts
 and is the target domain of the default benchmark. ``docs/data.md`` shows a montage of each.
 
 This module is longer than the others on purpose: the preset parameters, the anatomy and the image
@@ -191,6 +191,10 @@ PRESETS: dict[str, SyntheticPreset] = {
         description="a difficult acquisition: strong apical haze, clutter, frequent wall dropout and shadows",
         haze=(0.35, 0.6), clutter=(0.15, 0.3), dropout_probability=0.9, dropout_strength=(0.7, 0.95),
         shadow_probability=0.6, attenuation=(1.0, 1.6)),
+    "target_clutter": _SOURCE.replace(
+        description="a cluttered window: strong near-field clutter and reverberation, some dropout and shadows",
+        clutter=(0.3, 0.45), haze=(0.1, 0.2), dropout_probability=0.6, dropout_strength=(0.6, 0.9),
+        shadow_probability=0.3, attenuation=(0.8, 1.2)),
     "default_target": _SOURCE.replace(
         description="the benchmark target: another scanner (low gain, flat contrast, noise), probe (coarse "
                     "speckle, blur) and more artefacts, same population",
