@@ -153,6 +153,10 @@ class RewardNetSection(RewardTrainConfig):
     #: "none": the learned reward alone (the paper); "shape_ae": the pixelwise minimum of the learned reward and the
     #: shape auto-encoder's agreement with the action (reward.fusion.ShapeAgreementReward; needs shape_ae.enabled)
     fusion: str = "none"
+    #: with ``fusion: shape_ae``, fuse PPO's reward only when the model RL starts from (``ppo.init``) has at most this
+    #: label-free validity (its ``sel_validity``: % of the unlabelled target validation images anatomically valid),
+    #: the regime where the learned reward is weakest (docs/experiments.md, "Stop 35"); null: always fuse
+    fusion_max_validity: float | None = None
     #: iterations after the first start their network from the previous iteration's (the same ensemble member)
     #: instead of fresh weights; with ``max_steps`` each iteration then trains a bounded number of steps on the
     #: growing set. ``split_by: image`` becomes ``image_id`` (seeded by ``seed``): an image stays on its side of
@@ -164,6 +168,12 @@ class RewardNetSection(RewardTrainConfig):
         if self.ensemble < 1:
             raise ValueError(f"RewardNetSection.ensemble must be >= 1, got {self.ensemble}")
         check_fusion(self.fusion, "RewardNetSection")
+        if self.fusion_max_validity is not None:
+            if self.fusion == "none":
+                raise ValueError("RewardNetSection.fusion_max_validity gates a fusion; set fusion: shape_ae with it")
+            if not 0 <= self.fusion_max_validity <= 100:
+                raise ValueError(f"RewardNetSection.fusion_max_validity must be a percentage in [0, 100], "
+                                 f"got {self.fusion_max_validity}")
 
 
 @dataclass

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from agents.callbacks import RewardRetrainingCallback, total_timesteps
-from agents.distributed import barrier, init_distributed, per_process_batch
+from agents.distributed import barrier, broadcast_object, init_distributed, per_process_batch
 from agents.networks import load_unet, predict, resolve_device, save_unet
 from pipeline.baselines import AdaBNConfig, TentConfig, adabn, tent
 from agents.ppo import PixelPPO
@@ -453,6 +453,21 @@ class RL4SegRun:
                                "does not exist (shape_ae.enabled: false?)")
         return fuse_with_shape_prior(reward, self._shape_ae, self.device)
 
+    def _ppo_fusion(self) -> str:
+        """The fusion of PPO's reward: ``reward_net.fusion``, gated by ``reward_net.fusion_max_validity`` on the
+        label-free validity of the model RL starts from (rank 0 decides; every process uses its decision)."""
+        cfg = self.config.reward_net
+        fusion = None
+        if self.ctx.is_main:
+            start = RL_INITS[self.config.ppo.init]
+            row = next((r for r in self.state["rows"] if r.get("model") == start and "sel_validity" in r), None)
+            fusion = gated_fusion(cfg.fusion, cfg.fusion_max_validity, None if row is None else row["sel_validity"])
+            if cfg.fusion_max_validity is not None:
+                print(f"[rl4seg] PPO's reward: fusion {fusion!r} ({start}: {row['sel_validity']:.1f}% of the target "
+                      f"validation images valid; reward_net.fusion_max_validity {cfg.fusion_max_validity:g})",
+                      flush=True)
+        return broadcast_object(fusion)
+
     def _resumed_reward_model(self, start: int) -> RewardModel | None:
         """The reward the uninterrupted run would hold when iteration ``start`` begins: the last reward network
         that passed its held-out checks, else the first one trained (``None`` before iteration 2)."""
@@ -570,7 +585,7 @@ class RL4SegRun:
             adapt_norm_stats=p.adapt_norm_stats, readapt_norm_stats=p.readapt_norm_stats,
             reuse_images=rd.reuse_images,
             reward_model=self._resumed_reward_model(start),
-            training_reward=functools.partial(self._fused, fusion=self.config.reward_net.fusion),
+            training_reward=functools.partial(self._fused, fusion=self._ppo_fusion()),
             random_state=self.dirs.load_random_state(start - 1) if start > 1 and self.ctx.is_main else None,
             progress=self.config.progress and self.ctx.is_main,
             verbose=int(self.ctx.is_main))
@@ -672,6 +687,17 @@ def make_pixel_ppo(config: LoopConfig, env, actor_path: str | os.PathLike, devic
                     device=device, policy_kwargs={"actor_kwargs": unet, "critic_kwargs": unet,
                                                   "pretrained_actor": str(actor_path), "actor_lr": p.actor_lr,
                                                   "critic_lr": p.critic_lr})
+
+
+def gated_fusion(fusion: str, max_validity: float | None, start_validity: float | None) -> str:
+    """``fusion``, or ``"none"`` when ``max_validity`` (%) gates it and the starting model's label-free validity
+    ``start_validity`` (%) is above it. A gate without the starting model's score is an error."""
+    if fusion == "none" or max_validity is None:
+        return fusion
+    if start_validity is None or not np.isfinite(start_validity):
+        raise RuntimeError("reward_net.fusion_max_validity: the starting model has no label-free validity score "
+                           "(sel_validity) in the run's state")
+    return fusion if start_validity <= max_validity else "none"
 
 
 def selection_candidates(rows: list[dict], init: str, name: str = "RL4Seg") -> list[dict]:

@@ -48,7 +48,8 @@ BAD_VALUES = ["network.norm=banana", "network.channels=[a,b]", "ppo.clip_range=-
               "reward_dataset.criteria=nope", "data.target.preset=nope", "ppo.iterations=0", "ppo.iteratons=2",
               "device=gpu", "evaluation.n_test=null", "data.source=3",
               "reward_dataset.source.images=-1", "reward_dataset.source.noise=[0.2,0.1]",
-              "reward_net.fusion=shape", "reward_net.ensemble=0", "reward_dataset.target_samples=false"]
+              "reward_net.fusion=shape", "reward_net.ensemble=0", "reward_dataset.target_samples=false",
+              "reward_net.fusion_max_validity=80"]
 
 
 def test_a_fusion_with_the_shape_prior_needs_the_shape_autoencoder(capsys):
@@ -57,6 +58,16 @@ def test_a_fusion_with_the_shape_prior_needs_the_shape_autoencoder(capsys):
     assert main(["shape_ae.enabled=false", "reward_net.fusion=shape_ae"]) == 2
     err = capsys.readouterr().err
     assert "'reward_net.fusion' (command line)" in err and "shape_ae.enabled" in err
+
+
+def test_the_fusion_gate_is_a_percentage(capsys):
+    from pipeline.commands.train import main
+
+    assert main(["reward_net.fusion=shape_ae", "reward_net.fusion_max_validity=150"]) == 2
+    err = capsys.readouterr().err
+    assert "'reward_net.fusion_max_validity'" in err and "[0, 100]" in err
+    assert load_config(None, ["reward_net.fusion=shape_ae", "reward_net.fusion_max_validity=80"]
+                       ).reward_net.fusion_max_validity == 80
 
 
 @pytest.mark.parametrize("override", BAD_VALUES)

@@ -523,3 +523,26 @@ def test_an_ensemble_of_reward_networks_fused_with_the_shape_prior_scores_ppo_an
     (it / "reward_net_1.pt").unlink()
     with pytest.raises(FileNotFoundError, match="reward_net_1.pt is missing"):
         run._resumed_reward_model(2)
+
+
+def test_the_fusion_gate_reads_the_starting_models_label_free_validity(pretrained, tmp_path, capsys):
+    """reward_net.fusion_max_validity fuses PPO's reward only when the model RL starts from has at most that
+    share of valid maps on the unlabelled target validation images (its sel_validity row)."""
+    from pipeline.config import RL_INITS
+    from pipeline.loop import gated_fusion
+
+    assert gated_fusion("none", 80.0, 10.0) == "none" and gated_fusion("shape_ae", None, 99.0) == "shape_ae"
+    assert gated_fusion("shape_ae", 80.0, 80.0) == "shape_ae" and gated_fusion("shape_ae", 80.0, 80.5) == "none"
+    run = _new_run(pretrained, tmp_path / "run", "reward_net.fusion=shape_ae", "reward_net.fusion_max_validity=70",
+                   "shape_ae.enabled=true")
+    start = RL_INITS[run.config.ppo.init]
+    others = [{"iteration": 0, "model": "source-only", "sel_validity": 10.0},
+              {"iteration": "baseline", "model": "AdaBN", "sel_validity": 10.0}]
+    for validity, expected in ((64.0, "shape_ae"), (94.0, "none")):
+        run.state["rows"] = [r for r in others if r["model"] != start] + [
+            {"iteration": "baseline", "model": start, "sel_validity": validity}]
+        assert run._ppo_fusion() == expected
+        assert f"fusion {expected!r} ({start}: {validity:.1f}%" in capsys.readouterr().out
+    run.state["rows"] = [{"iteration": "baseline", "model": start}]
+    with pytest.raises(RuntimeError, match="fusion_max_validity.*sel_validity"):
+        run._ppo_fusion()
