@@ -25,8 +25,8 @@ does between two scanners.
 
 Domain presets (:data:`PRESETS`, :func:`available_presets`): ``source`` and shifted targets that
 change one family of parameters each (``target_contrast``, ``target_speckle``, ``target_shape``,
-``target_artifact``, ``target_clutter``), plus :data:`DEFAULT_TARGET` (``"default_target"``), which combines several shifts
-and is the target domain of the default benchmark. ``docs/data.md`` shows a montage of each.
+``target_artifact``, ``target_clutter``), plus :data:`DEFAULT_TARGET` (``"default_target"``), which combines
+several shifts and is the target domain of the default benchmark. ``docs/data.md`` shows a montage of each.
 
 This module is longer than the others on purpose: the preset parameters, the anatomy and the image
 formation are tuned together (a preset is only meaningful next to the code that reads its fields), so it
