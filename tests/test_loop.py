@@ -443,15 +443,22 @@ def test_a_kill_at_a_random_moment_of_iteration_2_resumes_to_the_uninterrupted_r
     expected, timing = _report_without_timings(tmp_path / "plain")
     assert timing and any(r["iteration"] == "3" for r in expected)
 
-    delay = random.Random().uniform(0.0, 0.9) * t_iteration
-    killed = start(tmp_path / "killed")
-    while completed(tmp_path / "killed") < 1:
-        assert killed.poll() is None, killed.stderr.read()
-        time.sleep(0.01)
-    time.sleep(delay)
-    killed.send_signal(signal.SIGKILL)
-    killed.wait(timeout=30)
-    assert completed(tmp_path / "killed") == 1, f"the kill {delay:.2f} s into iteration 2 came too late"
+    # iteration 2 of the killed run may be shorter than the timed one (a noisy machine): a kill that lands after it
+    # tests nothing, so it is tried again with a shorter delay, and at most three times
+    rng = random.Random()
+    for attempt in range(3):
+        delay = rng.uniform(0.0, 0.9) * t_iteration / 2**attempt
+        shutil.rmtree(tmp_path / "killed", ignore_errors=True)
+        killed = start(tmp_path / "killed")
+        while completed(tmp_path / "killed") < 1:
+            assert killed.poll() is None, killed.stderr.read()
+            time.sleep(0.01)
+        time.sleep(delay)
+        killed.send_signal(signal.SIGKILL)
+        killed.wait(timeout=30)
+        if completed(tmp_path / "killed") == 1:
+            break
+    assert completed(tmp_path / "killed") == 1, f"three kills into iteration 2 came too late (last {delay:.2f} s)"
     resumed = start(tmp_path / "killed", resume=True)
     assert resumed.wait(timeout=600) == 0, resumed.stderr.read()
     actual, _ = _report_without_timings(tmp_path / "killed")
