@@ -39,7 +39,7 @@ from agents.pretrain import PretrainConfig
 from agents.test_time import TTOConfig
 from reward.anatomy import CRITERIA_SETS
 from reward.builder import PerturbationConfig, SourceSampleConfig
-from reward.correctors import ShapeAEConfig
+from reward.correctors import CORRECTIONS, ShapeAEConfig
 from reward.training import RewardTrainConfig
 from rl4seg_env.data import DatasetConfig
 from rl4seg_env.io import atomic_write_text, plain_values
@@ -106,6 +106,10 @@ class RewardDatasetSection(PerturbationConfig):
     calibration_quantile: float = 0.99
     #: Dice(prediction, corrected) above which a valid prediction becomes a pseudo-label
     valid_dice_threshold: float = 0.95
+    #: how predictions are corrected before the checks: "full" (the paper's: morphological correction, then the
+    #: shape auto-encoder's projection of every map) or "minimal" (the projection only for maps the morphological
+    #: correction leaves anatomically invalid; :class:`reward.correctors.Corrector`'s ``validity_fn``)
+    correction: str = "full"
     #: images per forward pass of the builder
     batch_size: int = 32
     #: labelled *source* images per iteration whose predictions and / or moved boundaries join the reward set with
@@ -137,6 +141,9 @@ class RewardDatasetSection(PerturbationConfig):
         if not 0.5 < self.calibration_quantile <= 1:
             raise ValueError("RewardDatasetSection.calibration_quantile must be in (0.5, 1], "
                              f"got {self.calibration_quantile}")
+        if self.correction not in CORRECTIONS:
+            raise ValueError(f"RewardDatasetSection.correction must be one of {', '.join(CORRECTIONS)}, "
+                             f"got {self.correction!r}")
         if not 0 <= self.valid_dice_threshold <= 1:
             raise ValueError(f"RewardDatasetSection.valid_dice_threshold must be in [0, 1], "
                              f"got {self.valid_dice_threshold}")

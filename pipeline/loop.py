@@ -572,8 +572,10 @@ class RL4SegRun:
         store = RewardSampleStore(self.dirs.reward_dataset)
         for stale in [i for i in store.completed_iterations() if i >= start] if self.ctx.is_main else ():
             store.discard(stale)  # written by an iteration that did not complete: rebuilt, never duplicated
+        validity = functools.partial(validity_batch, criteria=self.criteria)
         builder = RewardDatasetBuilder(
-            Corrector(ae, n_classes=self.n_classes), functools.partial(validity_batch, criteria=self.criteria),
+            Corrector(ae, n_classes=self.n_classes, validity_fn=validity if rd.correction == "minimal" else None),
+            validity,
             rd, valid_dice_threshold=rd.valid_dice_threshold, batch_size=rd.batch_size, device=self.device,
             seed=self.config.seed, source_dataset=self.datasets["source_train"] if rd.source.images else None,
             source=rd.source, target_samples=rd.target_samples)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +31,8 @@ from reward.anatomy import holes, largest_component
 from rl4seg_env.io import atomic_torch_save, read_checkpoint
 from rl4seg_env.metrics import dice_per_class
 
+#: the corrections :class:`Corrector` makes: every map projected (the paper's) or only those left invalid
+CORRECTIONS = ("full", "minimal")
 _EIGHT = np.ones((3, 3), dtype=bool)
 _FOUR = ndimage.generate_binary_structure(2, 1)
 
@@ -376,13 +378,20 @@ class Corrector:
         "without shape auto-encoder" ablation). Default None.
     :param n_classes: classes including background (default 3); must match ``ae.n_classes`` when given.
     :param batch_size: maps per auto-encoder forward pass (default 64).
+    :param validity_fn: ``(label_maps (B, H, W)) -> bool (B,)``. Given, the correction is *minimal*: the
+        auto-encoder projects only the maps that the morphological correction leaves anatomically invalid, and a
+        map made valid by it is kept as it is. None (the default, the paper's corrector): every map is projected.
+        The projection rebuilds a mask from its coarse shape, so on a map that is already plausible it moves
+        boundaries the prediction had right (``docs/experiments.md``, "Stop 37").
     """
 
-    def __init__(self, ae: ShapeAutoEncoder | None = None, n_classes: int = 3, batch_size: int = 64):
+    def __init__(self, ae: ShapeAutoEncoder | None = None, n_classes: int = 3, batch_size: int = 64,
+                 validity_fn: Callable[[np.ndarray], np.ndarray] | None = None):
         if ae is not None and ae.n_classes != n_classes:
             raise ValueError(f"Corrector(n_classes={n_classes}) but the shape auto-encoder has "
                              f"n_classes={ae.n_classes}")
         self.ae, self.n_classes, self.batch_size = ae, n_classes, batch_size
+        self.validity_fn = validity_fn
 
     def correct(self, label_maps: np.ndarray) -> np.ndarray:
         """(B, H, W) integer predictions -> (B, H, W) corrected maps (numpy, the input's dtype)."""
@@ -392,8 +401,13 @@ class Corrector:
         if label_maps.ndim != 3:
             raise ValueError(f"expected (B, H, W) label maps, found shape {label_maps.shape}")
         out = morphological_correction(label_maps, self.n_classes)
-        if self.ae is not None and len(out):
-            out = self.ae.project(out, batch_size=self.batch_size)
+        if self.ae is None or not len(out):
+            return out
+        if self.validity_fn is None:
+            return self.ae.project(out, batch_size=self.batch_size)
+        invalid = ~np.asarray(self.validity_fn(out), dtype=bool)
+        if invalid.any():
+            out[invalid] = self.ae.project(out[invalid], batch_size=self.batch_size)
         return out
 
     def comparison_dice(self, pred: np.ndarray, corrected: np.ndarray) -> np.ndarray:
@@ -412,5 +426,5 @@ class Corrector:
         return dice_per_class(pred, corrected, self.n_classes).mean(axis=1)
 
 
-__all__ = ["Corrector", "ShapeAutoEncoder", "corrupt_label_maps", "morphological_correction",
+__all__ = ["CORRECTIONS", "Corrector", "ShapeAutoEncoder", "corrupt_label_maps", "morphological_correction",
            "train_shape_autoencoder"]

@@ -49,7 +49,7 @@ BAD_VALUES = ["network.norm=banana", "network.channels=[a,b]", "ppo.clip_range=-
               "device=gpu", "evaluation.n_test=null", "data.source=3",
               "reward_dataset.source.images=-1", "reward_dataset.source.noise=[0.2,0.1]",
               "reward_net.fusion=shape", "reward_net.ensemble=0", "reward_dataset.target_samples=false",
-              "reward_net.fusion_max_validity=80"]
+              "reward_net.fusion_max_validity=80", "reward_dataset.correction=some"]
 
 
 def test_a_fusion_with_the_shape_prior_needs_the_shape_autoencoder(capsys):
@@ -78,14 +78,6 @@ def test_bad_value_on_the_command_line_exits_2_naming_key_and_source(override, c
     err = capsys.readouterr().err
     key = override.split("=")[0]
     assert f"'{key}'" in err and "command line" in err
-
-
-def test_a_fusion_with_the_shape_prior_needs_the_shape_autoencoder(capsys):
-    from pipeline.commands.train import main
-
-    assert main(["shape_ae.enabled=false", "reward_net.fusion=shape_ae"]) == 2
-    err = capsys.readouterr().err
-    assert "'reward_net.fusion' (command line)" in err and "shape_ae.enabled" in err
 
 
 @pytest.mark.parametrize("override", BAD_VALUES)

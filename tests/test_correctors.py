@@ -132,3 +132,34 @@ def test_autoencoder_input_checks(tmp_path):
     torch.save({"weights": 1}, tmp_path / "bad.pt")
     with pytest.raises(ValueError, match="bad.pt"):
         ShapeAutoEncoder.load(tmp_path / "bad.pt")
+
+
+class _CountingAE(ShapeAutoEncoder):
+    """An untrained auto-encoder whose projection writes the LV label everywhere and records what it was given."""
+
+    def __init__(self) -> None:
+        super().__init__(n_classes=3, channels=(8, 8))
+        self.seen: list[np.ndarray] = []
+
+    def project(self, label_maps, batch_size: int = 64):
+        self.seen.append(np.array(label_maps))
+        return np.ones_like(label_maps)
+
+
+def test_minimal_correction_projects_only_the_maps_left_invalid():
+    valid_map, invalid_map = echo_mask(), echo_mask()
+    invalid_map[invalid_map == 2] = 0  # no myocardium: no morphological rule brings it back
+    maps = np.stack([valid_map, invalid_map])
+    validity = lambda m: np.asarray(m).reshape(len(m), -1).__eq__(2).any(1)  # noqa: E731 - "has a myocardium"
+
+    ae = _CountingAE()
+    out = Corrector(ae, validity_fn=validity).correct(maps)
+    assert np.array_equal(out[0], morphological_correction(valid_map))  # kept: the projection would move it
+    assert (out[1] == 1).all()  # projected
+    assert len(ae.seen) == 1 and np.array_equal(ae.seen[0], maps[1:])  # the projection saw the invalid map alone
+
+    full = Corrector(_CountingAE()).correct(maps)  # the paper's corrector projects every map
+    assert (full == 1).all()
+    every_valid = _CountingAE()
+    assert np.array_equal(Corrector(every_valid, validity_fn=validity).correct(maps[:1]), maps[:1])
+    assert every_valid.seen == []  # nothing to project: the auto-encoder never runs
