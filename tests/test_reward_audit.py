@@ -46,8 +46,9 @@ def run_dir(tmp_path):
 
 
 def test_the_audit_counts_what_each_kind_teaches_right_and_wrong(run_dir, tmp_path, capsys):
-    out = tmp_path / "audit.csv"
-    assert module.main([str(run_dir), "--csv", str(out)]) == 0
+    out, png = tmp_path / "audit.csv", tmp_path / "figures" / "audit.png"
+    assert module.main([str(run_dir), "--csv", str(out), "--plot", str(png)]) == 0
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     table = capsys.readouterr().out
     assert "| iteration | kind | samples |" in table and "source" not in table
     with open(out) as f:

@@ -1,6 +1,6 @@
 """How right are the labels a run's reward network trained on? An audit of the reward set against the target labels.
 
-    python scripts/reward_audit.py RUN_DIR [--iteration I ...] [--csv FILE]
+    python scripts/reward_audit.py RUN_DIR [--iteration I ...] [--csv FILE] [--plot FILE.png]
 
 Every reward sample ``(image, pred, reference, kind)`` teaches the reward network that the pixels where ``pred``
 differs from ``reference`` are wrong and the others right. The builder makes the references without labels (the
@@ -14,6 +14,7 @@ target sample's image among the target *training* labels by its id, and reports 
 - ``Dice ref`` and ``Dice pred``: mean Dice LV+MYO (the run's foreground classes) of the reference and of the
   prediction against the label.
 
+``--plot`` draws the precision and the truly wrong pixels taught as right of each kind, one bar per iteration.
 ``source`` samples (labelled source images) are exact by construction and are left out. It reads target labels, so
 it is a tool for development shifts (docs/protocol.md).
 """
@@ -77,6 +78,41 @@ def audit_iteration(store: RewardSampleStore, iteration: int, labels: dict[str, 
     return rows
 
 
+def plot_audit(rows: list[dict], path: str | Path, title: str = "") -> Path:
+    """PNG of :func:`audit_iteration`'s rows: per sample kind, the precision of the pixels taught as wrong (left; the
+    dashed line is 0.5, no direction) and the truly wrong pixels taught as right per sample (right), one bar per
+    iteration."""
+    import io
+
+    from matplotlib.figure import Figure
+
+    from rl4seg_env.io import atomic_write_bytes
+
+    kinds = [k for k in SAMPLE_KINDS if any(r["kind"] == k for r in rows)]
+    iterations = sorted({r["iteration"] for r in rows})
+    width = 0.8 / len(iterations)
+    figure = Figure(figsize=(10, 3.8), layout="constrained")
+    left, right = figure.subplots(1, 2)
+    for j, it in enumerate(iterations):
+        by_kind = {r["kind"]: r for r in rows if r["iteration"] == it}
+        x = np.arange(len(kinds)) + (j - (len(iterations) - 1) / 2) * width
+        for ax, key in ((left, "precision"), (right, "false_right_per_sample")):
+            values = [by_kind[k][key] if k in by_kind else np.nan for k in kinds]
+            ax.bar(x, values, width, color=f"C{j}", label=f"iteration {it}")
+    left.axhline(0.5, color="k", ls="--", lw=0.8)
+    left.set(ylim=(0, 1), ylabel="fraction of pixels taught as wrong\nthat are wrong (precision)")
+    right.set(ylabel="wrong pixels taught as right\nper sample")
+    for ax in (left, right):
+        ax.set_xticks(np.arange(len(kinds)), kinds, rotation=30, ha="right")
+        ax.grid(axis="y", alpha=0.3)
+    left.legend(fontsize="small")
+    if title:
+        figure.suptitle(title)
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=110)
+    return atomic_write_bytes(path, buffer.getvalue())
+
+
 @cli
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -84,6 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--iteration", type=int, nargs="+", default=None,
                         help="iterations to audit (default: every completed one)")
     parser.add_argument("--csv", type=Path, default=None, help="also write the rows to this CSV file")
+    parser.add_argument("--plot", type=Path, default=None, help="also draw the audit into this PNG file")
     args = parser.parse_args(argv)
     dirs = RunDirectory(args.run)
     dirs.require_run()
@@ -111,6 +148,8 @@ def main(argv: list[str] | None = None) -> int:
             writer = csv.DictWriter(f, fieldnames=list(rows[0]))
             writer.writeheader()
             writer.writerows(rows)
+    if args.plot is not None:
+        print(f"[reward_audit] {plot_audit(rows, args.plot, title=str(dirs.root))}")
     return 0
 
 
