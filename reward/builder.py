@@ -11,7 +11,10 @@ target is ``pred == reference``:
   another image of the batch (``swap``), and, when ``anatomical`` > 0, copies of the pseudo-label damaged
   where the anatomical checks look (kind ``anatomical``: the myocardium broken or thinned, the LV grown
   into or shrunk away from the myocardium, in one patch; RL4Seg3D's stronger perturbations; see
-  :func:`anatomical_negative`). Empty predictions are skipped.
+  :func:`anatomical_negative`), and, when ``artifact`` > 0, the actor's predictions on copies of the image
+  corrupted by a random generic artefact (bright blobs, a dark band or a smooth bias field,
+  :func:`random_artefact`), each kept with its *corrupted* image (kind ``artifact``). Empty predictions are
+  skipped.
 - otherwise, if the corrected map is valid: reference = corrected map, pred = the sampled action
   (kind ``corrected``);
 - otherwise the image gives no sample.
@@ -47,7 +50,8 @@ from agents.pretrain import augment_intensity
 from rl4seg_env.io import atomic_save_npz, atomic_write_text
 
 #: sample kinds, in the order they are reported
-SAMPLE_KINDS = ("pseudo_label", "weight_noise", "contrast", "image_noise", "swap", "anatomical", "corrected",
+SAMPLE_KINDS = ("pseudo_label", "weight_noise", "contrast", "image_noise", "swap", "anatomical", "artifact",
+                "corrected",
                 "source")
 #: the damages :func:`anatomical_negative` draws from
 ANATOMICAL_DAMAGES = ("break", "thin", "lv_grow", "lv_shrink")
@@ -70,6 +74,9 @@ class PerturbationConfig:
     :param swap: add the sampled prediction of another image of the batch as a negative.
     :param anatomical: copies of the pseudo-label damaged in one patch (:func:`anatomical_negative`), one random
         damage each; 0 (the paper's set) makes none.
+    :param artifact: copies of the image corrupted by one random generic artefact each (:func:`random_artefact`);
+        the sample is the corrupted image, the actor's prediction on it and the pseudo-label as reference, so the
+        reward network sees what a corrupted region does to a prediction; 0 (the paper's set) makes none.
     """
 
     weight_noise: Sequence[float] = (0.005, 0.01, 0.015, 0.02)
@@ -77,14 +84,16 @@ class PerturbationConfig:
     image_noise: Sequence[float] = (0.05, 0.1)
     swap: bool = True
     anatomical: int = 0
+    artifact: int = 0
 
     def __post_init__(self) -> None:
         for name in ("weight_noise", "contrast", "image_noise"):
             values = list(getattr(self, name))
             if any(v < 0 for v in values):
                 raise ValueError(f"PerturbationConfig.{name} must hold values >= 0, got {values}")
-        if self.anatomical < 0:
-            raise ValueError(f"PerturbationConfig.anatomical must be >= 0, got {self.anatomical}")
+        for name in ("anatomical", "artifact"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"PerturbationConfig.{name} must be >= 0, got {getattr(self, name)}")
         if any(not 0 <= f <= 1 for f in self.contrast):
             raise ValueError(f"PerturbationConfig.contrast factors must be in [0, 1], got {list(self.contrast)}")
 
@@ -322,6 +331,48 @@ def contrast_reduce(images: torch.Tensor, factor: float) -> torch.Tensor:
     return (mean + factor * (images - mean)).clamp(0, 1)
 
 
+#: the artefacts :func:`random_artefact` draws from
+ARTEFACTS = ("blobs", "band", "bias")
+
+
+def random_artefact(images: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """A copy of ``images`` (B, 1, H, W) in [0, 1], each image corrupted by one artefact drawn from
+    :data:`ARTEFACTS` (modality-agnostic; sizes are fractions of the image side):
+
+    - ``blobs``: 1-3 bright Gaussian blobs added (centre in the middle 70% of the image, std 4-12% of the side,
+      peak 0.2-0.6), as clutter or haze over a cavity;
+    - ``band``: the image darkened to 10-50% along a straight band of half-width 5-15% at a random angle through
+      the middle 60% (soft edges), as an acoustic shadow or signal dropout;
+    - ``bias``: multiplied by ``exp`` of a random quadratic field (coefficients N(0, 0.5)), as a gain or
+      attenuation change across the image.
+
+    Values are clipped to [0, 1]; the random numbers come from ``gen`` (CPU).
+    """
+    b, _, h, w = images.shape
+    yy, xx = torch.meshgrid(torch.linspace(-0.5, 0.5, h), torch.linspace(-0.5, 0.5, w), indexing="ij")
+    fields = torch.ones(b, h, w), torch.zeros(b, h, w)  # multiplicative and additive parts
+
+    def uniform(low: float, high: float) -> float:
+        return low + (high - low) * float(torch.rand(1, generator=gen))
+
+    for i in range(b):
+        artefact = ARTEFACTS[int(torch.randint(len(ARTEFACTS), (1,), generator=gen))]
+        if artefact == "blobs":
+            for _ in range(int(torch.randint(1, 4, (1,), generator=gen))):
+                cy, cx, std, peak = uniform(-0.35, 0.35), uniform(-0.35, 0.35), uniform(0.04, 0.12), uniform(0.2, 0.6)
+                fields[1][i] += peak * torch.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * std ** 2))
+        elif artefact == "band":
+            angle, cy, cx = uniform(0, np.pi), uniform(-0.3, 0.3), uniform(-0.3, 0.3)
+            half_width, level = uniform(0.05, 0.15), uniform(0.1, 0.5)
+            distance = ((yy - cy) * np.cos(angle) - (xx - cx) * np.sin(angle)).abs()
+            fields[0][i] = 1 - (1 - level) * torch.sigmoid((half_width - distance) / 0.02)
+        else:
+            c = torch.randn(5, generator=gen) * 0.5
+            fields[0][i] = torch.exp(c[0] * yy + c[1] * xx + 4 * (c[2] * yy ** 2 + c[3] * xx ** 2 + c[4] * yy * xx))
+    mul, add = (f[:, None].to(images.device) for f in fields)
+    return (images * mul + add).clamp(0, 1)
+
+
 def anatomical_negative(label: np.ndarray, damage: str, gen: torch.Generator) -> np.ndarray:
     """A copy of ``label`` (H, W; 0 background, 1 LV, 2 myocardium) damaged in one disk-shaped patch centred on a
     random myocardium pixel, of radius ``H / 10``; ``k = max(1, H / 32)`` pixels is the damage's depth:
@@ -540,29 +591,33 @@ class RewardDatasetBuilder:
         if (~accepted).any():
             corrected_valid[~accepted] = np.asarray(self.validity_fn(corrected[~accepted]), dtype=bool)
 
-        negatives: list[tuple[str, np.ndarray]] = []
+        negatives: list[tuple[str, np.ndarray, np.ndarray | None]] = []  # (kind, maps, images or None: the batch's)
         if accepted.any():
             for sigma, noisy in noisy_actors:
-                negatives.append(("weight_noise", _predict(noisy, x).cpu().numpy()))
+                negatives.append(("weight_noise", _predict(noisy, x).cpu().numpy(), None))
             for f in self.perturbations.contrast:
-                negatives.append(("contrast", _predict(actor, contrast_reduce(x, f)).cpu().numpy()))
+                negatives.append(("contrast", _predict(actor, contrast_reduce(x, f)).cpu().numpy(), None))
             for std in self.perturbations.image_noise:
                 noise = torch.randn(x.shape, generator=gen).to(x.device) * std
-                negatives.append(("image_noise", _predict(actor, (x + noise).clamp(0, 1)).cpu().numpy()))
+                negatives.append(("image_noise", _predict(actor, (x + noise).clamp(0, 1)).cpu().numpy(), None))
             if self.perturbations.swap and len(batch) > 1:
-                negatives.append(("swap", np.roll(sampled, 1, axis=0)))
+                negatives.append(("swap", np.roll(sampled, 1, axis=0), None))
             for _ in range(self.perturbations.anatomical):
                 damages = torch.randint(len(ANATOMICAL_DAMAGES), (len(pred),), generator=gen).tolist()
                 negatives.append(("anatomical", np.stack([
                     anatomical_negative(pred[i], ANATOMICAL_DAMAGES[d], gen) if accepted[i] else pred[i]
-                    for i, d in enumerate(damages)])))
+                    for i, d in enumerate(damages)]), None))
+            for _ in range(self.perturbations.artifact):
+                corrupted = random_artefact(x, gen)
+                negatives.append(("artifact", _predict(actor, corrupted).cpu().numpy(), corrupted[:, 0].cpu().numpy()))
 
         samples = []
         for i, sid in enumerate(batch_ids):
             if accepted[i]:
                 samples.append((batch[i], pred[i], pred[i], "pseudo_label", sid))
-                samples.extend((batch[i], maps[i], pred[i], kind, sid)  # empty predictions are skipped, and
-                               for kind, maps in negatives  # damages that changed nothing
+                samples.extend((batch[i] if imgs is None else imgs[i], maps[i], pred[i], kind, sid)
+                               for kind, maps, imgs in negatives  # empty predictions are skipped, and damages
+                               # that changed nothing
                                if maps[i].any() and (kind != "anatomical" or (maps[i] != pred[i]).any()))
             elif corrected_valid[i] and sampled[i].any():
                 samples.append((batch[i], sampled[i], corrected[i], "corrected", sid))

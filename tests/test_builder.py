@@ -222,6 +222,45 @@ def test_anatomical_negatives_are_added_around_pseudo_labels_only(tmp_path):
         PerturbationConfig(anatomical=-1)
 
 
+def test_random_artefacts_stay_in_range_differ_per_image_and_are_reproducible():
+    from reward.builder import random_artefact
+
+    images = torch.full((40, 1, 32, 32), 0.5)
+    out = random_artefact(images, torch.Generator().manual_seed(0))
+    assert out.shape == images.shape and float(out.min()) >= 0 and float(out.max()) <= 1
+    changed = (out - images).abs().flatten(1).amax(1)
+    assert bool((changed > 0.05).all())  # every image is corrupted somewhere
+    assert bool(((out < 0.45).flatten(1).any(1)).any()) and bool(((out > 0.55).flatten(1).any(1)).any())
+    assert torch.equal(out, random_artefact(images, torch.Generator().manual_seed(0)))
+    assert not torch.equal(out, random_artefact(images, torch.Generator().manual_seed(1)))
+    assert torch.equal(images, torch.full((40, 1, 32, 32), 0.5))  # the input is left as it was
+
+
+def test_artifact_negatives_keep_the_corrupted_image_the_actor_saw(tmp_path):
+    class _ThresholdActor(nn.Module):  # class 1 wherever the pixel is brighter than 0.5
+        def forward(self, x):
+            return torch.cat([torch.zeros_like(x), 20 * (x - 0.5), torch.full_like(x, -10.0)], 1)
+
+    images = np.full((3, H, W), 0.2, np.float32)
+    images[:, 4:12, 4:12] = 0.8
+    store = RewardSampleStore(tmp_path / "rs")
+    report, pseudo = _builder(artifact=3).build(_ThresholdActor(), images, list("abc"), store, iteration=1)
+    assert report.accepted == 3 and 0 < report.samples_by_kind["artifact"] <= 3 * 3
+    data = store.load()
+    square = (images[0] > 0.5).astype(np.uint8)
+    rows = np.flatnonzero(data["kinds"] == "artifact")
+    assert len(rows) == report.samples_by_kind["artifact"]
+    for i in rows:
+        assert not np.array_equal(data["images"][i], images[0])  # the corrupted image is stored ...
+        assert np.array_equal(data["preds"][i], (data["images"][i] > 0.5).astype(np.uint8))  # ... with its prediction
+        assert np.array_equal(data["references"][i], square)  # and the clean pseudo-label as reference
+    assert any((data["preds"][i] != square).any() for i in rows)  # some artefact changed the prediction
+    report, _ = _builder().build(_ThresholdActor(), images, list("abc"), RewardSampleStore(tmp_path / "b"), 1)
+    assert report.samples_by_kind["artifact"] == 0  # off by default (the paper's negatives)
+    with pytest.raises(ValueError, match="artifact"):
+        PerturbationConfig(artifact=-1)
+
+
 class _LabelledSource:
     """A labelled source set: bright images whose true label is a 6x6 square of class 2 (not the actor's)."""
 
