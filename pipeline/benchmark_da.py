@@ -97,6 +97,9 @@ METHODS: dict[str, Method] = {m.name: m for m in (
            "morphological correction only; no shape-prior fusion of the reward"),
     Method("rl4seg_gt_reward", "RL4Seg GT reward (target labels)", "rl4seg", ("oracle_reward=true",),
            "ground-truth reward instead of the learned one", reads_target_labels=True),
+    Method("rl4seg_true_refs", "RL4Seg true references (target labels)", "rl4seg", ("oracle_references=true",),
+           "the learned reward trained on the same samples with true labels as references: the ceiling of better "
+           "references", reads_target_labels=True),
     # the anchors (accepted pseudo-labels as actions of reward 1) pull against an exact reward where they are wrong:
     # without them the row is the reach of the RL step itself (docs/benchmarks.md, held-out suite)
     Method("rl4seg_gt_reward_no_anchors", "RL4Seg GT reward w/o anchors (target labels)", "rl4seg",

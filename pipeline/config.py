@@ -349,6 +349,10 @@ class LoopConfig:
     distributed: DistributedSection = field(default_factory=DistributedSection)
     #: train the reward net on ground-truth target rewards instead (ablation; reads target labels!)
     oracle_reward: bool = False
+    #: build the reward set as usual, then replace the reference of every target sample by the true label of its
+    #: image (ablation: the ceiling of better references; PPO's pseudo-label anchors stay the actor's predictions;
+    #: reads target labels!)
+    oracle_references: bool = False
 
     def __post_init__(self) -> None:
         if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", self.device):
@@ -356,6 +360,9 @@ class LoopConfig:
         if self.num_threads < 0:
             raise ValueError(f"LoopConfig.num_threads must be >= 0, got {self.num_threads}")
         check_speed_settings(self.mixed_precision, self.compile, "LoopConfig.")
+        if self.oracle_reward and self.oracle_references:
+            raise ValueError("LoopConfig: oracle_reward and oracle_references exclude each other (the ground-truth "
+                             "reward trains no reward network, so there are no references to replace)")
         for key, fusion in (("reward_net.fusion", self.reward_net.fusion), ("test_time.fusion", self.test_time.fusion)):
             if fusion == "shape_ae" and not self.shape_ae.enabled:
                 raise ValueError(f"LoopConfig: {key} 'shape_ae' needs the shape auto-encoder (shape_ae.enabled: true)")

@@ -12,6 +12,7 @@ import dataclasses
 import functools
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -549,6 +550,16 @@ class RL4SegRun:
               f"validity {scores['validity_pct']:.1f}%" + (f"; with test-time optimisation {tto['dice_mean']:.3f}, "
                                                           f"{tto['validity_pct']:.1f}%" if tto else ""), flush=True)
 
+    def _true_references(self) -> Callable[[str], np.ndarray] | None:
+        """``oracle_references`` (ablation; reads target labels): the true label of a target training image by id,
+        for the reward-set builder; None otherwise."""
+        if not self.config.oracle_references:
+            return None
+        labelled = self.dataset("target", "train", with_labels=True)
+        labels = {sample.id: np.asarray(sample.label, dtype=np.uint8)
+                  for sample in (labelled[i] for i in range(len(labelled)))}
+        return labels.__getitem__
+
     def run_iterations(self, actor_path: Path, ae: ShapeAutoEncoder | None) -> None:
         p, rd = self.config.ppo, self.config.reward_dataset
         start = self.state["completed_iterations"] + 1
@@ -578,7 +589,7 @@ class RL4SegRun:
             validity,
             rd, valid_dice_threshold=rd.valid_dice_threshold, batch_size=rd.batch_size, device=self.device,
             seed=self.config.seed, source_dataset=self.datasets["source_train"] if rd.source.images else None,
-            source=rd.source, target_samples=rd.target_samples)
+            source=rd.source, target_samples=rd.target_samples, true_references=self._true_references())
         callback = RewardRetrainingCallback(
             self.datasets["target_train"], builder, store, self._train_reward, iterations=p.iterations,
             updates_per_iteration=p.updates_per_iteration, images_per_iteration=rd.images_per_iteration,

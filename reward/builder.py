@@ -432,6 +432,9 @@ class RewardDatasetBuilder:
     :param source_dataset: labelled source dataset (a :class:`rl4seg_env.data.SegDataset`) for the ``source``
         samples; needed when ``source.images`` > 0.
     :param source: :class:`SourceSampleConfig` (default: no source samples).
+    :param true_references: ablation (reads target labels): ``sample id -> true label map``; every target sample's
+        reference is replaced by it after the sample is made, so the reward set holds the same images and predictions
+        with exact per-pixel targets (the ceiling of better references). The pseudo-labels returned are unchanged.
     :param target_samples: write the target samples (pseudo-labels, their negatives, corrected predictions); false
         leaves the reward set to the ``source`` samples alone (the target predictions still give the pseudo-labels
         returned by :meth:`build`), so the reward does not learn the actor's own boundaries as right.
@@ -440,7 +443,8 @@ class RewardDatasetBuilder:
     def __init__(self, corrector, validity_fn: Callable[[np.ndarray], np.ndarray],
                  perturbations: PerturbationConfig | None = None, valid_dice_threshold: float = 0.95,
                  batch_size: int = 32, device: str | torch.device = "cpu", seed: int = 0,
-                 source_dataset=None, source: SourceSampleConfig | None = None, target_samples: bool = True) -> None:
+                 source_dataset=None, source: SourceSampleConfig | None = None, target_samples: bool = True,
+                 true_references: Callable[[str], np.ndarray] | None = None) -> None:
         self.source = source or SourceSampleConfig()
         self.target_samples = bool(target_samples)
         if not self.target_samples and not self.source.images:
@@ -458,6 +462,7 @@ class RewardDatasetBuilder:
         self.batch_size = int(batch_size)
         self.device = torch.device(device)
         self.seed = int(seed)
+        self.true_references = true_references
 
     def build(self, actor: nn.Module, images: np.ndarray, ids: Sequence[str], store: RewardSampleStore | None,
               iteration: int, progress: bool = False) -> tuple[BuildReport, dict[str, np.ndarray]]:
@@ -621,6 +626,9 @@ class RewardDatasetBuilder:
                                if maps[i].any() and (kind != "anatomical" or (maps[i] != pred[i]).any()))
             elif corrected_valid[i] and sampled[i].any():
                 samples.append((batch[i], sampled[i], corrected[i], "corrected", sid))
+        if self.true_references is not None:
+            samples = [(image, pred_, np.asarray(self.true_references(sid), dtype=np.uint8), kind, sid)
+                       for image, pred_, _, kind, sid in samples]
         return samples, pseudo_labels
 
 

@@ -216,6 +216,9 @@ def test_every_rl4seg_variant_is_a_valid_config_of_the_shipped_configs(config, t
     ceiling = METHODS["rl4seg_gt_reward_no_anchors"]
     cfg = method_config(base, ceiling, 0, tmp_path)
     assert cfg.oracle_reward and not cfg.ppo.anchors and ceiling.reads_target_labels
+    refs = METHODS["rl4seg_true_refs"]
+    cfg = method_config(base, refs, 0, tmp_path)
+    assert cfg.oracle_references and not cfg.oracle_reward and refs.reads_target_labels
 
 
 def test_summary_mean_std_gap_and_bold_best(tmp_path):

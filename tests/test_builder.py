@@ -261,6 +261,24 @@ def test_artifact_negatives_keep_the_corrupted_image_the_actor_saw(tmp_path):
         PerturbationConfig(artifact=-1)
 
 
+def test_true_references_replace_every_target_reference_and_leave_the_pseudo_labels(tmp_path):
+    images = np.concatenate([np.full((3, H, W), 0.9, np.float32), np.full((2, H, W), 0.1, np.float32)])
+    ids = [f"im{i}" for i in range(5)]
+    truth = {sid: np.full((H, W), i % 3, np.uint8) for i, sid in enumerate(ids)}
+    builder = RewardDatasetBuilder(_Corrector(), _validity, PerturbationConfig(), batch_size=4, seed=0,
+                                   true_references=truth.__getitem__)
+    store = RewardSampleStore(tmp_path / "rs")
+    report, pseudo = builder.build(_FixedActor(), images, ids, store, iteration=1)
+    plain, plain_pseudo = _builder().build(_FixedActor(), images, ids, RewardSampleStore(tmp_path / "b"), 1)
+    assert report.samples_by_kind == plain.samples_by_kind  # the same samples are made ...
+    data = store.load()
+    assert len(data["ids"]) == report.n_samples > 0
+    for sid, reference in zip(data["ids"], data["references"]):
+        assert np.array_equal(reference, truth[str(sid)])  # ... with the true labels as references
+    assert sorted(pseudo) == sorted(plain_pseudo)  # PPO's anchors are still the actor's predictions
+    assert all(np.array_equal(pseudo[k], plain_pseudo[k]) for k in pseudo)
+
+
 class _LabelledSource:
     """A labelled source set: bright images whose true label is a 6x6 square of class 2 (not the actor's)."""
 

@@ -32,6 +32,12 @@ def test_wrong_type_refused():
         load_config(None, ["shape_ae.enabled=3"])
 
 
+def test_the_two_oracle_ablations_exclude_each_other():
+    assert load_config(None, ["oracle_references=true"]).oracle_references
+    with pytest.raises((ConfigError, ValueError), match="oracle_reward and oracle_references"):
+        load_config(None, ["oracle_reward=true", "oracle_references=true"])
+
+
 def test_round_trip(tmp_path):
     cfg = load_config(None, ["seed=3", "data.target.preset=target_shape"])
     save_config(cfg, tmp_path / "c.yaml")

@@ -3,6 +3,7 @@ import csv
 import json
 import shutil
 
+import numpy as np
 import pytest
 import torch
 
@@ -553,3 +554,18 @@ def test_the_fusion_gate_reads_the_starting_models_label_free_validity(pretraine
     run.state["rows"] = [{"iteration": "baseline", "model": start}]
     with pytest.raises(RuntimeError, match="fusion_max_validity.*sel_validity"):
         run._ppo_fusion()
+
+
+def test_the_true_reference_ablation_writes_the_target_labels_as_every_reference(pretrained, tmp_path):
+    """``oracle_references`` (ablation; reads target labels): the reward set holds the true labels as references."""
+    from reward.builder import RewardSampleStore
+
+    run = _new_run(pretrained, tmp_path / "run", "ppo.iterations=1", "oracle_references=true")
+    labelled = run.dataset("target", "train", with_labels=True)
+    truth = {labelled[i].id: labelled[i].label for i in range(len(labelled))}
+    assert _new_run(pretrained, tmp_path / "plain", "ppo.iterations=1")._true_references() is None
+    run.run()
+    data = RewardSampleStore(run.dirs.reward_dataset).load()
+    assert len(data["ids"]) > 0
+    for sample_id, reference in zip(data["ids"], data["references"]):
+        assert np.array_equal(reference, truth[str(sample_id)])
