@@ -51,8 +51,7 @@ from rl4seg_env.io import atomic_save_npz, atomic_write_text
 
 #: sample kinds, in the order they are reported
 SAMPLE_KINDS = ("pseudo_label", "weight_noise", "contrast", "image_noise", "swap", "anatomical", "artifact",
-                "corrected",
-                "source")
+                "corrected", "source")
 #: the damages :func:`anatomical_negative` draws from
 ANATOMICAL_DAMAGES = ("break", "thin", "lv_grow", "lv_shrink")
 #: boundary moves of the ``boundaries`` source samples: each boundary (epicardium, endocardium) moved in and out
