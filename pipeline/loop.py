@@ -42,7 +42,7 @@ from reward.network import LearnedReward, RewardNet, load_reward_net
 from reward.training import train_reward_network
 from reward.uncertainty import plot_reliability_diagram
 from rl4seg_env.data import SegDataset, dataset_from_config
-from rl4seg_env.data.base import load_images
+from rl4seg_env.data.base import labels_by_id, load_images
 from rl4seg_env.metrics import dice_per_class, keep_largest_foreground
 from rl4seg_env.rewards import RewardModel
 
@@ -555,10 +555,7 @@ class RL4SegRun:
         for the reward-set builder; None otherwise."""
         if not self.config.oracle_references:
             return None
-        labelled = self.dataset("target", "train", with_labels=True)
-        labels = {sample.id: np.asarray(sample.label, dtype=np.uint8)
-                  for sample in (labelled[i] for i in range(len(labelled)))}
-        return labels.__getitem__
+        return labels_by_id(self.dataset("target", "train", with_labels=True)).__getitem__
 
     def run_iterations(self, actor_path: Path, ae: ShapeAutoEncoder | None) -> None:
         p, rd = self.config.ppo, self.config.reward_dataset

@@ -34,6 +34,7 @@ from pipeline.run_dir import RunDirectory
 from pipeline.tables import markdown_table
 from reward.builder import SAMPLE_KINDS, RewardSampleStore
 from rl4seg_env.data import dataset_from_config
+from rl4seg_env.data.base import labels_by_id
 from rl4seg_env.metrics import dice_per_class
 
 COLUMNS = ("iteration", "kind", "samples", "marked wrong / sample", "precision", "false right / sample", "Dice ref",
@@ -134,10 +135,7 @@ def main(argv: list[str] | None = None) -> int:
                                 f"{missing or 'any'} (completed: {done or 'none'})")
     d = config.data
     target = dataset_from_config(d.target, "train", d.image_size, True, d.keep_atrium)  # reads target labels
-    labels = {}
-    for i in range(len(target)):
-        sample = target[i]
-        labels[sample.id] = np.asarray(sample.label)
+    labels = labels_by_id(target)
     rows = [row for it in iterations for row in audit_iteration(store, it, labels, target.n_classes)]
     print(markdown_table(list(COLUMNS), [
         [r["iteration"], r["kind"], r["samples"], f"{r['marked_wrong_per_sample']:.1f}", f"{r['precision']:.3f}",

@@ -195,3 +195,9 @@ def load_images(dataset: SegDataset, n: int | None = None, progress: bool = Fals
         idx = tqdm(idx, desc=desc, unit="img", leave=False)
     samples = [dataset[i] for i in idx]
     return np.stack([s.image for s in samples]).astype(np.float32), [s.id for s in samples]
+
+
+def labels_by_id(dataset: SegDataset) -> dict[str, np.ndarray]:
+    """``{sample id: label map (H, W) uint8}`` of every sample of a labelled ``dataset`` (reads its labels: for
+    ablations and label-reading diagnostics, never for training)."""
+    return {sample.id: np.asarray(sample.label, dtype=np.uint8) for sample in (dataset[i] for i in range(len(dataset)))}
