@@ -34,6 +34,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -197,30 +198,43 @@ def augment_batch(images: torch.Tensor, labels: torch.Tensor, generator: torch.G
                   max_shift: float = 0.06) -> tuple[torch.Tensor, torch.Tensor]:
     """Light augmentation of a batch, one random draw per image, vectorised over the batch.
 
-    Intensity: :func:`augment_intensity`. Geometry: an integer shift of up to ``max_shift`` * size
-    pixels along each axis, the same for image and label; uncovered pixels become 0 (black, background).
+    Intensity: :func:`augment_intensity`. Geometry: :func:`random_shift` of up to ``max_shift`` * size pixels along
+    each axis, the same for image and label; uncovered pixels become 0 (black, background).
 
     :param images: (B, 1, H, W) float32 in [0, 1].
     :param labels: (B, H, W) int64.
     :param generator: CPU random generator (makes the augmentation reproducible).
     :return: augmented ``(images, labels)``, same shapes, dtypes and device.
     """
+    images = augment_intensity(images, generator, gamma_range, contrast_range)
+    images, (labels,) = random_shift(images, [labels], [0], generator, max_shift)
+    return images, labels
+
+
+def random_shift(images: torch.Tensor, maps: Sequence[torch.Tensor], fills: Sequence[float],
+                 generator: torch.Generator, max_shift: float) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """Shift each image and its (H, W) maps by one random integer offset of up to ``max_shift`` * size pixels per
+    axis; uncovered image pixels become 0, uncovered pixels of ``maps[k]`` become ``fills[k]``.
+
+    :param images: (B, 1, H, W).
+    :param maps: (B, H, W) tensors moved with the images (labels, predictions, targets).
+    :return: ``(images, maps)``, same shapes, dtypes and device.
+    """
     b, _, h, w = images.shape
     device = images.device
-    images = augment_intensity(images, generator, gamma_range, contrast_range)
-
     sy, sx = int(round(max_shift * h)), int(round(max_shift * w))
     if sy == 0 and sx == 0:
-        return images, labels
+        return images, list(maps)
     # pad, then crop each image at its own offset through advanced indexing (no loop over the batch)
     dy = torch.randint(-sy, sy + 1, (b,), generator=generator).to(device)
     dx = torch.randint(-sx, sx + 1, (b,), generator=generator).to(device)
     rows = (torch.arange(h, device=device)[None] + sy - dy[:, None])[:, :, None]  # (B, H, 1)
     cols = (torch.arange(w, device=device)[None] + sx - dx[:, None])[:, None, :]  # (B, 1, W)
     batch = torch.arange(b, device=device)[:, None, None]
-    padded_images = F.pad(images[:, 0], (sx, sx, sy, sy))
-    padded_labels = F.pad(labels, (sx, sx, sy, sy))
-    return padded_images[batch, rows, cols][:, None], padded_labels[batch, rows, cols]
+    padded = [F.pad(images[:, 0], (sx, sx, sy, sy))] + [F.pad(m, (sx, sx, sy, sy), value=fill)
+                                                        for m, fill in zip(maps, fills, strict=True)]
+    moved = [t[batch, rows, cols] for t in padded]
+    return moved[0][:, None], moved[1:]
 
 
 def soft_dice_loss(logits: torch.Tensor, labels: torch.Tensor, eps: float = 1.0) -> torch.Tensor:

@@ -23,8 +23,14 @@ from tqdm.auto import tqdm
 from agents.distributed import RankSlice, average_gradients, per_process_batch, sync_buffers
 from agents.distributed import context as distributed_context
 from agents.networks import autocast, autocast_dtype, check_speed_settings, compiled, grad_scaler, to_memory_format
+from agents.pretrain import augment_intensity, random_shift
 from reward.network import RewardNet, fit_temperature, save_reward_net
 from reward.uncertainty import expected_calibration_error
+
+
+#: ``augment``'s ranges: gamma and contrast (those of the actor's pretraining), the largest shift (fraction of the size)
+AUGMENT_INTENSITY = ((0.7, 1.4), (0.8, 1.2))
+AUGMENT_SHIFT = 0.06
 
 
 # --------------------------------------------------------------------------------------------------
@@ -69,6 +75,11 @@ class RewardTrainConfig:
     min_auc: float | None = None
     #: stop after this many epochs without a lower validation loss (None: never stop early)
     patience: int | None = 3
+    #: augment every training batch, one draw per sample: gamma and contrast of the image
+    #: (:func:`agents.pretrain.augment_intensity`, the pretraining's ranges) and an integer shift of up to 6% of
+    #: the size moving image, segmentation and target together (uncovered pixels: black image, background
+    #: segmentation, right). Neither changes which pixels are wrong; validation batches are never augmented
+    augment: bool = False
     #: U-Net widths per level, shallow to deep
     channels: tuple[int, ...] = (16, 32, 64, 128)
     #: U-Net normalisation: "batch", "instance", "group" or None
@@ -408,6 +419,9 @@ def _train(samples: Any, n_classes: int, config: RewardTrainConfig, device: torc
         for images, preds, targets in tqdm(next(rounds), desc=f"epoch {epoch + 1}", leave=False, unit="batch",
                                            total=steps_per_round, disable=not config.progress):
             images, preds, targets = (t.to(device, non_blocking=True) for t in (images, preds, targets))
+            if config.augment:
+                images = augment_intensity(images, gen, *AUGMENT_INTENSITY)
+                images, (preds, targets) = random_shift(images, [preds, targets], [0, 1.0], gen, AUGMENT_SHIFT)
             with autocast(precision, device):
                 logits = unet(net.encode(images, preds))[:, 0]
             loss = F.binary_cross_entropy_with_logits(logits.float(), targets)

@@ -235,6 +235,39 @@ def test_training_is_deterministic_and_leaves_global_rng_alone() -> None:
     assert a.val_losses == b.val_losses and a.temperature == b.temperature
 
 
+def test_augmented_training_moves_image_segmentation_and_target_together(monkeypatch) -> None:
+    # a network that only sees augmented batches still learns where the toy predictions are wrong, and every batch
+    # it sees keeps target == (pred == the shifted ground truth): the shift never misaligns the three
+    samples = disc_toy(160, seed=4)
+    seen = []
+    import reward.training as training
+    shift = training.random_shift
+
+    def spy(images, maps, fills, gen, max_shift):
+        moved_images, moved = shift(images, maps, fills, gen, max_shift)
+        seen.append((maps[0].clone(), maps[1].clone(), moved[0], moved[1]))
+        return moved_images, moved
+
+    monkeypatch.setattr(training, "random_shift", spy)
+    config = RewardTrainConfig(epochs=12, batch_size=16, lr=3e-3, channels=SMALL, patience=None, progress=False,
+                               seed=0, augment=True)
+    result = train_reward_network(samples, N_CLASSES, config)
+    assert result.val_auc > 0.9
+    assert any(not torch.equal(before, after) for before, _, after, _ in seen)  # batches were shifted
+    inner = (slice(2, -2), slice(2, -2))  # 32 px: shifts of at most round(0.06 * 32) = 2 px
+    for preds, targets, moved_preds, moved_targets in seen[:5]:
+        for b in range(len(preds)):  # the offset that moved the prediction moved the target too
+            offsets = [(dy, dx) for dy in range(-2, 3) for dx in range(-2, 3)
+                       if torch.equal(torch.roll(preds[b], (dy, dx), (0, 1))[inner], moved_preds[b][inner])]
+            assert any(torch.equal(torch.roll(targets[b], o, (0, 1))[inner], moved_targets[b][inner]) for o in offsets)
+    # uncovered pixels: a black image, a background prediction, a right target
+    images, (preds, targets) = shift(torch.ones(8, 1, 32, 32), [torch.full((8, 32, 32), 2), torch.zeros(8, 32, 32)],
+                                     [0, 1.0], torch.Generator().manual_seed(0), 0.06)
+    uncovered = preds == 0
+    assert uncovered.any() and torch.equal(images[:, 0] == 0, uncovered) and torch.equal(targets == 1, uncovered)
+    assert not RewardTrainConfig().augment  # off by default: the paper trains on the samples as built
+
+
 def test_training_accepts_builder_style_samples() -> None:
     # (image (1, H, W) tensor, pred int64 tensor, target float tensor) as RewardSampleDataset yields them
     samples = [(torch.from_numpy(i[None]), torch.from_numpy(p), torch.from_numpy(t))
