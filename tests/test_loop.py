@@ -235,13 +235,18 @@ def test_source_samples_join_the_reward_set_and_the_reward_probe_compares_them(p
     assert report["n_source"] == 8
     assert module.main([str(tmp_path / "run"), "--source-images", "0,3", "--n-test", "4", "--samples", "1"]) == 0
     table = capsys.readouterr().out.split("| source images |")[1]
-    counts = {int(m[0]): int(m[1]) for m in re.findall(r"^\| (\d+) \| (\d+) \|", table, re.M)}
+    counts = {int(m[0]): int(m[1]) for m in re.findall(r"^\| (\d+) \| 0 \| (\d+) \|", table, re.M)}
     assert counts == {0: report["n_samples"] - 8, 3: report["n_samples"] - 8 + 6}
     # --source-only: the source samples alone (here in the target's style), the run's target samples left out
+    # --seeds 2: two reward networks per variant, scored on the same moves, then their mean and spread
     assert module.main([str(tmp_path / "run"), "--source-images", "3", "--source-only", "--n-test", "4",
-                        "--samples", "1", "reward_dataset.source.style=fourier"]) == 0
+                        "--samples", "1", "--seeds", "2", "reward_dataset.source.style=fourier"]) == 0
     table = capsys.readouterr().out.split("| source images |")[1]
-    assert re.findall(r"^\| (\d+) \| (\d+) \|", table, re.M) == [("3", "6")]
+    rows = re.findall(r"^\| (\d+) \| (\w+) \| (\d+) \| ([\d.]+) \|", table, re.M)
+    assert [r[:3] for r in rows] == [("3", "0", "6"), ("3", "1", "6"), ("3", "mean", "6"), ("3", "std", "6")]
+    val_aucs = [float(r[3]) for r in rows]
+    assert val_aucs[2] == pytest.approx((val_aucs[0] + val_aucs[1]) / 2, abs=2e-4)
+    assert module.main([str(tmp_path / "run"), "--seeds", "0"]) == 2
     assert module.main([str(tmp_path / "run"), "--source-images", "0,3", "--source-only"]) == 2
     assert module.main([str(tmp_path / "run"), "--iteration", "2"]) == 2  # no such reward set: named, exit 2
 

@@ -1,6 +1,6 @@
 """How well a reward network tells PPO's right moves from wrong ones, in minutes instead of a full run.
 
-    python scripts/reward_probe.py RUN_DIR [--iteration 1] [--source-images 0,250] [--samples 4] [key=value ...]
+    python scripts/reward_probe.py RUN_DIR [--iteration 1] [--source-images 0,250] [--seeds 1] [--samples 4] [key=value ...]
 
 Takes the target reward samples one iteration of a ``rl4seg-train`` run built (``reward_dataset/iter_XXX``, its
 ``source`` samples left out) and the actor that built them (``checkpoints/iter_{XXX-1}/actor.pt``, the source actor for iteration 1 of a run
@@ -18,6 +18,10 @@ network per ``--source-images`` value (that many labelled source images added th
   minus those that remove one, among those whose reward beats the argmax's), against the same count among the right
   moves: a reward that ranks well can still favour a direction the labels do not.
 
+One reward network is a noisy reading: its training seed alone moves the advantage AUC by several hundredths on one
+reward set. ``--seeds K`` trains K networks per variant (seeds as the loop's ensemble members), scores them on the
+same sampled moves and adds each variant's mean and standard deviation over the K.
+
 It reads target labels, so it is a tool for development shifts (docs/protocol.md). The run directory is only read.
 """
 from __future__ import annotations
@@ -27,6 +31,7 @@ import dataclasses
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -43,7 +48,7 @@ from rl4seg_env.data import dataset_from_config
 from rl4seg_env.data.base import load_images
 from rl4seg_env.metrics import ECHO_STRUCTURES
 
-COLUMNS = ("source images", "reward samples", "val AUC", "AUC argmax", "AUC explored", "advantage AUC",
+COLUMNS = ("source images", "reward seed", "reward samples", "val AUC", "AUC argmax", "AUC explored", "advantage AUC",
            "MYO drift (reward / right)")
 
 
@@ -103,6 +108,12 @@ def score_reward(reward: LearnedReward, actor: torch.nn.Module, images: np.ndarr
             "MYO drift (reward)": float(drift[0]), "MYO drift (right)": float(drift[1])}
 
 
+def table_row(n_source: int, network: int | str, n_samples: int, scores: dict[str, float]) -> list[Any]:
+    """One row of the table: a variant, its network (seed index, or "mean" / "std"), its sample count, its scores."""
+    return [n_source, network, n_samples, *(f"{scores[k]:.4f}" for k in COLUMNS[3:7]),
+            f"{scores['MYO drift (reward)']:+.1f} / {scores['MYO drift (right)']:+.1f}"]
+
+
 def image_counts(text: str) -> list[int]:
     """``"0,250"`` -> ``[0, 250]`` (argparse names this function in its error for a bad value)."""
     return [int(v) for v in text.split(",")]
@@ -118,13 +129,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--source-only", action="store_true",
                         help="train each reward network on the source samples alone (the run's target samples "
                              "left out; every --source-images value must then be > 0)")
+    parser.add_argument("--seeds", type=int, default=1,
+                        help="reward networks trained per variant, with the seeds of the loop's ensemble members; "
+                             "with more than one, each variant also gets a mean and a std row (default 1)")
     parser.add_argument("--samples", type=int, default=4, help="sampled predictions per test image (default 4)")
     parser.add_argument("--n-test", type=int, default=200, help="target test images scored (default 200)")
     parser.add_argument("overrides", nargs="*", help="key=value changes to the run's config, e.g. "
                                                      "reward_dataset.source.noise=[0,0.2] reward_net.epochs=10")
     args = parser.parse_intermixed_args(argv)
-    if args.iteration < 1 or args.samples < 1 or args.n_test < 1 or min(args.source_images) < 0:
-        raise ValueError("--iteration, --samples and --n-test must be >= 1, --source-images >= 0")
+    if min(args.iteration, args.samples, args.n_test, args.seeds) < 1 or min(args.source_images) < 0:
+        raise ValueError("--iteration, --seeds, --samples and --n-test must be >= 1, --source-images >= 0")
     if args.source_only and min(args.source_images) == 0:
         raise ValueError("--source-only trains on source samples alone: every --source-images value must be > 0")
     dirs = RunDirectory(args.run)
@@ -158,15 +172,23 @@ def main(argv: list[str] | None = None) -> int:
                     writer.add(*sample)
                 writer.commit(BuildReport(0, samples_by_kind={"source": len(made)}))
             samples = RewardSampleDataset(store)
-            cfg = dataclasses.replace(config.reward_net, channels=config.network.channels, norm=config.network.norm,
-                                      device=str(device), seed=config.seed + args.iteration, progress=False)
-            result = train_reward_network(samples, test.n_classes, cfg)
-            scores = score_reward(LearnedReward(result.net, device=device), actor, images, labels, args.samples,
-                                  seed=config.seed)
-            rows.append([n, len(samples), f"{result.val_auc:.4f}", *(f"{scores[k]:.4f}" for k in COLUMNS[3:6]),
-                         f"{scores['MYO drift (reward)']:+.1f} / {scores['MYO drift (right)']:+.1f}"])
-            print(f"[reward_probe] {n} source images: " + ", ".join(f"{k} {v:.4f}" for k, v in scores.items()),
-                  flush=True)
+            scores = []
+            for member in range(args.seeds):
+                cfg = dataclasses.replace(config.reward_net, channels=config.network.channels,
+                                          norm=config.network.norm, device=str(device), progress=False,
+                                          seed=config.seed + args.iteration + 7919 * member)
+                result = train_reward_network(samples, test.n_classes, cfg)
+                # the sampling seed stays: every network is scored on the same explored moves
+                score = score_reward(LearnedReward(result.net, device=device), actor, images, labels, args.samples,
+                                     seed=config.seed)
+                scores.append({"val AUC": result.val_auc, **score})
+                rows.append(table_row(n, member, len(samples), scores[-1]))
+                print(f"[reward_probe] {n} source images, reward seed {member}: "
+                      + ", ".join(f"{k} {v:.4f}" for k, v in scores[-1].items()), flush=True)
+            if args.seeds > 1:
+                for name, stat in (("mean", np.mean), ("std", np.std)):
+                    values = {k: float(stat([sc[k] for sc in scores])) for k in scores[0]}
+                    rows.append(table_row(n, name, len(samples), values))
     print(markdown_table(list(COLUMNS), rows))
     return 0
 
