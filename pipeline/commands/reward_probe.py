@@ -1,6 +1,7 @@
 """How well a reward network tells PPO's right moves from wrong ones, in minutes instead of a full run.
 
-    python scripts/reward_probe.py RUN_DIR [--iteration 1] [--source-images 0,250] [--seeds 1] [--samples 4] [key=value ...]
+    python scripts/reward_probe.py RUN_DIR [--iteration 1] [--source-images 0,250] [--seeds 1] [--samples 4]
+                                   [key=value ...]
 
 Takes the target reward samples one iteration of a ``rl4seg-train`` run built (``reward_dataset/iter_XXX``, its
 ``source`` samples left out) and the actor that built them (``checkpoints/iter_{XXX-1}/actor.pt``, the source actor for iteration 1 of a run
@@ -48,7 +49,7 @@ from rl4seg_env.data import dataset_from_config
 from rl4seg_env.data.base import load_images
 from rl4seg_env.metrics import ECHO_STRUCTURES
 
-COLUMNS = ("source images", "reward seed", "reward samples", "val AUC", "AUC argmax", "AUC explored", "advantage AUC",
+COLUMNS = ("source images", "reward net", "reward samples", "val AUC", "AUC argmax", "AUC explored", "advantage AUC",
            "MYO drift (reward / right)")
 
 
@@ -109,7 +110,8 @@ def score_reward(reward: LearnedReward, actor: torch.nn.Module, images: np.ndarr
 
 
 def table_row(n_source: int, network: int | str, n_samples: int, scores: dict[str, float]) -> list[Any]:
-    """One row of the table: a variant, its network (seed index, or "mean" / "std"), its sample count, its scores."""
+    """One row of the table: a variant, its network (0..K-1 of ``--seeds``, or "mean" / "std"), its sample count
+    and its scores."""
     return [n_source, network, n_samples, *(f"{scores[k]:.4f}" for k in COLUMNS[3:7]),
             f"{scores['MYO drift (reward)']:+.1f} / {scores['MYO drift (right)']:+.1f}"]
 
@@ -183,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
                                      seed=config.seed)
                 scores.append({"val AUC": result.val_auc, **score})
                 rows.append(table_row(n, member, len(samples), scores[-1]))
-                print(f"[reward_probe] {n} source images, reward seed {member}: "
+                print(f"[reward_probe] {n} source images, reward net {member}: "
                       + ", ".join(f"{k} {v:.4f}" for k, v in scores[-1].items()), flush=True)
             if args.seeds > 1:
                 for name, stat in (("mean", np.mean), ("std", np.std)):
