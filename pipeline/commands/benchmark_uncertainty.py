@@ -29,7 +29,7 @@ from reward.network import LearnedReward, load_reward_net
 from reward.uncertainty import plot_reliability_diagram
 from reward.uncertainty_methods import uncertainty_methods_benchmark
 from rl4seg_env.data import dataset_from_config
-from rl4seg_env.data.base import load_images
+from rl4seg_env.data.base import load_images, load_labels
 from rl4seg_env.io import atomic_write_text
 
 #: table columns -> headers; ECE/ACE/MCE lower is better, MI and r higher is better
@@ -92,13 +92,13 @@ def main(argv: list[str] | None = None) -> int:
     mc_samples, tta = (min(args.mc_samples, 4), min(args.tta, 4)) if args.quick else (args.mc_samples, args.tta)
 
     images, _ = load_images(ds)
-    labels = np.stack([ds[i].label for i in range(len(ds))])
+    labels = load_labels(ds)
     calibration_images = calibration_labels = None
     if not args.no_source_calibration:
         n_val = min(c.source.n_val or 100, 16 if args.quick else 10**9)
         src = dataset_from_config(c.source, "val", c.image_size, True, c.keep_atrium, n_val)
         calibration_images, _ = load_images(src)
-        calibration_labels = np.stack([src[i].label for i in range(len(src))])
+        calibration_labels = load_labels(src)
     rows, accumulators = uncertainty_methods_benchmark(
         actor, images, labels, reward_model, ds.n_classes, mc_samples=mc_samples, mc_p=args.mc_p,
         tta_augmentations=tta, seed=args.seed, batch_size=args.batch_size, device=args.device,

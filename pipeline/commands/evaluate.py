@@ -33,7 +33,7 @@ from reward.uncertainty_methods import accumulate_uncertainty
 from pipeline.commands.dataset_args import add_dataset_arguments, dataset_from_args
 from reward.anatomy import get_criteria
 from rl4seg_env.data import DataError
-from rl4seg_env.data.base import load_images
+from rl4seg_env.data.base import load_images, load_labels
 
 
 def working_size(args: argparse.Namespace) -> int:
@@ -110,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
         for path, problem in ds.skipped:
             print(f"  {path}: {problem}", file=sys.stderr)
     if reward_model is not None:
-        labels = np.stack([ds[i].label for i in range(len(ds))])
+        labels = load_labels(ds)
         acc = accumulate_uncertainty({"reward": 1.0 - reward_model(images, preds)}, preds, labels, ds.n_classes)
         paths["reliability"] = plot_reliability_diagram(acc["reward"], Path(args.out) / "reliability.png",
                                                         title=f"reward network on {args.dataset} {args.split}")

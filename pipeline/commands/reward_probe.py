@@ -46,7 +46,7 @@ from reward.builder import BuildReport, RewardDatasetBuilder, RewardSampleDatase
 from reward.network import LearnedReward
 from reward.training import error_detection_auc, train_reward_network
 from rl4seg_env.data import dataset_from_config
-from rl4seg_env.data.base import load_images
+from rl4seg_env.data.base import load_images, load_labels
 from rl4seg_env.metrics import ECHO_STRUCTURES
 
 COLUMNS = ("source images", "reward net", "reward samples", "val AUC", "AUC argmax", "AUC explored", "advantage AUC",
@@ -156,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     d = config.data
     test = dataset_from_config(d.target, "test", d.image_size, True, d.keep_atrium, args.n_test)  # target labels
     images, _ = load_images(test)
-    labels = np.stack([test[i].label for i in range(len(test))])
+    labels = load_labels(test)
     source = dataset_from_config(d.source, "train", d.image_size, True, d.keep_atrium)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:

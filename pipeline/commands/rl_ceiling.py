@@ -36,7 +36,7 @@ from pipeline.loop import make_pixel_ppo
 from pipeline.run_dir import RunDirectory
 from reward.anatomy import get_criteria
 from rl4seg_env.data import dataset_from_config
-from rl4seg_env.data.base import load_images
+from rl4seg_env.data.base import load_images, load_labels
 from rl4seg_env.metrics import ECHO_STRUCTURES
 
 COLUMNS = ("iteration", "updates", "step", "dice_mean", "dice_lv", "dice_myo", "validity_pct", "myo_area",
@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     train = dataset_from_config(d.target, "train", d.image_size, True, d.keep_atrium, None)  # target labels
     test = dataset_from_config(d.target, "test", d.image_size, True, d.keep_atrium, args.n_test)
     test_images, _ = load_images(test)
-    test_labels = np.stack([test[i].label for i in range(len(test))])
+    test_labels = load_labels(test)
     criteria = get_criteria(dirs.calibrated_criteria if config.reward_dataset.criteria == "calibrated"
                             and dirs.calibrated_criteria.is_file() else "echo")
     myo = ECHO_STRUCTURES["myo"][0]

@@ -197,6 +197,12 @@ def load_images(dataset: SegDataset, n: int | None = None, progress: bool = Fals
     return np.stack([s.image for s in samples]).astype(np.float32), [s.id for s in samples]
 
 
+def load_labels(dataset: SegDataset) -> np.ndarray:
+    """Every label map of a labelled ``dataset`` stacked as (N, H, W), in dataset order (the order of
+    :func:`load_images`; reads its labels: for evaluation and label-reading diagnostics, never for training)."""
+    return np.stack([dataset[i].label for i in range(len(dataset))])
+
+
 def labels_by_id(dataset: SegDataset) -> dict[str, np.ndarray]:
     """``{sample id: label map (H, W) uint8}`` of every sample of a labelled ``dataset`` (reads its labels: for
     ablations and label-reading diagnostics, never for training)."""
