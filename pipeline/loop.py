@@ -264,8 +264,8 @@ class RL4SegRun:
             return ShapeAutoEncoder.load(path, map_location=self.device)
         print("[rl4seg] shape auto-encoder on source label maps", flush=True)
         ae = train_shape_autoencoder(self.datasets["source_train"], epochs=s.epochs, batch_size=s.batch_size, lr=s.lr,
-                                     corruption_p=s.corruption_p, device=self.device, progress=self.config.progress,
-                                     seed=self.config.seed)
+                                     corruption_p=s.corruption_p, augment=s.augment, device=self.device,
+                                     progress=self.config.progress, seed=self.config.seed)
         ae.save(path)
         return ae
 

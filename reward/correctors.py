@@ -14,6 +14,7 @@ anatomy checks, whether a prediction becomes a pseudo-label.
 """
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from collections.abc import Callable, Sequence
@@ -276,6 +277,49 @@ def corrupt_label_maps(label_maps: torch.Tensor, n_classes: int, generator: torc
     return x
 
 
+#: ranges of :func:`random_affine_labels` when the auto-encoder trains with ``augment``: isotropic scale (log-uniform),
+#: rotation in degrees and shift as a fraction of the image side. A heart's size, tilt and position vary with the
+#: probe's depth and sector and with the patient (e.g. ``target_speckle``'s shallower sector draws larger hearts);
+#: a shape prior trained on the source's alone projects every other one back towards them.
+AUGMENT_SCALE = (0.8, 1.25)
+AUGMENT_ROTATION_DEG = 15.0
+AUGMENT_SHIFT = 0.08
+
+
+def random_affine_labels(label_maps: torch.Tensor, generator: torch.Generator | None = None,
+                         scale: tuple[float, float] = AUGMENT_SCALE, rotation_deg: float = AUGMENT_ROTATION_DEG,
+                         shift: float = AUGMENT_SHIFT) -> torch.Tensor:
+    """Each (H, W) label map moved by its own random similarity transform (nearest-neighbour resampling).
+
+    :param label_maps: (B, H, W) integer labels (torch, any device); not modified.
+    :param generator: torch random generator on the labels' device (None: global RNG).
+    :param scale: (low, high) isotropic zoom, drawn log-uniformly (> 1 enlarges the structures).
+    :param rotation_deg: largest rotation in degrees, either way.
+    :param shift: largest translation along each axis, as a fraction of the image side.
+    :return: (B, H, W) int64 labels; pixels that come from outside the map are background.
+    """
+    b, h, w = label_maps.shape
+    if b == 0:
+        return label_maps.long().clone()
+    low, high = float(scale[0]), float(scale[1])
+    if not 0 < low <= high:
+        raise ValueError(f"scale must be (low, high) with 0 < low <= high, got {scale}")
+    dev = label_maps.device
+
+    def uniform(a: float, b_: float) -> torch.Tensor:
+        return a + (b_ - a) * torch.rand(b, generator=generator, device=dev)
+
+    zoom = torch.exp(uniform(math.log(low), math.log(high)))
+    angle = uniform(-1.0, 1.0) * math.radians(rotation_deg)
+    tx, ty = uniform(-2 * shift, 2 * shift), uniform(-2 * shift, 2 * shift)  # normalised coordinates span 2
+    cos, sin = torch.cos(angle) / zoom, torch.sin(angle) / zoom  # output -> input sampling: the inverse zoom
+    theta = torch.stack([torch.stack([cos, -sin, tx], 1), torch.stack([sin, cos, ty], 1)], 1)
+    grid = F.affine_grid(theta, [b, 1, h, w], align_corners=False)
+    moved = F.grid_sample(label_maps[:, None].float(), grid, mode="nearest", padding_mode="zeros",
+                          align_corners=False)
+    return moved[:, 0].round().long()
+
+
 def _source_labels(source: Any) -> np.ndarray:
     """(N, H, W) label maps from an array, a sequence of (H, W) arrays, or a labelled SegDataset."""
     if isinstance(source, (np.ndarray, torch.Tensor)):
@@ -307,6 +351,9 @@ class ShapeAEConfig:
     lr: float = 1e-3
     #: probability that a training map is damaged by :func:`corrupt_label_maps` (denoising objective)
     corruption_p: float = 0.5
+    #: also move each training map by a random scale, rotation and shift (:func:`random_affine_labels`), so that
+    #: hearts larger, smaller or more tilted than the source's keep their shape when projected
+    augment: bool = False
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size"):
@@ -321,7 +368,8 @@ class ShapeAEConfig:
 def train_shape_autoencoder(source: Any, epochs: int = 15, batch_size: int = 32, lr: float = 1e-3,
                             device: str | torch.device = "cpu", progress: bool = True,
                             augment_with_corruption: bool = True, n_classes: int | None = None, seed: int = 0,
-                            corruption_p: float = 0.5, **model_kwargs: Any) -> ShapeAutoEncoder:
+                            corruption_p: float = 0.5, augment: bool = False, **model_kwargs: Any
+                            ) -> ShapeAutoEncoder:
     """Train a denoising :class:`ShapeAutoEncoder` on source-domain label maps.
 
     Input = a source label map damaged by :func:`corrupt_label_maps` (fresh damage every epoch); target =
@@ -339,6 +387,7 @@ def train_shape_autoencoder(source: Any, epochs: int = 15, batch_size: int = 32,
     :param n_classes: classes including background; default: ``source.n_classes`` if present, else max label + 1.
     :param seed: seed of the weights, batch order and corruptions (default 0).
     :param corruption_p: probability of each corruption type (default 0.5).
+    :param augment: move each clean map by :func:`random_affine_labels` first (fresh every epoch; default False).
     :param model_kwargs: forwarded to :class:`ShapeAutoEncoder` (``channels``, ``latent_channels``).
     :return: the trained model, in eval mode, on ``device``.
     """
@@ -358,6 +407,8 @@ def train_shape_autoencoder(source: Any, epochs: int = 15, batch_size: int = 32,
         order = torch.randperm(len(data), generator=gen, device=data.device)
         for start in range(0, len(data), batch_size):
             clean = data[order[start:start + batch_size]]
+            if augment:
+                clean = random_affine_labels(clean, gen)
             noisy = corrupt_label_maps(clean, model.n_classes, gen, p=corruption_p) if augment_with_corruption \
                 else clean
             loss = F.cross_entropy(model(model.one_hot(noisy)), clean)
