@@ -313,7 +313,8 @@ def random_affine_labels(label_maps: torch.Tensor, generator: torch.Generator | 
     angle = uniform(-1.0, 1.0) * math.radians(rotation_deg)
     tx, ty = uniform(-2 * shift, 2 * shift), uniform(-2 * shift, 2 * shift)  # normalised coordinates span 2
     cos, sin = torch.cos(angle) / zoom, torch.sin(angle) / zoom  # output -> input sampling: the inverse zoom
-    theta = torch.stack([torch.stack([cos, -sin, tx], 1), torch.stack([sin, cos, ty], 1)], 1)
+    # a rotation in pixels, written in normalised coordinates (x spans w pixels, y spans h)
+    theta = torch.stack([torch.stack([cos, -sin * h / w, tx], 1), torch.stack([sin * w / h, cos, ty], 1)], 1)
     grid = F.affine_grid(theta, [b, 1, h, w], align_corners=False)
     moved = F.grid_sample(label_maps[:, None].float(), grid, mode="nearest", padding_mode="zeros",
                           align_corners=False)
