@@ -298,12 +298,12 @@ def random_affine_labels(label_maps: torch.Tensor, generator: torch.Generator | 
     :param shift: largest translation along each axis, as a fraction of the image side.
     :return: (B, H, W) int64 labels; pixels that come from outside the map are background.
     """
-    b, h, w = label_maps.shape
-    if b == 0:
-        return label_maps.long().clone()
     low, high = float(scale[0]), float(scale[1])
     if not 0 < low <= high:
         raise ValueError(f"scale must be (low, high) with 0 < low <= high, got {scale}")
+    b, h, w = label_maps.shape
+    if b == 0:
+        return label_maps.long().clone()
     dev = label_maps.device
 
     def uniform(a: float, b_: float) -> torch.Tensor:
