@@ -286,6 +286,22 @@ AUGMENT_ROTATION_DEG = 15.0
 AUGMENT_SHIFT = 0.08
 
 
+def similarity_theta(angle: torch.Tensor, zoom: torch.Tensor, shift_x: torch.Tensor, shift_y: torch.Tensor,
+                     size: tuple[int, int]) -> torch.Tensor:
+    """(B, 2, 3) ``theta`` of :func:`torch.nn.functional.affine_grid` for a similarity transform in *pixel* units.
+
+    :param angle: (B,) rotation in radians (counter-clockwise in (x, y) = (column, row) coordinates).
+    :param zoom: (B,) isotropic zoom (> 1 enlarges the content).
+    :param shift_x: (B,) translation of the sampling grid along x, in normalised coordinates (the image spans 2).
+    :param shift_y: (B,) the same along y.
+    :param size: (H, W) of the images; the rotation is conjugated by the per-axis scaling of normalised coordinates,
+        so a non-square image rotates without shear.
+    """
+    h, w = size
+    cos, sin = torch.cos(angle) / zoom, torch.sin(angle) / zoom  # output -> input sampling: the inverse zoom
+    return torch.stack([torch.stack([cos, -sin * h / w, shift_x], 1), torch.stack([sin * w / h, cos, shift_y], 1)], 1)
+
+
 def random_affine_labels(label_maps: torch.Tensor, generator: torch.Generator | None = None,
                          scale: tuple[float, float] = AUGMENT_SCALE, rotation_deg: float = AUGMENT_ROTATION_DEG,
                          shift: float = AUGMENT_SHIFT) -> torch.Tensor:
@@ -312,10 +328,7 @@ def random_affine_labels(label_maps: torch.Tensor, generator: torch.Generator | 
     zoom = torch.exp(uniform(math.log(low), math.log(high)))
     angle = uniform(-1.0, 1.0) * math.radians(rotation_deg)
     tx, ty = uniform(-2 * shift, 2 * shift), uniform(-2 * shift, 2 * shift)  # normalised coordinates span 2
-    cos, sin = torch.cos(angle) / zoom, torch.sin(angle) / zoom  # output -> input sampling: the inverse zoom
-    # a rotation in pixels, written in normalised coordinates (x spans w pixels, y spans h)
-    theta = torch.stack([torch.stack([cos, -sin * h / w, tx], 1), torch.stack([sin * w / h, cos, ty], 1)], 1)
-    grid = F.affine_grid(theta, [b, 1, h, w], align_corners=False)
+    grid = F.affine_grid(similarity_theta(angle, zoom, tx, ty, (h, w)), [b, 1, h, w], align_corners=False)
     moved = F.grid_sample(label_maps[:, None].float(), grid, mode="nearest", padding_mode="zeros",
                           align_corners=False)
     return moved[:, 0].round().long()

@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from agents.networks import eval_mode, image_batches, predict
+from reward.correctors import similarity_theta
 from reward.network import LearnedReward, fit_temperature_on_labelled
 from reward.uncertainty import DEFAULT_N_BINS, UncertaintyAccumulator
 from rl4seg_env.metrics import dice_per_class
@@ -414,11 +415,9 @@ def _rotate(x: torch.Tensor, degrees: float) -> torch.Tensor:
     """
     if degrees == 0.0:
         return x
-    h, w = x.shape[-2:]
-    a = math.radians(degrees)
-    cos, sin = math.cos(a), math.sin(a)
-    # affine_grid maps output normalised (x, y) to input normalised coordinates; conjugate the pixel-space
-    # rotation by the per-axis scaling so the aspect ratio is respected
-    theta = torch.tensor([[cos, sin * h / w, 0.0], [-sin * w / h, cos, 0.0]], dtype=x.dtype, device=x.device)
+    # affine_grid samples the input at theta (output coordinates): the sampling grid turns the other way
+    angle = torch.tensor([-math.radians(degrees)], dtype=torch.float64)
+    one, zero = torch.ones(1, dtype=torch.float64), torch.zeros(1, dtype=torch.float64)
+    theta = similarity_theta(angle, one, zero, zero, tuple(x.shape[-2:])).to(x.device, x.dtype)
     grid = F.affine_grid(theta.expand(len(x), 2, 3), list(x.shape), align_corners=False)
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
