@@ -142,7 +142,8 @@ def test_random_affine_labels_moves_zooms_and_keeps_labels():
     rows, cols = torch.meshgrid(torch.arange(32), torch.arange(64), indexing="ij")
     disk = (((rows - 15.5) ** 2 + (cols - 31.5) ** 2) <= 36).long()[None].repeat(16, 1, 1)
     turned = random_affine_labels(disk, gen, scale=(1.0, 1.0), rotation_deg=60.0, shift=0.0)
-    assert torch.equal(turned.any(2).sum(1), disk.any(2).sum(1)) and torch.equal(turned.any(1).sum(1), disk.any(1).sum(1))
+    assert torch.equal(turned.any(2).sum(1), disk.any(2).sum(1))  # rows spanned
+    assert torch.equal(turned.any(1).sum(1), disk.any(1).sum(1))  # columns spanned
 
 
 def test_augmented_autoencoder_keeps_hearts_larger_than_the_source():
