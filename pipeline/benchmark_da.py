@@ -105,6 +105,11 @@ METHODS: dict[str, Method] = {m.name: m for m in (
     Method("rl4seg_gt_reward_no_anchors", "RL4Seg GT reward w/o anchors (target labels)", "rl4seg",
            ("oracle_reward=true", "ppo.anchors=false"),
            "ground-truth reward and no pseudo-label anchors: the RL step's ceiling", reads_target_labels=True),
+    # the best any label-free reference construction could give the learned reward in the default loop
+    Method("rl4seg_true_refs_no_anchors", "RL4Seg true references w/o anchors (target labels)", "rl4seg",
+           ("oracle_references=true", "ppo.anchors=false"),
+           "true labels as the reward set's references and no pseudo-label anchors: the ceiling of better references",
+           reads_target_labels=True),
 )}
 
 #: kinds whose model is optimised at test time against the reward network of the seed's ``rl4seg`` run: their

@@ -219,6 +219,9 @@ def test_every_rl4seg_variant_is_a_valid_config_of_the_shipped_configs(config, t
     refs = METHODS["rl4seg_true_refs"]
     cfg = method_config(base, refs, 0, tmp_path)
     assert cfg.oracle_references and not cfg.oracle_reward and refs.reads_target_labels
+    refs_free = METHODS["rl4seg_true_refs_no_anchors"]
+    cfg = method_config(base, refs_free, 0, tmp_path)
+    assert cfg.oracle_references and not cfg.ppo.anchors and not cfg.oracle_reward and refs_free.reads_target_labels
 
 
 def test_summary_mean_std_gap_and_bold_best(tmp_path):
